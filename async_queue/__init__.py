@@ -1,0 +1,64 @@
+"""A pure-asyncio, in-process task queue.
+
+Priorities (higher first, FIFO among equals), a bounded worker pool, retries
+with exponential backoff and jitter, per-task timeouts, cancellation and a
+clean shutdown that reports every task it did not run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .core import AsyncTaskQueue
+from .errors import (
+    AsyncQueueError,
+    DuplicateTaskIdError,
+    QueueClosedError,
+    QueueStateError,
+    TaskCancelledError,
+    TaskNotFoundError,
+)
+from .models import (
+    BoundCall,
+    QueueStats,
+    ShutdownMode,
+    ShutdownReport,
+    TaskHandle,
+    TaskId,
+    TaskState,
+    bind,
+)
+from .policies import Jitter, RetryPolicy
+
+__all__ = (
+    "AsyncQueueError",
+    "AsyncTaskQueue",
+    "BoundCall",
+    "DuplicateTaskIdError",
+    "Jitter",
+    "QueueClosedError",
+    "QueueStateError",
+    "QueueStats",
+    "RetryPolicy",
+    "ShutdownMode",
+    "ShutdownReport",
+    "TaskCancelledError",
+    "TaskHandle",
+    "TaskId",
+    "TaskNotFoundError",
+    "TaskState",
+    "__version__",
+    "bind",
+)
+
+__version__ = "0.1.0"
+
+# Libraries leave handler configuration to the application.
+logging.getLogger("async_queue").addHandler(logging.NullHandler())
+
+# Reprs, tracebacks and docs show the public path, not the private module.
+for _name in __all__:
+    _value = globals()[_name]
+    if isinstance(_value, type) and _value.__module__.startswith("async_queue."):
+        _value.__module__ = "async_queue"
+del _name, _value

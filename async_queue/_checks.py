@@ -1,0 +1,144 @@
+"""Argument checks shared by the queue and its helpers.
+
+Each check raises ``TypeError`` or ``ValueError`` with the rejected value and
+the fix, before anything has been changed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from types import FunctionType, MethodType
+from typing import Any
+
+_CO_COROUTINE = inspect.CO_COROUTINE
+
+
+def is_coroutine_function(fn: object) -> bool:
+    """Return whether calling ``fn`` returns a coroutine.
+
+    Plain ``async def`` functions and bound methods take a fast path, because
+    ``submit()`` calls this for every task.
+    """
+    kind = type(fn)
+    if kind is FunctionType:
+        return bool(fn.__code__.co_flags & _CO_COROUTINE)  # type: ignore[attr-defined]
+
+    if kind is MethodType:
+        return is_coroutine_function(fn.__func__)  # type: ignore[attr-defined]
+
+    from .models import BoundCall
+
+    if kind is BoundCall:
+        return True
+
+    if inspect.iscoroutinefunction(fn):
+        return True
+
+    # An instance whose class defines __call__ as an async method.
+    if not callable(fn) or isinstance(fn, type):
+        return False
+
+    return inspect.iscoroutinefunction(kind.__call__)
+
+
+def check_coroutine_function(fn: object) -> None:
+    """Raise ``TypeError`` unless ``fn`` is a coroutine function."""
+    if is_coroutine_function(fn):
+        return
+
+    if inspect.iscoroutine(fn):
+        raise TypeError(
+            f"expected a coroutine function, got the coroutine object {fn!r}; "
+            "pass the function and its arguments instead"
+        )
+
+    if inspect.isasyncgenfunction(fn):
+        raise TypeError(
+            f"expected a coroutine function, got the async generator function "
+            f"{_name(fn)}; wrap it in an 'async def' that consumes the generator"
+        )
+
+    if callable(fn):
+        raise TypeError(
+            f"expected a coroutine function, got the plain function {_name(fn)}; "
+            "define it with 'async def', or submit "
+            "bind(asyncio.to_thread, fn, ...) to run it in a thread"
+        )
+
+    raise TypeError(
+        f"expected a coroutine function, got {fn!r} "
+        f"of type {type(fn).__name__}, which is not callable"
+    )
+
+
+def check_priority(priority: object) -> int:
+    """Return ``priority`` as an int, or raise ``TypeError``."""
+    if type(priority) is int:
+        return priority
+
+    if isinstance(priority, int) and not isinstance(priority, bool):
+        return int(priority)
+
+    raise TypeError(
+        f"priority must be an int (higher runs first), got {priority!r} "
+        f"of type {type(priority).__name__}"
+    )
+
+
+def check_timeout(name: str, value: object) -> float | None:
+    """Return a timeout in seconds, or ``None`` for no timeout."""
+    if value is None:
+        return None
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds or None, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"{name} must be a finite number of seconds > 0, got {value!r}; "
+            "use None for no timeout"
+        )
+
+    return float(value)
+
+
+def check_seconds(
+    name: str, value: object, *, allow_none: bool = False
+) -> float | None:
+    """Return a duration in seconds that is finite and >= 0."""
+    if value is None and allow_none:
+        return None
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of seconds, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"{name} must be a finite number of seconds >= 0, got {value!r}"
+        )
+
+    return float(value)
+
+
+def check_count(name: str, value: object, minimum: int) -> int:
+    """Return ``value`` if it is an int of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(
+            f"{name} must be an int, got {value!r} of type {type(value).__name__}"
+        )
+
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+    return value
+
+
+def _name(fn: Any) -> str:
+    return str(getattr(fn, "__qualname__", repr(fn)))

@@ -1,0 +1,220 @@
+"""The ready heap, the timer heap and the bounded result store."""
+
+from __future__ import annotations
+
+import heapq
+import threading
+from collections import OrderedDict, deque
+from typing import Any
+
+from .models import PENDING, TaskHandle, TaskId
+
+__all__ = ("ReadyHeap", "ResultStore", "TimerHeap")
+
+# Stale entries (tasks cancelled while pending) are dropped lazily by pop().
+# Past this many, and past half of all entries, the heap is rebuilt so that a
+# queue whose pending tasks are cancelled in bulk does not keep their memory.
+_COMPACT_MIN_STALE = 1024
+
+
+class ReadyHeap:
+    """A max-heap of pending tasks: highest priority first, FIFO among equals.
+
+    The heap is a binary heap of priority levels, each a FIFO deque. A push or
+    pop costs O(1) plus O(log L) for L distinct priorities present, and never
+    compares tasks or their arguments.
+
+    ``_lock`` guards ``_levels``, ``_order`` and the two counters. Every method
+    takes it for its whole body, so each operation is atomic even when another
+    thread pushes at the same moment as the event loop pops. Asyncio code on
+    the loop thread gains nothing from it, since no method awaits.
+    """
+
+    __slots__ = ("_entries", "_levels", "_lock", "_order", "_stale")
+
+    def __init__(self) -> None:
+        self._levels: dict[int, deque[TaskHandle[Any]]] = {}
+        self._order: list[int] = []  # negated priorities, one per level
+        self._entries = 0  # live and stale entries together
+        self._stale = 0  # entries whose task is no longer pending
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        """Return the number of tasks that are still pending."""
+        with self._lock:
+            return self._entries - self._stale
+
+    def push(self, handle: TaskHandle[Any]) -> None:
+        """Add a pending task behind the tasks of its priority."""
+        priority = handle._priority
+        with self._lock:
+            level = self._levels.get(priority)
+            if level is None:
+                level = self._levels[priority] = deque()
+                heapq.heappush(self._order, -priority)
+
+            level.append(handle)
+            self._entries += 1
+
+    def pop(self) -> TaskHandle[Any] | None:
+        """Remove and return the next pending task, or ``None`` if there is none."""
+        with self._lock:
+            order = self._order
+            levels = self._levels
+            while order:
+                priority = -order[0]
+                level = levels[priority]
+                handle = level.popleft()
+                if not level:
+                    heapq.heappop(order)
+                    del levels[priority]
+
+                self._entries -= 1
+                if handle._state is PENDING:
+                    return handle
+
+                self._stale -= 1
+
+            return None
+
+    def mark_stale(self) -> None:
+        """Record that one task in the heap left the pending state.
+
+        The caller changes the task's state first; ``pop()`` then skips it.
+        """
+        with self._lock:
+            self._stale += 1
+            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
+                self._compact()
+
+    def drain(self) -> list[TaskHandle[Any]]:
+        """Remove every pending task and return them in start order."""
+        drained = []
+        while (handle := self.pop()) is not None:
+            drained.append(handle)
+
+        return drained
+
+    def depth_by_priority(self) -> dict[int, int]:
+        """Return the number of pending tasks at each priority, highest first."""
+        with self._lock:
+            depth = {}
+            for priority in sorted(self._levels, reverse=True):
+                count = sum(1 for h in self._levels[priority] if h._state is PENDING)
+                if count:
+                    depth[priority] = count
+
+            return depth
+
+    def _compact(self) -> None:
+        # Called with the lock held.
+        for priority in list(self._levels):
+            live = deque(h for h in self._levels[priority] if h._state is PENDING)
+            if live:
+                self._levels[priority] = live
+            else:
+                del self._levels[priority]
+
+        self._order = [-priority for priority in self._levels]
+        heapq.heapify(self._order)
+        self._entries -= self._stale
+        self._stale = 0
+
+
+class TimerHeap:
+    """Tasks parked until a time on the event loop clock.
+
+    Used only on the event loop thread, so it needs no lock. Entries of tasks
+    cancelled while parked stay until their time comes and are then skipped.
+    """
+
+    __slots__ = ("_counter", "_heap")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
+        self._counter = 0  # breaks ties between equal times without comparing tasks
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, when: float, handle: TaskHandle[Any]) -> None:
+        """Park a task until ``when``."""
+        self._counter += 1
+        heapq.heappush(self._heap, (when, self._counter, handle))
+
+    def next_time(self) -> float | None:
+        """Return the earliest parked time, or ``None`` if nothing is parked."""
+        return self._heap[0][0] if self._heap else None
+
+    def pop_due(self, now: float) -> list[TaskHandle[Any]]:
+        """Remove and return the tasks parked until ``now`` or earlier."""
+        heap = self._heap
+        due = []
+        while heap and heap[0][0] <= now:
+            due.append(heapq.heappop(heap)[2])
+
+        return due
+
+    def clear(self) -> list[TaskHandle[Any]]:
+        """Remove and return every parked task, earliest first."""
+        handles = [entry[2] for entry in sorted(self._heap)]
+        self._heap.clear()
+        return handles
+
+
+class ResultStore:
+    """Finished tasks kept for lookup by id, bounded by count and optionally age.
+
+    The oldest entry is evicted first. Evicting an entry only drops the
+    queue's reference: a caller holding the handle keeps its outcome. Used
+    only on the event loop thread, so it needs no lock.
+    """
+
+    __slots__ = ("_entries", "_max_age", "_max_count", "evicted")
+
+    def __init__(self, max_count: int, max_age: float | None) -> None:
+        self._entries: OrderedDict[TaskId, TaskHandle[Any]] = OrderedDict()
+        self._max_count = max_count
+        self._max_age = max_age
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._entries
+
+    def add(self, handle: TaskHandle[Any], now: float) -> None:
+        """Keep a finished task, evicting the oldest ones past the bounds."""
+        entries = self._entries
+        if self._max_count == 0:
+            self.evicted += 1
+            return
+
+        entries[handle._id] = handle
+        if len(entries) > self._max_count:
+            entries.popitem(last=False)
+            self.evicted += 1
+
+        if self._max_age is not None:
+            self.evict_expired(now)
+
+    def get(self, task_id: TaskId, now: float) -> TaskHandle[Any] | None:
+        """Return the finished task with this id, or ``None``."""
+        if self._max_age is not None:
+            self.evict_expired(now)
+
+        return self._entries.get(task_id)
+
+    def evict_expired(self, now: float) -> None:
+        """Evict the tasks that finished more than ``max_age`` seconds ago."""
+        assert self._max_age is not None
+        cutoff = now - self._max_age
+        entries = self._entries
+        while entries:
+            oldest = next(iter(entries.values()))
+            if oldest._finished_at > cutoff:
+                break
+
+            entries.popitem(last=False)
+            self.evicted += 1

@@ -1,0 +1,936 @@
+"""The queue: submission, the worker pool, retries, timeouts and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import inspect
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, Literal, TypeVar, TypeVarTuple, final
+
+from . import _checks
+from .containers import ReadyHeap, ResultStore, TimerHeap
+from .errors import (
+    DuplicateTaskIdError,
+    QueueClosedError,
+    QueueStateError,
+    TaskNotFoundError,
+)
+from .models import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SUCCEEDED,
+    WAITING_RETRY,
+    CancelReason,
+    QueueStats,
+    ShutdownMode,
+    ShutdownReport,
+    TaskHandle,
+    TaskId,
+)
+from .policies import RetryPolicy
+
+__all__ = ("AsyncTaskQueue",)
+
+logger = logging.getLogger("async_queue")
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+# The event loop runs a timer callback up to one clock tick early, so a
+# deadline within one tick of "now" counts as reached.
+_CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"
+
+
+_UNSET = _Unset.UNSET
+
+
+class _Lifecycle(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+class _Worker:
+    """One worker coroutine and the task it is running."""
+
+    __slots__ = ("cancels", "current", "deadline", "task", "waiter")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.current: TaskHandle[Any] | None = None
+        self.deadline: float | None = None  # loop time at which `current` times out
+        self.waiter: asyncio.Future[None] | None = None  # set while idle
+        self.cancels = 0  # cancel requests this queue made on `task` for `current`
+
+
+class _Join:
+    __slots__ = ("future", "last_seq", "remaining")
+
+    def __init__(
+        self, remaining: int, last_seq: int, future: asyncio.Future[None]
+    ) -> None:
+        self.remaining = remaining
+        self.last_seq = last_seq
+        self.future = future
+
+
+@final
+class AsyncTaskQueue:
+    """A priority queue of coroutine tasks run by a bounded pool of workers.
+
+    Higher ``priority`` starts first; equal priorities start in submission
+    order. A failed task is retried by its ``RetryPolicy``, waiting out its
+    backoff on a timer without holding a worker. A task over its timeout is
+    cancelled and fails with ``TimeoutError``.
+
+    Use it as an async context manager, which starts the workers and, on exit,
+    drains the queue (or cancels everything if the block raised)::
+
+        async with AsyncTaskQueue(max_workers=8) as queue:
+            handle = await queue.submit(fetch, url, priority=5)
+            body = await handle
+
+    All methods must be called from the event loop that ran ``start()``.
+
+    Args:
+        max_workers: number of tasks that run at once, at least 1.
+        retry: the default retry policy; ``RetryPolicy()`` if omitted.
+        timeout: the default per-attempt timeout in seconds, or ``None``.
+        max_results: finished tasks kept for lookup by id, oldest evicted first.
+        result_ttl: if set, finished tasks are also evicted after this many
+            seconds.
+    """
+
+    def __init__(
+        self,
+        max_workers: int = 10,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        max_results: int = 10_000,
+        result_ttl: float | None = None,
+    ) -> None:
+        self._max_workers = _checks.check_count("max_workers", max_workers, 1)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._timeout = _checks.check_timeout("timeout", timeout)
+        _checks.check_count("max_results", max_results, 0)
+        ttl = _checks.check_seconds("result_ttl", result_ttl, allow_none=True)
+
+        self._lifecycle = _Lifecycle.NEW
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+
+        # Task bookkeeping. Only the event loop thread reads or writes these,
+        # so they need no lock; `_ready` has its own (see ReadyHeap).
+        self._ready = ReadyHeap()
+        self._timers = TimerHeap()
+        self._results = ResultStore(max_results, ttl)
+        self._active: dict[TaskId, TaskHandle[Any]] = {}  # every unfinished task
+        self._seq = 0
+
+        self._workers: list[_Worker] = []
+        self._idle: deque[_Worker] = deque()
+        self._timer_handle: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._watchdog_at = 0.0
+
+        self._joins: list[_Join] = []
+        self._watchers: list[asyncio.Future[None]] = []  # woken on every finished task
+        self._stop_task: asyncio.Task[ShutdownReport] | None = None
+        self._empty_report: ShutdownReport | None = None  # stop() before start()
+        self._accept_retries = True
+        self._workers_exit = False
+
+        self._running = 0
+        self._waiting = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._retries = 0
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Start the workers on the running event loop.
+
+        Raises:
+            QueueStateError: the queue was already started, or stopped.
+        """
+        if self._lifecycle is not _Lifecycle.NEW:
+            raise QueueStateError(
+                f"cannot start a queue that is {self._lifecycle.value}; "
+                "create a new AsyncTaskQueue instead"
+            )
+
+        self._loop = asyncio.get_running_loop()
+        self._lifecycle = _Lifecycle.RUNNING
+        for index in range(self._max_workers):
+            worker = _Worker()
+            worker.task = self._loop.create_task(
+                self._run_worker(worker), name=f"async_queue-worker-{index}"
+            )
+            self._workers.append(worker)
+
+    async def stop(
+        self,
+        mode: ShutdownMode | str = ShutdownMode.CANCEL,
+        *,
+        timeout: float | None = None,
+        grace: float = 5.0,
+    ) -> ShutdownReport:
+        """Stop accepting tasks, end the work in ``mode``, and stop the workers.
+
+        ``DRAIN`` runs everything pending, ``FINISH_RUNNING`` cancels what is
+        pending and waits for what runs, ``CANCEL`` (the default) cancels
+        everything. If ``timeout`` seconds pass first, the stop escalates to
+        ``CANCEL``. A cancelled coroutine gets ``grace`` seconds to finish;
+        one that is still running after that is abandoned (left running,
+        marked ``CANCELLED``) and listed in the report.
+
+        Idempotent and safe to call concurrently: every call returns the
+        report of the first one, whose mode and limits win. Calling it before
+        ``start()`` closes the queue and returns an empty report.
+        """
+        mode = _check_mode(mode)
+        timeout = _checks.check_timeout("timeout", timeout)
+        grace_seconds = _checks.check_seconds("grace", grace)
+        assert grace_seconds is not None
+
+        if self._lifecycle is _Lifecycle.NEW:
+            self._lifecycle = _Lifecycle.STOPPED
+            self._empty_report = ShutdownReport(mode, False, (), (), (), ())
+
+        if self._stop_task is None:
+            if self._empty_report is not None:
+                return self._empty_report
+
+            self._lifecycle = _Lifecycle.STOPPING
+            self._stop_task = self._loop.create_task(
+                self._shut_down(mode, timeout, grace_seconds),
+                name="async_queue-stop",
+            )
+
+        # Shielded, so that cancelling one caller of stop() does not cut the
+        # shutdown short for the others.
+        return await asyncio.shield(self._stop_task)
+
+    async def __aenter__(self) -> AsyncTaskQueue:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        mode = ShutdownMode.DRAIN if exc_type is None else ShutdownMode.CANCEL
+        await self.stop(mode)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``stop()`` has begun, so that ``submit()`` raises."""
+        return self._lifecycle in (_Lifecycle.STOPPING, _Lifecycle.STOPPED)
+
+    # Submission
+
+    async def submit(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]] | Coroutine[Any, Any, T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
+        retry: RetryPolicy | None = None,
+        task_id: str | None = None,
+    ) -> TaskHandle[T]:
+        """Queue ``fn(*args)`` and return its handle.
+
+        ``fn`` is a coroutine function; its positional arguments follow it.
+        Every keyword belongs to the task, never to ``fn``: bind keyword
+        arguments with ``bind(fn, *args, **kwargs)``. A coroutine object is
+        accepted only with a retry policy of ``max_retries=0``, because it
+        cannot be run twice.
+
+        Args:
+            priority: any int; higher starts first, FIFO among equals.
+            timeout: seconds per attempt, ``None`` for none; omitted means the
+                queue's default.
+            retry: this task's retry policy; omitted means the queue's.
+            task_id: a unique str id; omitted means a new int id.
+
+        Raises:
+            QueueStateError: the queue has not been started.
+            QueueClosedError: ``stop()`` has begun.
+            DuplicateTaskIdError: ``task_id`` belongs to an active or retained task.
+            TypeError, ValueError: an argument is invalid; nothing was queued.
+        """
+        return self.submit_nowait(
+            fn, *args, priority=priority, timeout=timeout, retry=retry, task_id=task_id
+        )
+
+    def submit_nowait(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]] | Coroutine[Any, Any, T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
+        retry: RetryPolicy | None = None,
+        task_id: str | None = None,
+    ) -> TaskHandle[T]:
+        """Queue a task without awaiting; otherwise the same as ``submit()``."""
+        if self._lifecycle is not _Lifecycle.RUNNING:
+            self._raise_not_running()
+
+        if type(priority) is not int:
+            priority = _checks.check_priority(priority)
+
+        if timeout is _UNSET:
+            timeout = self._timeout
+        elif timeout is not None:
+            timeout = _checks.check_timeout("timeout", timeout)
+
+        if retry is None:
+            retry = self._retry
+        elif not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+
+        call_args: tuple[Any, ...] | None = args
+        if not _checks.is_coroutine_function(fn):
+            _check_coroutine_object(fn, args, retry)
+            call_args = None
+
+        seq = self._seq + 1
+        if task_id is None:
+            key: TaskId = seq
+        else:
+            key = self._check_task_id(task_id)
+
+        self._seq = seq
+        handle: TaskHandle[Any] = TaskHandle(
+            self,
+            key,
+            seq,
+            fn,
+            call_args,
+            priority,
+            timeout,
+            retry,
+        )
+        self._active[key] = handle
+        self._ready.push(handle)
+        if self._idle:
+            self._wake_worker()
+
+        return handle
+
+    async def join(self) -> None:
+        """Wait until every task submitted so far is final.
+
+        Tasks submitted after the call do not delay it. Cancelling the caller
+        does not affect the tasks.
+        """
+        if not self._active:
+            return
+
+        join = _Join(len(self._active), self._seq, self._loop.create_future())
+        self._joins.append(join)
+        try:
+            await join.future
+        finally:
+            if join in self._joins:
+                self._joins.remove(join)
+
+    # Lookup and statistics
+
+    def task(self, task_id: TaskId) -> TaskHandle[Any]:
+        """Return the handle of an active task, or of a finished one still retained.
+
+        Raises:
+            TaskNotFoundError: no such task, or it was evicted.
+        """
+        handle = self._active.get(task_id)
+        if handle is None:
+            handle = self._results.get(task_id, self._now())
+
+        if handle is None:
+            raise TaskNotFoundError(
+                f"no task with id {task_id!r}: it was never submitted, or it "
+                "finished and was evicted from the result store; raise "
+                "max_results or result_ttl to keep finished tasks longer"
+            )
+
+        return handle
+
+    def cancel(self, task_id: TaskId, msg: str | None = None) -> bool:
+        """Cancel the task with this id; see ``TaskHandle.cancel()``.
+
+        Raises:
+            TaskNotFoundError: no such task, or it was evicted.
+        """
+        return self.task(task_id).cancel(msg)
+
+    def stats(self) -> QueueStats:
+        """Return a snapshot of the queue's counts."""
+        workers = sum(
+            1 for w in self._workers if w.task is not None and not w.task.done()
+        )
+        return QueueStats(
+            pending=len(self._ready),
+            waiting_retry=self._waiting,
+            running=self._running,
+            succeeded=self._succeeded,
+            failed=self._failed,
+            cancelled=self._cancelled,
+            retries=self._retries,
+            workers=workers,
+            submitted=self._seq,
+            retained=len(self._results),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncTaskQueue {self._lifecycle.value} workers={self._max_workers} "
+            f"pending={len(self._ready)} running={self._running} "
+            f"closed={self.closed}>"
+        )
+
+    # Workers
+
+    async def _run_worker(self, worker: _Worker) -> None:
+        ready = self._ready
+        while True:
+            handle = ready.pop()
+            if handle is None:
+                if self._workers_exit:
+                    return
+
+                await self._wait_for_work(worker)
+                continue
+
+            handle._state = RUNNING
+            handle._attempts += 1
+            handle._worker = worker
+            worker.current = handle
+            self._running += 1
+            if handle._timeout is not None:
+                self._arm_deadline(worker, handle._timeout)
+
+            try:
+                args = handle._args
+                if args is None:
+                    result = await handle._fn  # type: ignore[misc]
+                else:
+                    result = await handle._fn(*args)  # type: ignore[operator]
+            except BaseException as exc:
+                self._end_attempt(worker)
+                if self._on_attempt_error(worker, handle, exc):
+                    raise
+            else:
+                self._end_attempt(worker)
+                if handle._cancel_reason is None:
+                    handle._result = result
+                    handle._state = SUCCEEDED
+                    self._succeeded += 1
+                    self._finish(handle)
+                elif self._on_attempt_error(worker, handle, None):
+                    raise asyncio.CancelledError from None
+
+    def _end_attempt(self, worker: _Worker) -> None:
+        worker.current = None
+        worker.deadline = None
+        self._running -= 1
+
+    async def _wait_for_work(self, worker: _Worker) -> None:
+        waiter = self._loop.create_future()
+        worker.waiter = waiter
+        self._idle.append(worker)
+        try:
+            await waiter
+        finally:
+            worker.waiter = None
+            if not waiter.done() or waiter.cancelled():
+                with contextlib.suppress(ValueError):
+                    self._idle.remove(worker)
+
+    def _wake_worker(self) -> None:
+        idle = self._idle
+        while idle:
+            waiter = idle.popleft().waiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _on_attempt_error(
+        self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
+    ) -> bool:
+        """Settle an attempt that raised ``exc`` or was interrupted by the queue.
+
+        Returns whether the worker must re-raise ``exc`` and exit.
+        """
+        reason = handle._cancel_reason
+        if reason is not None:
+            return self._on_interrupted(worker, handle, reason, exc)
+
+        assert exc is not None
+        if isinstance(exc, asyncio.CancelledError):
+            # Someone other than this queue cancelled the worker itself, for
+            # example the event loop shutting down.
+            if handle._state is RUNNING:
+                handle._cancel_message = "the worker was cancelled"
+                self._set_cancelled(handle)
+
+            return True
+
+        if handle._state is RUNNING:
+            self._retry_or_fail(handle, exc)
+
+        return _is_fatal(exc)
+
+    def _on_interrupted(
+        self,
+        worker: _Worker,
+        handle: TaskHandle[Any],
+        reason: CancelReason,
+        exc: BaseException | None,
+    ) -> bool:
+        task = worker.task
+        assert task is not None
+        while worker.cancels:
+            task.uncancel()
+            worker.cancels -= 1
+
+        handle._cancel_reason = None
+        if handle._state is RUNNING:
+            if reason is CancelReason.TIMEOUT:
+                error = TimeoutError(
+                    f"task {handle._id!r} timed out after {handle._timeout} s "
+                    f"on attempt {handle._attempts}"
+                )
+                error.__cause__ = exc
+                self._retry_or_fail(handle, error)
+            else:
+                self._set_cancelled(handle)
+
+        # A cancel request that did not come from this queue is still pending
+        # on the worker: let it end the worker.
+        outside = task.cancelling() > 0
+        if outside and exc is not None and not isinstance(exc, asyncio.CancelledError):
+            raise asyncio.CancelledError()
+
+        return outside or _is_fatal(exc)
+
+    # Timeouts: one watchdog timer for all workers, set for the earliest
+    # deadline. Starting a task only stores its deadline, unless that deadline
+    # is earlier than the watchdog's, which is cheaper than a timer per task.
+
+    def _arm_deadline(self, worker: _Worker, timeout: float) -> None:
+        deadline = self._loop.time() + timeout
+        worker.deadline = deadline
+        if self._watchdog is None or deadline < self._watchdog_at:
+            self._set_watchdog(deadline)
+
+    def _set_watchdog(self, when: float) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+
+        self._watchdog_at = when
+        self._watchdog = self._loop.call_at(when, self._on_watchdog)
+
+    def _on_watchdog(self) -> None:
+        self._watchdog = None
+        now = self._loop.time() + _CLOCK_RESOLUTION
+        earliest: float | None = None
+        for worker in self._workers:
+            deadline = worker.deadline
+            if deadline is None:
+                continue
+
+            if deadline <= now:
+                worker.deadline = None
+                handle = worker.current
+                assert handle is not None
+                self._interrupt(worker, handle, CancelReason.TIMEOUT, "task timed out")
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+
+        if earliest is not None:
+            self._set_watchdog(earliest)
+
+    def _interrupt(
+        self,
+        worker: _Worker,
+        handle: TaskHandle[Any],
+        reason: CancelReason,
+        msg: str | None,
+    ) -> None:
+        """Deliver ``CancelledError`` into the running task of ``worker``."""
+        if handle._cancel_reason is not None:
+            # Already interrupted: an explicit cancel overrides a timeout.
+            if reason is CancelReason.CANCEL:
+                handle._cancel_reason = reason
+
+            return
+
+        handle._cancel_reason = reason
+        task = worker.task
+        assert task is not None
+        if asyncio.current_task() is task:
+            # The task cancels itself. Task.cancel() here would only take
+            # effect at the worker's next await, which may belong to the next
+            # task, so deliver it from a callback once the task is suspended.
+            self._loop.call_soon(self._deliver_cancel, worker, handle, msg)
+            return
+
+        worker.cancels += 1
+        task.cancel(msg)
+
+    def _deliver_cancel(
+        self, worker: _Worker, handle: TaskHandle[Any], msg: str | None
+    ) -> None:
+        if worker.current is handle and worker.task is not None:
+            worker.cancels += 1
+            worker.task.cancel(msg)
+
+    # Retries: a task waiting out its backoff is parked in `_timers`, and one
+    # loop timer is set for the earliest of them.
+
+    def _retry_or_fail(self, handle: TaskHandle[Any], exc: BaseException) -> None:
+        policy = handle._retry
+        retries_done = handle._attempts - 1
+        if self._accept_retries and policy.should_retry(exc, retries_done):
+            delay = policy.delay(retries_done, handle._last_delay)
+            handle._last_delay = delay
+            self._retries += 1
+            logger.warning(
+                "task %r (%s) failed on attempt %d, retrying in %.3f s: %r",
+                handle._id,
+                handle.name,
+                handle._attempts,
+                delay,
+                exc,
+            )
+            self._park(handle, delay)
+            return
+
+        handle._exception = exc
+        handle._traceback = exc.__traceback__
+        handle._state = FAILED
+        self._failed += 1
+        logger.error(
+            "task %r (%s) failed after %d attempt(s): %r",
+            handle._id,
+            handle.name,
+            handle._attempts,
+            exc,
+            exc_info=exc,
+        )
+        self._finish(handle)
+
+    def _park(self, handle: TaskHandle[Any], delay: float) -> None:
+        handle._worker = None
+        if delay <= 0:
+            handle._state = PENDING
+            self._ready.push(handle)
+            if self._idle:
+                self._wake_worker()
+
+            return
+
+        handle._state = WAITING_RETRY
+        self._waiting += 1
+        when = self._loop.time() + delay
+        self._timers.push(when, handle)
+        if self._timer_handle is None or when < self._timer_at:
+            self._set_timer(when)
+
+    def _set_timer(self, when: float) -> None:
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+
+        self._timer_at = when
+        self._timer_handle = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer_handle = None
+        for handle in self._timers.pop_due(self._loop.time() + _CLOCK_RESOLUTION):
+            if handle._state is WAITING_RETRY:
+                self._waiting -= 1
+                handle._state = PENDING
+                self._ready.push(handle)
+                if self._idle:
+                    self._wake_worker()
+
+        when = self._timers.next_time()
+        if when is not None:
+            self._set_timer(when)
+
+    # Final states
+
+    def _cancel_task(self, handle: TaskHandle[Any], msg: str | None) -> bool:
+        # Called by TaskHandle.cancel() for a task that is not final.
+        state = handle._state
+        handle._cancel_message = msg
+        if state is RUNNING:
+            worker = handle._worker
+            assert worker is not None
+            self._interrupt(worker, handle, CancelReason.CANCEL, msg)
+            return True
+
+        if state is PENDING:
+            handle._state = CANCELLED  # before mark_stale(), which may compact
+            self._ready.mark_stale()
+        else:
+            self._waiting -= 1
+
+        self._set_cancelled(handle)
+        return True
+
+    def _set_cancelled(self, handle: TaskHandle[Any]) -> None:
+        handle._state = CANCELLED
+        self._cancelled += 1
+        if handle._args is None and handle._attempts == 0:
+            # A coroutine object that never ran: close it, so that Python does
+            # not warn that it was never awaited.
+            handle._fn.close()  # type: ignore[union-attr]
+
+        self._finish(handle)
+
+    def _finish(self, handle: TaskHandle[Any]) -> None:
+        """Record a task that has just reached its final state."""
+        del self._active[handle._id]
+        handle._queue = None
+        handle._worker = None
+        waiters = handle._waiters
+        if waiters is not None:
+            handle._waiters = None
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+        if self._results._max_age is not None:
+            handle._finished_at = self._loop.time()
+
+        self._results.add(handle, handle._finished_at)
+        if self._joins:
+            self._count_join(handle._seq)
+
+        if self._watchers:
+            watchers, self._watchers = self._watchers, []
+            for watcher in watchers:
+                if not watcher.done():
+                    watcher.set_result(None)
+
+    def _count_join(self, seq: int) -> None:
+        for join in self._joins:
+            if seq <= join.last_seq:
+                join.remaining -= 1
+                if join.remaining == 0 and not join.future.done():
+                    join.future.set_result(None)
+
+    # Shutdown
+
+    async def _shut_down(
+        self, mode: ShutdownMode, timeout: float | None, grace: float
+    ) -> ShutdownReport:
+        deadline = None if timeout is None else self._loop.time() + timeout
+        escalated = False
+        dropped: list[TaskHandle[Any]] = []
+
+        if mode is ShutdownMode.DRAIN:
+            escalated = not await self._wait_until(lambda: not self._active, deadline)
+
+        if mode is ShutdownMode.FINISH_RUNNING:
+            self._accept_retries = False
+            dropped += self._cancel_queued()
+            escalated = not await self._wait_until(lambda: self._running == 0, deadline)
+
+        interrupted: list[TaskHandle[Any]] = []
+        abandoned: list[TaskHandle[Any]] = []
+        if mode is ShutdownMode.CANCEL or escalated:
+            self._accept_retries = False
+            dropped += self._cancel_queued()
+            interrupted = self._cancel_running()
+            await self._wait_until(
+                lambda: self._running == 0, self._loop.time() + grace
+            )
+            abandoned = self._abandon_running()
+
+        await self._stop_workers(abandoned)
+        self._lifecycle = _Lifecycle.STOPPED
+        never_started = tuple(h for h in dropped if h._attempts == 0)
+        retries_cancelled = tuple(h for h in dropped if h._attempts > 0)
+        return ShutdownReport(
+            mode,
+            escalated,
+            never_started,
+            retries_cancelled,
+            tuple(interrupted),
+            tuple(abandoned),
+        )
+
+    async def _wait_until(
+        self, condition: Callable[[], bool], deadline: float | None
+    ) -> bool:
+        """Wait until ``condition()`` holds, re-checked as each task finishes."""
+        while not condition():
+            watcher = self._loop.create_future()
+            self._watchers.append(watcher)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await watcher
+            except TimeoutError:
+                return condition()
+
+        return True
+
+    def _cancel_queued(self) -> list[TaskHandle[Any]]:
+        """Cancel every pending task and every task waiting to retry."""
+        if self._timer_handle is not None:
+            self._timer_handle.cancel()
+            self._timer_handle = None
+
+        queued = self._ready.drain()
+        queued += [h for h in self._timers.clear() if h._state is WAITING_RETRY]
+        for handle in queued:
+            if handle._state is WAITING_RETRY:
+                self._waiting -= 1
+
+            handle._cancel_message = "the queue was stopped"
+            self._set_cancelled(handle)
+
+        return queued
+
+    def _cancel_running(self) -> list[TaskHandle[Any]]:
+        running = []
+        for worker in self._workers:
+            handle = worker.current
+            if handle is not None and handle._state is RUNNING:
+                handle._cancel_message = "the queue was stopped"
+                self._interrupt(
+                    worker, handle, CancelReason.CANCEL, "the queue was stopped"
+                )
+                running.append(handle)
+
+        return running
+
+    def _abandon_running(self) -> list[TaskHandle[Any]]:
+        abandoned = []
+        for worker in self._workers:
+            handle = worker.current
+            if handle is not None and handle._state is RUNNING:
+                logger.error(
+                    "task %r (%s) is still running %s after it was cancelled; "
+                    "abandoning it: its coroutine suppresses CancelledError",
+                    handle._id,
+                    handle.name,
+                    "past the grace period",
+                )
+                self._set_cancelled(handle)
+                abandoned.append(handle)
+
+        return abandoned
+
+    async def _stop_workers(self, abandoned: list[TaskHandle[Any]]) -> None:
+        self._workers_exit = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+
+        idle = [w for w in self._workers if w.waiter is not None]
+        for worker in idle:
+            if worker.waiter is not None and not worker.waiter.done():
+                worker.waiter.set_result(None)
+
+        stuck = {id(handle._worker) for handle in abandoned}
+        tasks = [
+            w.task for w in self._workers if w.task is not None and id(w) not in stuck
+        ]
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # Helpers
+
+    def _now(self) -> float:
+        if self._lifecycle is _Lifecycle.NEW:
+            return 0.0
+
+        return self._loop.time()
+
+    def _check_task_id(self, task_id: object) -> str:
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(
+                f"task_id must be a non-empty str, got {task_id!r}; "
+                "omit it to get an int id from the queue"
+            )
+
+        if task_id in self._active or task_id in self._results:
+            raise DuplicateTaskIdError(
+                f"task_id {task_id!r} is already used by a task that is "
+                "active or retained; choose another id"
+            )
+
+        return task_id
+
+    def _raise_not_running(self) -> None:
+        if self._lifecycle is _Lifecycle.NEW:
+            raise QueueStateError(
+                "the queue has not been started; call 'await queue.start()' "
+                "first, or use 'async with AsyncTaskQueue() as queue'"
+            )
+
+        raise QueueClosedError(
+            f"the queue is {self._lifecycle.value} and accepts no new tasks; "
+            "submit before calling stop(), or create a new queue"
+        )
+
+
+def _is_fatal(exc: BaseException | None) -> bool:
+    """Return whether ``exc`` must end the worker, like ``KeyboardInterrupt``."""
+    return not isinstance(exc, (Exception, asyncio.CancelledError, type(None)))
+
+
+def _check_mode(mode: object) -> ShutdownMode:
+    try:
+        return ShutdownMode(mode)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in ShutdownMode)
+        raise ValueError(
+            f"mode must be a ShutdownMode or one of {choices}, got {mode!r}"
+        ) from None
+
+
+def _check_coroutine_object(
+    fn: object, args: tuple[Any, ...], retry: RetryPolicy
+) -> None:
+    if not inspect.iscoroutine(fn):
+        _checks.check_coroutine_function(fn)
+
+    if args:
+        raise TypeError(
+            f"got the coroutine object {fn!r} and positional arguments; pass "
+            "the coroutine function with its arguments instead"
+        )
+
+    if retry.max_retries > 0:
+        raise ValueError(
+            f"the coroutine object {fn!r} cannot be retried, because a coroutine "
+            "runs only once; submit the coroutine function and its arguments, "
+            "or pass retry=RetryPolicy(max_retries=0)"
+        )

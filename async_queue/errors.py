@@ -1,0 +1,61 @@
+"""Exceptions raised by async_queue.
+
+The tree::
+
+    AsyncQueueError
+    ├── QueueStateError (also RuntimeError)
+    │   └── QueueClosedError
+    ├── TaskCancelledError
+    ├── DuplicateTaskIdError (also ValueError)
+    └── TaskNotFoundError (also KeyError)
+
+Invalid arguments raise the builtin ``TypeError`` or ``ValueError``, and a task
+that runs over its timeout fails with the builtin ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+__all__ = (
+    "AsyncQueueError",
+    "DuplicateTaskIdError",
+    "QueueClosedError",
+    "QueueStateError",
+    "TaskCancelledError",
+    "TaskNotFoundError",
+)
+
+
+class AsyncQueueError(Exception):
+    """Base class of every exception that async_queue defines."""
+
+
+class QueueStateError(AsyncQueueError, RuntimeError):
+    """Raised when a call does not fit the queue's lifecycle.
+
+    Examples: submitting before ``start()``, or calling ``start()`` twice.
+    """
+
+
+class QueueClosedError(QueueStateError):
+    """Raised by ``submit()`` once ``stop()`` has begun."""
+
+
+class TaskCancelledError(AsyncQueueError):
+    """Raised when awaiting the handle of a task that was cancelled.
+
+    It is not a subclass of ``asyncio.CancelledError``: a coroutine that awaits
+    a handle gets ``TaskCancelledError`` when the *task* was cancelled, and
+    ``asyncio.CancelledError`` only when the awaiting coroutine itself is.
+    """
+
+
+class DuplicateTaskIdError(AsyncQueueError, ValueError):
+    """Raised when a submitted task id is already in use by a known task."""
+
+
+class TaskNotFoundError(AsyncQueueError, KeyError):
+    """Raised when no active or retained task has the requested id."""
+
+    def __str__(self) -> str:
+        # KeyError.__str__ shows the repr of the message; show the text itself.
+        return str(self.args[0]) if self.args else ""

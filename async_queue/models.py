@@ -1,0 +1,411 @@
+"""Task states and the task handle that callers hold."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
+
+from .errors import TaskCancelledError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from .core import AsyncTaskQueue
+    from .policies import RetryPolicy
+
+__all__ = (
+    "BoundCall",
+    "QueueStats",
+    "ShutdownMode",
+    "ShutdownReport",
+    "TaskHandle",
+    "TaskId",
+    "TaskState",
+    "bind",
+)
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+TaskId = Hashable
+"""A task id: an ``int`` chosen by the queue, or a ``str`` chosen by the caller."""
+
+
+class TaskState(enum.Enum):
+    """Where a task is in its life. The last three are final."""
+
+    PENDING = "pending"
+    """In the ready heap, waiting for a worker."""
+
+    WAITING_RETRY = "waiting_retry"
+    """Failed an attempt and is waiting out its backoff; holds no worker."""
+
+    RUNNING = "running"
+    """A worker is running its coroutine."""
+
+    SUCCEEDED = "succeeded"
+    """Returned a result."""
+
+    FAILED = "failed"
+    """Raised an exception that was not retried, or ran out of retries."""
+
+    CANCELLED = "cancelled"
+    """Cancelled by ``cancel()`` or by ``stop()`` before it could finish."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the state never changes again."""
+        return self in _FINAL
+
+
+PENDING = TaskState.PENDING
+WAITING_RETRY = TaskState.WAITING_RETRY
+RUNNING = TaskState.RUNNING
+SUCCEEDED = TaskState.SUCCEEDED
+FAILED = TaskState.FAILED
+CANCELLED = TaskState.CANCELLED
+_FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
+
+
+class CancelReason(enum.Enum):
+    """Why the queue delivered ``CancelledError`` into a running task."""
+
+    CANCEL = "cancel"
+    TIMEOUT = "timeout"
+
+
+@final
+class TaskHandle(Generic[T]):
+    """A submitted task: its id and state, and the way to await its outcome.
+
+    ``await handle`` returns the task's result, raises the task's own final
+    exception (``TimeoutError`` after a timeout), or raises
+    ``TaskCancelledError`` if the task was cancelled. Awaiting does not start or
+    cancel anything: cancelling the coroutine that awaits leaves the task
+    running, and that coroutine gets ``asyncio.CancelledError``.
+
+    A handle keeps its own outcome for as long as the caller holds it, even
+    after the queue has evicted the task from its result store.
+    """
+
+    # The queue owns every field below and changes them only on its event loop
+    # thread. A handle is the only record of a task, so the hot path allocates
+    # one object per task plus an optional future per awaiting coroutine.
+    __slots__ = (
+        "__weakref__",
+        "_args",
+        "_attempts",
+        "_cancel_message",
+        "_cancel_reason",
+        "_exception",
+        "_finished_at",
+        "_fn",
+        "_id",
+        "_last_delay",
+        "_priority",
+        "_queue",
+        "_result",
+        "_retry",
+        "_seq",
+        "_state",
+        "_timeout",
+        "_traceback",
+        "_waiters",
+        "_worker",
+    )
+
+    def __init__(
+        self,
+        queue: AsyncTaskQueue,
+        task_id: TaskId,
+        seq: int,
+        fn: Callable[..., Any] | Coroutine[Any, Any, T],
+        args: tuple[Any, ...] | None,
+        priority: int,
+        timeout: float | None,
+        retry: RetryPolicy,
+    ) -> None:
+        self._queue: AsyncTaskQueue | None = queue
+        self._id = task_id
+        self._seq = seq
+        self._fn = fn
+        self._args = args  # None when `fn` is a coroutine object
+        self._priority = priority
+        self._timeout = timeout
+        self._retry = retry
+        self._state = PENDING
+        self._attempts = 0
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._traceback: TracebackType | None = None
+        self._waiters: list[asyncio.Future[None]] | None = None
+        self._worker: Any = None
+        self._cancel_reason: CancelReason | None = None
+        self._cancel_message: str | None = None
+        self._last_delay: float | None = None
+        self._finished_at = 0.0
+
+    @property
+    def id(self) -> TaskId:
+        """The task id: the caller's ``task_id`` or an ``int`` from the queue."""
+        return self._id
+
+    @property
+    def state(self) -> TaskState:
+        """The current state; see ``TaskState``."""
+        return self._state
+
+    @property
+    def priority(self) -> int:
+        """The priority; a higher number starts first."""
+        return self._priority
+
+    @property
+    def attempts(self) -> int:
+        """How many times the task has started, retries included."""
+        return self._attempts
+
+    @property
+    def name(self) -> str:
+        """The qualified name of the task's coroutine function."""
+        fn = self._fn
+        if isinstance(fn, BoundCall):
+            return fn.name
+
+        target = getattr(fn, "func", fn)  # functools.partial
+        return str(getattr(target, "__qualname__", type(target).__qualname__))
+
+    def done(self) -> bool:
+        """Return whether the task is in a final state."""
+        return self._state in _FINAL
+
+    def cancelled(self) -> bool:
+        """Return whether the task ended cancelled."""
+        return self._state is CANCELLED
+
+    def cancel(self, msg: str | None = None) -> bool:
+        """Request cancellation, and return whether the request took effect.
+
+        A pending task never starts. A task waiting out its backoff never runs
+        again. A running task gets ``asyncio.CancelledError`` delivered into its
+        coroutine; await the handle to wait until the coroutine has finished.
+        Each ends ``CANCELLED``, even a running coroutine that suppresses the
+        ``CancelledError``. Returns ``False`` for a task that is already final.
+        """
+        queue = self._queue
+        if queue is None or self._state in _FINAL:
+            return False
+
+        return queue._cancel_task(self, msg)
+
+    def result(self) -> T:
+        """Return the result, or raise the task's final exception.
+
+        Raises:
+            asyncio.InvalidStateError: the task is not final yet.
+            TaskCancelledError: the task was cancelled.
+        """
+        state = self._state
+        if state is SUCCEEDED:
+            return self._result  # type: ignore[no-any-return]
+
+        if state is FAILED:
+            exc = self._exception
+            assert exc is not None
+            raise exc.with_traceback(self._traceback)
+
+        if state is CANCELLED:
+            raise self._cancelled_error()
+
+        raise asyncio.InvalidStateError(
+            f"task {self._id!r} is {state.value}, not final; "
+            "await the handle to wait for its result"
+        )
+
+    def exception(self) -> BaseException | None:
+        """Return the final exception, or ``None`` if the task succeeded.
+
+        A cancelled task returns a ``TaskCancelledError``.
+
+        Raises:
+            asyncio.InvalidStateError: the task is not final yet.
+        """
+        state = self._state
+        if state is SUCCEEDED:
+            return None
+
+        if state is FAILED:
+            return self._exception
+
+        if state is CANCELLED:
+            return self._cancelled_error()
+
+        raise asyncio.InvalidStateError(
+            f"task {self._id!r} is {state.value}, not final; "
+            "await the handle to wait for its exception"
+        )
+
+    def __await__(self) -> Generator[Any, None, T]:
+        if self._state not in _FINAL:
+            queue = self._queue
+            assert queue is not None
+            waiter: asyncio.Future[None] = queue._loop.create_future()
+            waiters = self._waiters
+            if waiters is None:
+                waiters = self._waiters = []
+
+            waiters.append(waiter)
+            try:
+                yield from waiter.__await__()
+            finally:
+                # A cancelled awaiter leaves the list, so that awaiting again
+                # and again with a timeout does not grow it.
+                if not waiter.done() or waiter.cancelled():
+                    _discard(self._waiters, waiter)
+
+        return self.result()
+
+    def __repr__(self) -> str:
+        return (
+            f"<TaskHandle id={self._id!r} {self.name} state={self._state.value} "
+            f"priority={self._priority} attempts={self._attempts}>"
+        )
+
+    def _cancelled_error(self) -> TaskCancelledError:
+        message = f"task {self._id!r} was cancelled"
+        if self._cancel_message:
+            message += f": {self._cancel_message}"
+
+        return TaskCancelledError(message)
+
+
+def _discard(
+    waiters: list[asyncio.Future[None]] | None, waiter: asyncio.Future[None]
+) -> None:
+    if waiters is not None and waiter in waiters:
+        waiters.remove(waiter)
+
+
+@final
+class BoundCall(Generic[T]):
+    """A coroutine function bound to its arguments, keyword arguments included.
+
+    Made by ``bind()``. Calling it starts a fresh coroutine each time, so a
+    task made from it can be retried.
+    """
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs
+
+    def __call__(self) -> Awaitable[T]:
+        return self.fn(*self.args, **self.kwargs)
+
+    @property
+    def name(self) -> str:
+        """The qualified name of the bound function."""
+        return str(getattr(self.fn, "__qualname__", type(self.fn).__qualname__))
+
+    def __repr__(self) -> str:
+        parts = [self.name, *map(repr, self.args)]
+        parts += [f"{key}={value!r}" for key, value in self.kwargs.items()]
+        return f"bind({', '.join(parts)})"
+
+
+def bind(
+    fn: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+) -> BoundCall[T]:
+    """Bind a coroutine function to positional and keyword arguments.
+
+    ``submit()`` passes its positional arguments on to the task and keeps every
+    keyword for its own options, so a task option can never be taken for an
+    argument of the callee. To pass keyword arguments, bind them::
+
+        await queue.submit(bind(fetch, url, timeout=3.0), priority=2, timeout=10)
+
+    Here ``fetch`` receives ``timeout=3.0`` and the task itself times out after
+    10 seconds. The call is typed with ``ParamSpec``, so a type checker checks
+    the arguments against ``fn``'s signature.
+    """
+    from ._checks import check_coroutine_function
+
+    check_coroutine_function(fn)
+    return BoundCall(fn, args, kwargs)
+
+
+class ShutdownMode(enum.Enum):
+    """How ``stop()`` ends the work that is queued and running."""
+
+    DRAIN = "drain"
+    """Run every pending task, retries included, and wait for all of them."""
+
+    FINISH_RUNNING = "finish_running"
+    """Start nothing new: cancel what is pending, wait for what is running."""
+
+    CANCEL = "cancel"
+    """Cancel everything: pending tasks never start, running ones get
+    ``CancelledError``."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """A snapshot of a queue's counts, taken by ``AsyncTaskQueue.stats()``."""
+
+    pending: int
+    """Tasks in the ready heap."""
+    waiting_retry: int
+    """Tasks waiting out a backoff before their next attempt."""
+    running: int
+    """Tasks whose coroutine a worker is running."""
+    succeeded: int
+    """Tasks that ended ``SUCCEEDED``."""
+    failed: int
+    """Tasks that ended ``FAILED``."""
+    cancelled: int
+    """Tasks that ended ``CANCELLED``."""
+    retries: int
+    """Retries scheduled so far, over all tasks."""
+    workers: int
+    """Worker coroutines alive."""
+    submitted: int
+    """Tasks accepted by ``submit()``."""
+    retained: int
+    """Finished tasks kept for lookup by id."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownReport:
+    """What ``stop()`` did to the tasks that had not finished.
+
+    Every task listed here is in a final state, ``CANCELLED`` in each list.
+    """
+
+    mode: ShutdownMode
+    """The mode that ``stop()`` was called with."""
+    escalated: bool
+    """Whether the deadline passed and the stop escalated to ``CANCEL``."""
+    never_started: tuple[TaskHandle[Any], ...]
+    """Pending tasks cancelled before their first attempt."""
+    retries_cancelled: tuple[TaskHandle[Any], ...]
+    """Tasks that had failed an attempt and were cancelled before the next."""
+    interrupted: tuple[TaskHandle[Any], ...]
+    """Running tasks that got ``CancelledError``."""
+    abandoned: tuple[TaskHandle[Any], ...]
+    """Interrupted tasks still running after the grace period. Their coroutine
+    suppressed the cancellation; the queue stopped waiting for them."""
+
+    @property
+    def dropped(self) -> tuple[TaskHandle[Any], ...]:
+        """Tasks that were queued for an attempt that never ran."""
+        return self.never_started + self.retries_cancelled
