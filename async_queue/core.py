@@ -457,6 +457,10 @@ class AsyncTaskQueue:
         worker.current = None
         worker.deadline = None
         self._running -= 1
+        if self._running == 0 and self._watchdog is not None:
+            # Nothing runs, so no deadline is left: an idle queue keeps no timer.
+            self._watchdog.cancel()
+            self._watchdog = None
 
     async def _wait_for_work(self, worker: _Worker) -> None:
         waiter = self._loop.create_future()
@@ -491,13 +495,19 @@ class AsyncTaskQueue:
 
         assert exc is not None
         if isinstance(exc, asyncio.CancelledError):
-            # Someone other than this queue cancelled the worker itself, for
-            # example the event loop shutting down.
+            # Either the coroutine raised it on its own (say, it awaited a
+            # future that someone cancelled), or someone other than this queue
+            # cancelled the worker, for example the event loop shutting down.
+            # Only the second leaves a cancel request on the worker.
+            assert worker.task is not None
+            outside = worker.task.cancelling() > 0
             if handle._state is RUNNING:
-                handle._cancel_message = "the worker was cancelled"
+                if outside:
+                    handle._cancel_message = "the worker was cancelled"
+
                 self._set_cancelled(handle)
 
-            return True
+            return outside
 
         if handle._state is RUNNING:
             self._retry_or_fail(handle, exc)

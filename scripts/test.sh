@@ -20,4 +20,5 @@ echo "== mypy --strict"
 .venv/bin/mypy --strict async_queue
 
 echo "== pytest"
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --cov=async_queue --cov-branch \
+    --cov-report=term-missing:skip-covered "$@"

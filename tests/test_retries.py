@@ -1,0 +1,215 @@
+"""Retries through the queue: parking on a timer, the schedule, the final error."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+
+class Flaky:
+    """A coroutine function that fails its first ``failures`` calls."""
+
+    def __init__(self, failures: int, exc_type: type[Exception] = ValueError) -> None:
+        self.failures = failures
+        self.exc_type = exc_type
+        self.calls = 0
+        self.errors: list[Exception] = []
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            error = self.exc_type(f"failure {self.calls}")
+            self.errors.append(error)
+            raise error
+
+        return "done"
+
+
+def test_waiting_retry_holds_no_worker() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        flaky = Flaky(failures=1)
+        policy = RetryPolicy(max_retries=1, base_delay=60, jitter="none")
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            handle = await queue.submit(flaky)
+            await until(lambda: handle.state is TaskState.WAITING_RETRY)
+
+            stats = queue.stats()
+            assert stats.waiting_retry == 1
+            assert stats.running == 0
+
+            async def other() -> int:
+                return 7
+
+            assert await (await queue.submit(other)) == 7
+            assert flaky.calls == 1
+
+            loop.advance(60)
+            assert await handle == "done"
+            assert handle.attempts == 2
+            assert queue.stats().retries == 1
+
+    run_virtual(main)
+
+
+def test_backoff_schedule_is_exact() -> None:
+    """Delays follow min(base * multiplier ** n, max_delay) on the loop clock."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        flaky = Flaky(failures=4)
+        policy = RetryPolicy(
+            max_retries=4, base_delay=1, multiplier=2, max_delay=5, jitter="none"
+        )
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            handle = await queue.submit(flaky)
+            for attempt, delay in enumerate([1.0, 2.0, 4.0, 5.0], start=1):
+                await until(lambda: handle.state is TaskState.WAITING_RETRY)
+                assert handle.attempts == attempt
+
+                loop.advance(delay - 0.01)
+                for _ in range(20):
+                    await asyncio.sleep(0)
+                assert handle.attempts == attempt
+
+                loop.advance(0.01)
+                await until(lambda a=attempt: handle.attempts == a + 1)
+
+            assert await handle == "done"
+
+    run_virtual(main)
+
+
+def test_retry_reenters_at_its_priority() -> None:
+    """Back from its backoff, a task queues behind pending tasks of its priority."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        started: list[str] = []
+        release = asyncio.Event()
+        failed = False
+
+        async def flaky() -> None:
+            nonlocal failed
+            started.append("flaky")
+            if not failed:
+                failed = True
+                raise ValueError("first attempt fails")
+
+        async def blocker() -> None:
+            await release.wait()
+
+        async def record(name: str) -> None:
+            started.append(name)
+
+        policy = RetryPolicy(max_retries=1, base_delay=10, jitter="none")
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            retried = await queue.submit(flaky, priority=5)
+            await until(lambda: retried.state is TaskState.WAITING_RETRY)
+
+            block = await queue.submit(blocker, priority=100)
+            await until(lambda: queue.stats().running == 1)
+            await queue.submit(record, "low", priority=1)
+            await queue.submit(record, "equal", priority=5)
+            await queue.submit(record, "high", priority=9)
+
+            loop.advance(10)
+            await until(lambda: queue.stats().pending == 4)
+            release.set()
+            await block
+            await retried
+
+        assert started == ["flaky", "high", "equal", "flaky", "low"]
+
+    run_virtual(main)
+
+
+async def test_final_exception_is_the_tasks_own() -> None:
+    flaky = Flaky(failures=10)
+    policy = RetryPolicy(max_retries=2, base_delay=0, jitter="none")
+    async with AsyncTaskQueue(2, retry=policy) as queue:
+        handle = await queue.submit(flaky)
+        with pytest.raises(ValueError, match="failure 3") as caught:
+            await handle
+
+    assert caught.value is flaky.errors[-1]
+    assert handle.attempts == 3
+    assert handle.state is TaskState.FAILED
+    assert handle.exception() is flaky.errors[-1]
+    assert queue.stats().retries == 2
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "calls"),
+    [
+        (KeyError, 1),
+        ((KeyError, ValueError), 3),
+        (lambda exc: "failure 1" in str(exc), 2),
+    ],
+)
+async def test_retry_filter_chooses_exceptions(retry_on: object, calls: int) -> None:
+    flaky = Flaky(failures=10)
+    policy = RetryPolicy(max_retries=2, base_delay=0, retry_on=retry_on)  # type: ignore[arg-type]
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = await queue.submit(flaky)
+        with pytest.raises(ValueError):
+            await handle
+
+    assert flaky.calls == calls
+    assert handle.attempts == calls
+
+
+async def test_cancelled_error_from_task_is_not_retried() -> None:
+    """A coroutine that raises CancelledError itself ends CANCELLED, never retried."""
+    calls = 0
+
+    async def gives_up() -> None:
+        nonlocal calls
+        calls += 1
+        future = asyncio.get_running_loop().create_future()
+        future.cancel()
+        await future
+
+    async def after() -> str:
+        return "still working"
+
+    policy = RetryPolicy(max_retries=5, base_delay=0, retry_on=BaseException)
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = await queue.submit(gives_up)
+        await until(handle.done)
+        next_result = await (await queue.submit(after))
+        workers = queue.stats().workers
+
+    assert handle.state is TaskState.CANCELLED
+    assert calls == 1
+    assert next_result == "still working"
+    assert workers == 1
+
+
+async def test_per_task_policy_overrides_queue_policy() -> None:
+    flaky = Flaky(failures=1)
+    async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=0)) as queue:
+        handle = await queue.submit(flaky, retry=RetryPolicy(max_retries=1, base_delay=0))
+        assert await handle == "done"
+
+    assert handle.attempts == 2
+
+
+async def test_decorrelated_jitter_runs_through_queue() -> None:
+    import random
+
+    flaky = Flaky(failures=3)
+    policy = RetryPolicy(
+        max_retries=3,
+        base_delay=0.001,
+        max_delay=0.002,
+        jitter="decorrelated",
+        rng=random.Random(3),
+    )
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = await queue.submit(flaky)
+        assert await handle == "done"
+
+    assert handle.attempts == 4
