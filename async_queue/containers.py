@@ -207,7 +207,7 @@ class ResultStore:
         return self._entries.get(task_id)
 
     def evict_expired(self, now: float) -> None:
-        """Evict the tasks that finished more than ``max_age`` seconds ago."""
+        """Evict the tasks that finished ``max_age`` or more seconds ago."""
         assert self._max_age is not None
         cutoff = now - self._max_age
         entries = self._entries

@@ -155,7 +155,10 @@ class AsyncTaskQueue:
         self._stop_task: asyncio.Task[ShutdownReport] | None = None
         self._empty_report: ShutdownReport | None = None  # stop() before start()
         self._accept_retries = True
+        self._escalate = False  # a later stop("cancel") cuts a graceful stop short
+        self._stop_mode: ShutdownMode | None = None
         self._workers_exit = False
+        self._stuck: list[_Worker] = []  # workers running an abandoned task
 
         self._running = 0
         self._waiting = 0
@@ -199,12 +202,14 @@ class AsyncTaskQueue:
         ``DRAIN`` runs everything pending, ``FINISH_RUNNING`` cancels what is
         pending and waits for what runs, ``CANCEL`` (the default) cancels
         everything. If ``timeout`` seconds pass first, the stop escalates to
-        ``CANCEL``. A cancelled coroutine gets ``grace`` seconds to finish;
-        one that is still running after that is abandoned (left running,
-        marked ``CANCELLED``) and listed in the report.
+        ``CANCEL``. A cancelled coroutine gets ``grace`` seconds to finish.
+        One still running after that is abandoned: it is left running, marked
+        ``CANCELLED`` and listed in the report.
 
         Idempotent and safe to call concurrently: every call returns the
-        report of the first one, whose mode and limits win. Calling it before
+        report of the first one, whose mode and limits win, with one
+        exception: a later call in ``CANCEL`` mode escalates a ``DRAIN`` or
+        ``FINISH_RUNNING`` stop that is still waiting. Calling it before
         ``start()`` closes the queue and returns an empty report.
         """
         mode = _check_mode(mode)
@@ -221,10 +226,21 @@ class AsyncTaskQueue:
                 return self._empty_report
 
             self._lifecycle = _Lifecycle.STOPPING
+            dropped = []
+            if mode is not ShutdownMode.DRAIN:
+                # Cancel queued tasks now, before any worker can pick one up.
+                self._accept_retries = False
+                dropped = self._cancel_queued()
+
+            self._stop_mode = mode
             self._stop_task = self._loop.create_task(
-                self._shut_down(mode, timeout, grace_seconds),
+                self._shut_down(mode, timeout, grace_seconds, dropped),
                 name="async_queue-stop",
             )
+        elif mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
+            self._stop_mode = mode
+            self._escalate = True
+            self._wake_watchers()
 
         # Shielded, so that cancelling one caller of stop() does not cut the
         # shutdown short for the others.
@@ -389,6 +405,7 @@ class AsyncTaskQueue:
 
     def stats(self) -> QueueStats:
         """Return a snapshot of the queue's counts."""
+        self._evict_expired()
         workers = sum(
             1 for w in self._workers if w.task is not None and not w.task.done()
         )
@@ -419,6 +436,8 @@ class AsyncTaskQueue:
         while True:
             handle = ready.pop()
             if handle is None:
+                # Drop the last task's arguments and result before idling.
+                args = result = None
                 if self._workers_exit:
                     return
 
@@ -457,12 +476,13 @@ class AsyncTaskQueue:
         worker.current = None
         worker.deadline = None
         self._running -= 1
+
+    async def _wait_for_work(self, worker: _Worker) -> None:
         if self._running == 0 and self._watchdog is not None:
             # Nothing runs, so no deadline is left: an idle queue keeps no timer.
             self._watchdog.cancel()
             self._watchdog = None
 
-    async def _wait_for_work(self, worker: _Worker) -> None:
         waiter = self._loop.create_future()
         worker.waiter = waiter
         self._idle.append(worker)
@@ -743,10 +763,13 @@ class AsyncTaskQueue:
             self._count_join(handle._seq)
 
         if self._watchers:
-            watchers, self._watchers = self._watchers, []
-            for watcher in watchers:
-                if not watcher.done():
-                    watcher.set_result(None)
+            self._wake_watchers()
+
+    def _wake_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
 
     def _count_join(self, seq: int) -> None:
         for join in self._joins:
@@ -758,18 +781,19 @@ class AsyncTaskQueue:
     # Shutdown
 
     async def _shut_down(
-        self, mode: ShutdownMode, timeout: float | None, grace: float
+        self,
+        mode: ShutdownMode,
+        timeout: float | None,
+        grace: float,
+        dropped: list[TaskHandle[Any]],
     ) -> ShutdownReport:
         deadline = None if timeout is None else self._loop.time() + timeout
         escalated = False
-        dropped: list[TaskHandle[Any]] = []
 
         if mode is ShutdownMode.DRAIN:
             escalated = not await self._wait_until(lambda: not self._active, deadline)
 
         if mode is ShutdownMode.FINISH_RUNNING:
-            self._accept_retries = False
-            dropped += self._cancel_queued()
             escalated = not await self._wait_until(lambda: self._running == 0, deadline)
 
         interrupted: list[TaskHandle[Any]] = []
@@ -778,12 +802,11 @@ class AsyncTaskQueue:
             self._accept_retries = False
             dropped += self._cancel_queued()
             interrupted = self._cancel_running()
-            await self._wait_until(
-                lambda: self._running == 0, self._loop.time() + grace
-            )
+            grace_deadline = self._loop.time() + grace
+            await self._wait_until(lambda: self._running == 0, grace_deadline)
             abandoned = self._abandon_running()
 
-        await self._stop_workers(abandoned)
+        await self._stop_workers()
         self._lifecycle = _Lifecycle.STOPPED
         never_started = tuple(h for h in dropped if h._attempts == 0)
         retries_cancelled = tuple(h for h in dropped if h._attempts > 0)
@@ -799,8 +822,15 @@ class AsyncTaskQueue:
     async def _wait_until(
         self, condition: Callable[[], bool], deadline: float | None
     ) -> bool:
-        """Wait until ``condition()`` holds, re-checked as each task finishes."""
+        """Wait until ``condition()`` holds, re-checked as each task finishes.
+
+        Returns ``False`` if the deadline passes first or an escalation to
+        ``CANCEL`` is requested while the condition does not hold.
+        """
         while not condition():
+            if self._escalate:
+                return False
+
             watcher = self._loop.create_future()
             self._watchers.append(watcher)
             try:
@@ -853,13 +883,19 @@ class AsyncTaskQueue:
                     handle.name,
                     "past the grace period",
                 )
+                self._stuck.append(worker)
                 self._set_cancelled(handle)
                 abandoned.append(handle)
 
         return abandoned
 
-    async def _stop_workers(self, abandoned: list[TaskHandle[Any]]) -> None:
+    async def _stop_workers(self) -> None:
         self._workers_exit = True
+        if self._timer_handle is not None:
+            # Only stale entries remain, of tasks cancelled while waiting.
+            self._timer_handle.cancel()
+            self._timer_handle = None
+
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
@@ -869,13 +905,16 @@ class AsyncTaskQueue:
             if worker.waiter is not None and not worker.waiter.done():
                 worker.waiter.set_result(None)
 
-        stuck = {id(handle._worker) for handle in abandoned}
         tasks = [
-            w.task for w in self._workers if w.task is not None and id(w) not in stuck
+            w.task for w in self._workers if w.task is not None and w not in self._stuck
         ]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # Helpers
+
+    def _evict_expired(self) -> None:
+        if self._results._max_age is not None:
+            self._results.evict_expired(self._now())
 
     def _now(self) -> float:
         if self._lifecycle is _Lifecycle.NEW:
@@ -890,6 +929,7 @@ class AsyncTaskQueue:
                 "omit it to get an int id from the queue"
             )
 
+        self._evict_expired()
         if task_id in self._active or task_id in self._results:
             raise DuplicateTaskIdError(
                 f"task_id {task_id!r} is already used by a task that is "

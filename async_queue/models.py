@@ -35,13 +35,13 @@ TaskId = Hashable
 
 
 class TaskState(enum.Enum):
-    """Where a task is in its life. The last three are final."""
+    """The stage of a task's life. The last three states are final."""
 
     PENDING = "pending"
     """In the ready heap, waiting for a worker."""
 
     WAITING_RETRY = "waiting_retry"
-    """Failed an attempt and is waiting out its backoff; holds no worker."""
+    """Failed an attempt and is waiting out its backoff, occupying no worker."""
 
     RUNNING = "running"
     """A worker is running its coroutine."""
@@ -71,7 +71,7 @@ _FINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
 
 class CancelReason(enum.Enum):
-    """Why the queue delivered ``CancelledError`` into a running task."""
+    """The reason the queue delivered ``CancelledError`` into a running task."""
 
     CANCEL = "cancel"
     TIMEOUT = "timeout"
@@ -87,7 +87,7 @@ class TaskHandle(Generic[T]):
     cancel anything: cancelling the coroutine that awaits leaves the task
     running, and that coroutine gets ``asyncio.CancelledError``.
 
-    A handle keeps its own outcome for as long as the caller holds it, even
+    A handle keeps its own outcome for as long as the caller keeps it, even
     after the queue has evicted the task from its result store.
     """
 
@@ -345,7 +345,7 @@ def bind(
 
 
 class ShutdownMode(enum.Enum):
-    """How ``stop()`` ends the work that is queued and running."""
+    """The way ``stop()`` ends the work that is queued and running."""
 
     DRAIN = "drain"
     """Run every pending task, retries included, and wait for all of them."""
@@ -386,7 +386,7 @@ class QueueStats:
 
 @dataclass(frozen=True, slots=True)
 class ShutdownReport:
-    """What ``stop()`` did to the tasks that had not finished.
+    """An account of the tasks that ``stop()`` found unfinished.
 
     Every task listed here is in a final state, ``CANCELLED`` in each list.
     """

@@ -8,6 +8,7 @@ import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = ("Jitter", "RetryPolicy")
 
@@ -19,6 +20,8 @@ RetryFilter = (
     | Callable[[BaseException], bool]
 )
 
+JitterName = Literal["none", "full", "equal", "decorrelated"]
+
 # Decorrelated jitter draws the next delay from [base_delay, previous * 3],
 # the factor used by the AWS Architecture Blog post "Exponential Backoff And
 # Jitter" (2015).
@@ -26,7 +29,7 @@ _DECORRELATED_GROWTH = 3.0
 
 
 class Jitter(enum.Enum):
-    """How a backoff delay is randomised before the task waits it out."""
+    """The randomisation applied to a backoff delay."""
 
     NONE = "none"
     """Wait exactly the computed delay."""
@@ -48,12 +51,20 @@ def _check_delay(name: str, value: float) -> float:
             f"of type {type(value).__name__}"
         )
 
-    if not math.isfinite(value) or value < 0:
+    if not _is_finite(value) or value < 0:
         raise ValueError(
             f"{name} must be a finite number of seconds >= 0, got {value!r}"
         )
 
     return float(value)
+
+
+def _is_finite(value: float) -> bool:
+    # math.isfinite() raises OverflowError for an int beyond the float range.
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +76,7 @@ class RetryPolicy:
     retry) it waits ``min(base_delay * multiplier ** n, max_delay)`` seconds,
     randomised by ``jitter``. The computation cannot overflow for any ``n``.
 
-    While it waits, a task holds no worker: it is parked on a timer and
+    While it waits, a task occupies no worker: it is parked on a timer and
     re-enters the ready heap at its priority when the delay ends.
 
     ``asyncio.CancelledError`` is never retried, whatever ``retry_on`` says.
@@ -89,7 +100,7 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
     multiplier: float = 2.0
-    jitter: Jitter = Jitter.FULL
+    jitter: Jitter | JitterName = Jitter.FULL
     retry_on: RetryFilter = Exception
     rng: random.Random = field(default_factory=random.Random, compare=False)
 
@@ -117,7 +128,7 @@ class RetryPolicy:
         if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
             raise TypeError(f"multiplier must be a number, got {multiplier!r}")
 
-        if not math.isfinite(multiplier) or multiplier < 1:
+        if not _is_finite(multiplier) or multiplier < 1:
             raise ValueError(
                 f"multiplier must be a finite number >= 1, got {multiplier!r}"
             )
@@ -167,11 +178,19 @@ class RetryPolicy:
             return min(base, cap)
 
         # Compare exponents in log space, so that a huge retry number caps the
-        # delay instead of overflowing the float power.
-        if retry * math.log(multiplier) >= math.log(cap / base):
+        # delay instead of overflowing the float power. Comparing the int
+        # `retry` with a float is exact in Python, whatever its size.
+        log_multiplier = math.log(multiplier)
+        if retry >= (math.log(cap) - math.log(base)) / log_multiplier:
             return cap
 
-        return min(base * multiplier**retry, cap)
+        try:
+            delay = base * multiplier**retry
+        except OverflowError:
+            # A tiny base times a power beyond the float range: still below cap.
+            delay = math.exp(math.log(base) + retry * log_multiplier)
+
+        return min(delay, cap)
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         """Return the delay before retry ``retry`` (0-based), with jitter.

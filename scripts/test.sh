@@ -17,7 +17,7 @@ echo "== ruff"
 .venv/bin/ruff format --check async_queue tests queue.py
 
 echo "== mypy --strict"
-.venv/bin/mypy --strict async_queue
+.venv/bin/mypy --strict async_queue tests/typing
 
 echo "== pytest"
 .venv/bin/python -m pytest --cov=async_queue --cov-branch \

@@ -13,7 +13,7 @@ from tests.helpers import until
 
 
 async def test_blocking_call_in_task_is_detected() -> None:
-    """The suite's detector is live: a task calling time.sleep fails with BlockingError."""
+    """The detector is live: a task calling time.sleep fails."""
 
     async def blocks() -> None:
         time.sleep(0.001)  # noqa: ASYNC251 - the call under test

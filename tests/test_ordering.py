@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, RetryPolicy
+from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -27,8 +28,7 @@ async def _start_order(priorities: list[int], workers: int = 1) -> list[int]:
 
     async with AsyncTaskQueue(workers, retry=NO_RETRY) as queue:
         blockers = [await queue.submit(blocker) for _ in range(workers)]
-        while queue.stats().running < workers:
-            await asyncio.sleep(0)
+        await until(lambda: queue.stats().running == workers)
 
         handles = [
             await queue.submit(record, index, priority=priority)

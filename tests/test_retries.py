@@ -191,7 +191,9 @@ async def test_cancelled_error_from_task_is_not_retried() -> None:
 async def test_per_task_policy_overrides_queue_policy() -> None:
     flaky = Flaky(failures=1)
     async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=0)) as queue:
-        handle = await queue.submit(flaky, retry=RetryPolicy(max_retries=1, base_delay=0))
+        handle = await queue.submit(
+            flaky, retry=RetryPolicy(max_retries=1, base_delay=0)
+        )
         assert await handle == "done"
 
     assert handle.attempts == 2

@@ -156,7 +156,9 @@ async def test_many_timeouts_share_one_watchdog() -> None:
     """Tasks on every worker time out, each exactly once, with real timers."""
     hanger = Hanger()
     async with AsyncTaskQueue(8, retry=NO_RETRY) as queue:
-        handles = [await queue.submit(hanger, timeout=0.01 * (i + 1)) for i in range(16)]
+        handles = [
+            await queue.submit(hanger, timeout=0.01 * (i + 1)) for i in range(16)
+        ]
         outcomes = await asyncio.gather(*handles, return_exceptions=True)
 
     assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)

@@ -1,0 +1,631 @@
+"""The ``demo`` command: a flaky local TCP service driven through the queue.
+
+The demo starts ``DemoServer`` on 127.0.0.1, submits ``count`` requests with
+mixed priorities to an ``AsyncTaskQueue`` whose tasks send one request each,
+and retries transient errors and timeouts. It shows progress on stderr, prints
+a summary on stdout and checks that every task reached exactly one final state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import random
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ._demo_server import DemoClient, DemoServer, ServerError
+from .core import AsyncTaskQueue
+from .errors import TaskCancelledError
+from .models import ShutdownMode, ShutdownReport, TaskHandle, TaskState
+from .policies import Jitter, RetryPolicy
+
+__all__ = (
+    "EXIT_INTERRUPTED",
+    "EXIT_LOST",
+    "PRIORITY_CLASSES",
+    "ClassLatency",
+    "DemoConfig",
+    "PriorityClass",
+    "RequestRecord",
+    "Summary",
+    "format_summary",
+    "percentile",
+    "record_outcomes",
+    "run_demo",
+    "summarize",
+)
+
+logger = logging.getLogger("async_queue.demo")
+
+EXIT_LOST = 1
+"""Exit status when a task did not reach exactly one final state."""
+
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), when no task was lost."""
+
+# The queue yields to the event loop after this many submissions, so that the
+# workers and the progress line start while a large batch is being submitted.
+_SUBMIT_BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PriorityClass:
+    """A class of requests: its name, queue priority and share of requests."""
+
+    name: str
+    priority: int
+    weight: float
+
+
+PRIORITY_CLASSES = (
+    PriorityClass("high", 2, 0.2),
+    PriorityClass("normal", 1, 0.5),
+    PriorityClass("low", 0, 0.3),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoConfig:
+    """The demo's settings; times are in seconds."""
+
+    count: int = 10_000
+    workers: int = 64
+    failure_rate: float = 0.05
+    hang_rate: float = 0.005
+    timeout: float = 0.5
+    retries: int = 3
+    backoff: float = 0.02
+    latency: float = 0.002
+    rate: float = 0.0
+    """Submissions per second; 0 submits every request at once."""
+    seed: int = 1
+    progress_interval: float = 0.5
+    """Seconds between progress lines; 0 turns them off."""
+
+    @property
+    def max_backoff(self) -> float:
+        """The cap on a single retry delay: 1 s, or ``backoff`` if larger."""
+        return max(1.0, self.backoff)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One request of the demo and what its handle showed."""
+
+    request_id: int
+    priority_class: PriorityClass
+    submitted_at: float
+    handle: TaskHandle[str] | None = None
+    finished_at: float | None = None
+    """Loop time at which the last attempt ended, or ``None`` if none ran."""
+    awaited_state: TaskState | None = None
+    """The final state that awaiting the finished handle implied."""
+    error: str | None = None
+    """The class name of the exception a failed task raised."""
+    attempts_sent: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLatency:
+    """Latency percentiles of one priority class, in seconds."""
+
+    priority_class: PriorityClass
+    count: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The counts, timings and latencies of one demo run."""
+
+    submitted: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    lost: int
+    retried_tasks: int
+    retries: int
+    wall_time: float
+    latencies: tuple[ClassLatency, ...] = field(default=())
+    failure_causes: tuple[tuple[str, int], ...] = field(default=())
+    """Exception class names of the failed tasks with their counts, most
+    frequent first."""
+
+    @property
+    def throughput(self) -> float:
+        """Tasks that succeeded or failed per second of wall time."""
+        completed = self.succeeded + self.failed
+        return completed / self.wall_time if self.wall_time > 0 else 0.0
+
+
+def percentile(values: Sequence[float], percent: float) -> float | None:
+    """Return the nearest-rank ``percent`` percentile of ``values``.
+
+    The result is the smallest value such that at least ``percent`` % of the
+    values are less than or equal to it. Returns ``None`` for no values.
+    """
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be between 0 and 100, got {percent!r}")
+
+    if not values:
+        return None
+
+    ordered = sorted(values)
+    rank = max(1, math.ceil(percent / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+_FINAL_STATES = (TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED)
+
+
+async def record_outcomes(records: Sequence[RequestRecord]) -> None:
+    """Await each final handle and store the state its outcome implies.
+
+    Awaiting a final handle returns or raises at once, and handles that are
+    not final are skipped. The demo awaits its handles here, after the run,
+    rather than in one coroutine per task. With one coroutine per task, a
+    ``stop()`` that cancelled 50,000 pending tasks woke that many coroutines at
+    once. That held the event loop past the 0.5 s attempt timeout, so running
+    tasks timed out.
+    """
+    for record in records:
+        handle = record.handle
+        if handle is None or not handle.done():
+            continue
+
+        try:
+            await handle
+        except TaskCancelledError:
+            record.awaited_state = TaskState.CANCELLED
+        except Exception as exc:
+            record.awaited_state = TaskState.FAILED
+            record.error = type(exc).__name__
+        else:
+            record.awaited_state = TaskState.SUCCEEDED
+
+
+def summarize(records: Sequence[RequestRecord], wall_time: float) -> Summary:
+    """Count the final state of each record's handle, once per handle.
+
+    A record is lost if its handle is missing or not final, or if awaiting the
+    handle implied a different final state than the handle reports.
+    Latencies cover the tasks that succeeded or failed, from submission until
+    the end of the last attempt.
+    """
+    counts = dict.fromkeys(_FINAL_STATES, 0)
+    causes: collections.Counter[str] = collections.Counter()
+    lost = retried_tasks = retries = 0
+    durations: dict[str, list[float]] = {c.name: [] for c in PRIORITY_CLASSES}
+    for record in records:
+        handle = record.handle
+        if handle is None:
+            lost += 1
+            continue
+
+        state = handle.state
+        if state not in counts or record.awaited_state is not state:
+            lost += 1
+            continue
+
+        counts[state] += 1
+        if state is TaskState.FAILED:
+            causes[record.error or "unknown"] += 1
+        if handle.attempts > 1:
+            retried_tasks += 1
+            retries += handle.attempts - 1
+
+        if state is not TaskState.CANCELLED and record.finished_at is not None:
+            latency = record.finished_at - record.submitted_at
+            durations.setdefault(record.priority_class.name, []).append(latency)
+
+    classes = {c.name: c for c in PRIORITY_CLASSES}
+    classes.update((r.priority_class.name, r.priority_class) for r in records)
+    latencies = tuple(
+        ClassLatency(
+            classes[name],
+            len(values),
+            percentile(values, 50),
+            percentile(values, 95),
+            percentile(values, 99),
+        )
+        for name, values in durations.items()
+    )
+    return Summary(
+        submitted=len(records),
+        succeeded=counts[TaskState.SUCCEEDED],
+        failed=counts[TaskState.FAILED],
+        cancelled=counts[TaskState.CANCELLED],
+        lost=lost,
+        retried_tasks=retried_tasks,
+        retries=retries,
+        wall_time=wall_time,
+        latencies=latencies,
+        failure_causes=tuple(causes.most_common()),
+    )
+
+
+def _milliseconds(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def format_summary(summary: Summary) -> str:
+    """Return the summary as lines of text, ending with a newline."""
+    lines = [
+        f"submitted: {summary.submitted}",
+        f"succeeded: {summary.succeeded}",
+        f"failed: {summary.failed}",
+    ]
+    if summary.failure_causes:
+        causes = ", ".join(f"{name} {count}" for name, count in summary.failure_causes)
+        lines.append(f"failed by cause: {causes}")
+
+    lines += [
+        f"cancelled: {summary.cancelled}",
+        f"lost: {summary.lost}",
+        f"retried: {summary.retried_tasks} tasks, {summary.retries} retries",
+        f"throughput: {summary.throughput:.1f} tasks/s (succeeded and failed)",
+        f"wall time: {summary.wall_time:.2f} s",
+        "latency from submission to the end of the last attempt, "
+        "succeeded and failed tasks:",
+        f"  {'class':<12} {'tasks':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
+    ]
+    for item in summary.latencies:
+        label = f"{item.priority_class.name} ({item.priority_class.priority})"
+        lines.append(
+            f"  {label:<12} {item.count:>7} {_milliseconds(item.p50):>9} "
+            f"{_milliseconds(item.p95):>9} {_milliseconds(item.p99):>9}"
+        )
+
+    return "\n".join(lines) + "\n"
+
+
+def _format_report(report: ShutdownReport, escalated_by_user: int) -> str:
+    return (
+        f"stop report ({report.mode.value}): "
+        f"never started {len(report.never_started)}, "
+        f"retries cancelled {len(report.retries_cancelled)}, "
+        f"interrupted {len(report.interrupted)}, "
+        f"abandoned {len(report.abandoned)}, "
+        f"escalated {'yes' if report.escalated else 'no'}, "
+        f"cancelled by a second interrupt {escalated_by_user}\n"
+    )
+
+
+class _Interrupts:
+    """Counts SIGINT and SIGTERM, and wakes the demo on the first and second."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.first = asyncio.Event()
+        self.second = asyncio.Event()
+        self._installed: list[signal.Signals] = []
+        self._fallback: dict[signal.Signals, Callable[..., object] | int | None] = {}
+
+    def on_signal(self) -> None:
+        if self.first.is_set():
+            self.second.set()
+            # A third Ctrl-C gets Python's default handler: KeyboardInterrupt.
+            self.uninstall()
+        else:
+            self.first.set()
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._loop.add_signal_handler(signum, self.on_signal)
+                self._installed.append(signum)
+            except (NotImplementedError, RuntimeError):
+                # No add_signal_handler() on this loop (Windows) or thread.
+                self._install_fallback(signum)
+
+    def _install_fallback(self, signum: signal.Signals) -> None:
+        def handler(received: int, frame: object) -> None:
+            self._loop.call_soon_threadsafe(self.on_signal)
+
+        # signal.signal() raises ValueError outside the main thread, where the
+        # demo runs without signal handling.
+        with contextlib.suppress(ValueError):
+            self._fallback[signum] = signal.signal(signum, handler)
+
+    def uninstall(self) -> None:
+        for signum in self._installed:
+            self._loop.remove_signal_handler(signum)
+
+        self._installed.clear()
+        for signum, previous in self._fallback.items():
+            signal.signal(signum, previous)
+
+        self._fallback.clear()
+
+
+class _Progress:
+    """Writes a progress line to stderr at a fixed interval."""
+
+    def __init__(
+        self,
+        queue: AsyncTaskQueue,
+        total: int,
+        stream: TextIO,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._queue = queue
+        self._total = total
+        self._stream = stream
+        self._loop = loop
+        self._tty = stream.isatty()
+        self._started_at = loop.time()
+        self._last_at = self._started_at
+        self._last_completed = 0
+        self._width = 0
+
+    async def run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self.write()
+
+    def write(self, *, final: bool = False) -> None:
+        """Write the current counts; the rate counts succeeded and failed tasks
+        since the previous line, or since the start for the ``final`` line."""
+        stats = self._queue.stats()
+        done = stats.succeeded + stats.failed + stats.cancelled
+        completed = stats.succeeded + stats.failed
+        now = self._loop.time()
+        since, before = self._last_at, self._last_completed
+        if final:
+            since, before = self._started_at, 0
+
+        rate = (completed - before) / (now - since) if now > since else 0.0
+        self._last_at, self._last_completed = now, completed
+        percent = 100 * done / self._total
+        line = (
+            f"progress: {done}/{self._total} done ({percent:.0f}%), "
+            f"{rate:.0f} tasks/s, {stats.retries} retries, "
+            f"{stats.running} running, {stats.pending} pending, "
+            f"{stats.waiting_retry} waiting to retry, {stats.failed} failed"
+        )
+        if self._tty:
+            # Overwrite the previous line in place.
+            padding = " " * max(0, self._width - len(line))
+            self._stream.write(f"\r{line}{padding}")
+            self._width = len(line)
+            if final:
+                self.end_line()
+        else:
+            self._stream.write(line + "\n")
+
+        self._stream.flush()
+
+    def end_line(self) -> None:
+        """End the line that a terminal shows, so that other output follows."""
+        if self._tty and self._width:
+            self._stream.write("\n")
+            self._width = 0
+
+
+class _Demo:
+    """One run of the demo: server, client, queue, submitter and progress."""
+
+    def __init__(self, config: DemoConfig, out: TextIO, err: TextIO) -> None:
+        self.config = config
+        self.out = out
+        self.err = err
+        self.loop = asyncio.get_running_loop()
+        self.server = DemoServer(
+            seed=config.seed,
+            failure_rate=config.failure_rate,
+            hang_rate=config.hang_rate,
+            mean_latency=config.latency,
+        )
+        self.client: DemoClient  # set by run(), once the server has a port
+        self.records: list[RequestRecord] = []
+
+    async def run(self, *, handle_signals: bool) -> int:
+        config = self.config
+        await self.server.start()
+        self.client = client = DemoClient(self.server.port, max_idle=config.workers)
+        policy = RetryPolicy(
+            max_retries=config.retries,
+            base_delay=config.backoff,
+            max_delay=config.max_backoff,
+            jitter=Jitter.FULL,
+            retry_on=(ServerError, TimeoutError, ConnectionError),
+            rng=random.Random(config.seed),
+        )
+        queue = AsyncTaskQueue(
+            config.workers, retry=policy, timeout=config.timeout, max_results=0
+        )
+        interrupts = _Interrupts(self.loop)
+        if handle_signals:
+            interrupts.install()
+
+        self.err.write(
+            f"demo: {config.count} requests to 127.0.0.1:{self.server.port}, "
+            f"{config.workers} workers, failure rate {config.failure_rate:g}, "
+            f"hang rate {config.hang_rate:g}, timeout {config.timeout:g} s, "
+            f"seed {config.seed}; Ctrl-C stops\n"
+        )
+        try:
+            return await self._run_queue(queue, interrupts)
+        finally:
+            interrupts.uninstall()
+            # Returns at once after a normal run, which has stopped the queue.
+            await queue.stop(ShutdownMode.CANCEL)
+            client.close()
+            await self.server.close()
+
+    async def _run_queue(self, queue: AsyncTaskQueue, interrupts: _Interrupts) -> int:
+        config = self.config
+        await queue.start()
+        started_at = self.loop.time()
+        progress = _Progress(queue, config.count, self.err, self.loop)
+        progress_task = None
+        if config.progress_interval > 0:
+            progress_task = self.loop.create_task(
+                progress.run(config.progress_interval)
+            )
+
+        submitter = self.loop.create_task(self._submit_all(queue))
+        done_waiter = self.loop.create_task(self._finish_all(queue, submitter))
+        interrupt_waiter = self.loop.create_task(interrupts.first.wait())
+        await asyncio.wait(
+            (done_waiter, interrupt_waiter), return_when=asyncio.FIRST_COMPLETED
+        )
+        interrupted = interrupts.first.is_set()
+        done_waiter.cancel()
+        interrupt_waiter.cancel()
+
+        user_cancelled = 0
+        if interrupted:
+            submitter.cancel()
+            await asyncio.gather(submitter, return_exceptions=True)
+            progress.end_line()
+            logger.info("interrupted: stopping the queue in finish_running mode")
+            self.err.write(
+                "interrupted: finishing the running tasks and cancelling the "
+                "rest; press Ctrl-C again to cancel the running tasks\n"
+            )
+            self.err.flush()
+            report, user_cancelled = await self._stop(queue, interrupts, progress)
+            logger.info(
+                "queue stopped: %s", _format_report(report, user_cancelled).strip()
+            )
+        else:
+            await submitter
+            report = await queue.stop(ShutdownMode.DRAIN)
+
+        await record_outcomes(self.records)
+        wall_time = self.loop.time() - started_at
+        if progress_task is not None:
+            progress_task.cancel()
+            await asyncio.gather(progress_task, return_exceptions=True)
+            progress.write(final=True)
+
+        summary = summarize(self.records, wall_time)
+        mismatch = _check_stats(queue, summary)
+        self.out.write(self._describe())
+        self.out.write(format_summary(summary))
+        if interrupted:
+            self.out.write(_format_report(report, user_cancelled))
+
+        if mismatch:
+            self.out.write(mismatch)
+
+        self.out.flush()
+        if summary.lost or mismatch:
+            return EXIT_LOST
+
+        return EXIT_INTERRUPTED if interrupted else 0
+
+    async def _stop(
+        self, queue: AsyncTaskQueue, interrupts: _Interrupts, progress: _Progress
+    ) -> tuple[ShutdownReport, int]:
+        """Stop in ``FINISH_RUNNING`` mode, cancelling running tasks on a second
+        interrupt; return the stop report and how many tasks that cancelled."""
+        stop = self.loop.create_task(queue.stop(ShutdownMode.FINISH_RUNNING))
+        second = self.loop.create_task(interrupts.second.wait())
+        await asyncio.wait((stop, second), return_when=asyncio.FIRST_COMPLETED)
+        second.cancel()
+        cancelled = 0
+        if not stop.done():
+            # stop() returns the first call's report whatever mode a later call
+            # requests, so escalate by cancelling each running task directly.
+            for record in self.records:
+                handle = record.handle
+                if handle is not None and handle.state is TaskState.RUNNING:
+                    cancelled += handle.cancel("cancelled by a second interrupt")
+
+            progress.end_line()
+            logger.info("interrupted again: cancelled %d running tasks", cancelled)
+            self.err.write(f"interrupted again: cancelled {cancelled} running tasks\n")
+            self.err.flush()
+
+        return await stop, cancelled
+
+    async def _submit_all(self, queue: AsyncTaskQueue) -> None:
+        config = self.config
+        rng = random.Random(config.seed)
+        weights = [c.weight for c in PRIORITY_CLASSES]
+        classes = rng.choices(PRIORITY_CLASSES, weights, k=config.count)
+        start = self.loop.time()
+        for request_id, priority_class in enumerate(classes, start=1):
+            if config.rate > 0:
+                delay = start + (request_id - 1) / config.rate - self.loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            elif request_id % _SUBMIT_BATCH == 0:
+                await asyncio.sleep(0)
+
+            record = RequestRecord(request_id, priority_class, self.loop.time())
+            record.handle = queue.submit_nowait(
+                self._send, record, priority=priority_class.priority
+            )
+            self.records.append(record)
+
+    async def _finish_all(
+        self, queue: AsyncTaskQueue, submitter: asyncio.Task[None]
+    ) -> None:
+        await asyncio.shield(submitter)
+        await queue.join()
+
+    async def _send(self, record: RequestRecord) -> str:
+        record.attempts_sent += 1
+        try:
+            return await self.client.request(record.request_id, record.attempts_sent)
+        finally:
+            record.finished_at = self.loop.time()
+
+    def _describe(self) -> str:
+        config = self.config
+        server = self.server
+        return (
+            f"demo: {config.count} requests, {config.workers} workers, "
+            f"failure rate {config.failure_rate:g}, hang rate {config.hang_rate:g}, "
+            f"timeout {config.timeout:g} s, retries {config.retries}, "
+            f"seed {config.seed}\n"
+            f"server: {server.requests} requests, {server.errors} error responses, "
+            f"{server.hangs} hung\n"
+        )
+
+
+def _check_stats(queue: AsyncTaskQueue, summary: Summary) -> str:
+    """Return a mismatch line, or "" if the queue's counters match the handles."""
+    stats = queue.stats()
+    expected = (summary.submitted, summary.succeeded, summary.failed, summary.cancelled)
+    actual = (stats.submitted, stats.succeeded, stats.failed, stats.cancelled)
+    if expected == actual:
+        return ""
+
+    return (
+        "mismatch: queue.stats() counts (submitted, succeeded, failed, "
+        f"cancelled) = {actual}, but the handles show {expected}\n"
+    )
+
+
+async def run_demo(
+    config: DemoConfig,
+    *,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    handle_signals: bool = True,
+) -> int:
+    """Run the demo and return the exit status: 0, ``EXIT_LOST`` or
+    ``EXIT_INTERRUPTED``.
+
+    ``out`` gets the summary and ``err`` the progress lines; they default to
+    ``sys.stdout`` and ``sys.stderr``. With ``handle_signals``, SIGINT and
+    SIGTERM stop the run gracefully, and a second one cancels running tasks.
+    """
+    demo = _Demo(config, out or sys.stdout, err or sys.stderr)
+    logger.info("demo started: %s", config)
+    status = await demo.run(handle_signals=handle_signals)
+    logger.info("demo finished with exit status %d", status)
+    return status

@@ -1,0 +1,262 @@
+"""The demo's TCP service and its client: a flaky line-based echo on loopback.
+
+Protocol, one line each way, ASCII, ``\\n``-terminated::
+
+    request:  REQ <request id> <attempt>
+    response: OK <request id>        the request succeeded
+              ERR <reason>           a transient error, which the client may retry
+              (nothing)              the request hangs until the client closes
+
+A connection carries one request at a time and can be reused after an ``OK``
+or ``ERR`` response. After a request that hangs, the server reads nothing more
+from the connection and waits for the client to close it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import random
+from dataclasses import dataclass
+
+__all__ = ("DemoClient", "DemoServer", "Outcome", "ServerError", "decide")
+
+logger = logging.getLogger("async_queue.demo")
+
+# The latency of a hanging request: long enough that a sensible per-attempt
+# timeout always fires first, short enough that nothing waits forever if the
+# client forgets the connection.
+_HANG_SECONDS = 3600.0
+
+
+class ServerError(Exception):
+    """Raised by the client when the server responds with an ``ERR`` line."""
+
+
+class Outcome(enum.Enum):
+    """The kind of response the server sends to one request."""
+
+    OK = "ok"
+    ERROR = "error"
+    HANG = "hang"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The server's plan for one request: its outcome and delay."""
+
+    outcome: Outcome
+    latency: float
+    """Seconds before the response is sent; unused for ``HANG``."""
+
+
+def decide(
+    seed: int,
+    request_id: int,
+    attempt: int,
+    *,
+    failure_rate: float,
+    hang_rate: float,
+    mean_latency: float,
+) -> Decision:
+    """Draw the server's response to attempt ``attempt`` of request ``request_id``.
+
+    The draw comes from a ``random.Random`` seeded with all three numbers, so
+    the same seed gives each attempt the same response however the requests
+    interleave. Latency is exponential with mean ``mean_latency`` seconds.
+    """
+    rng = random.Random(f"{seed}/{request_id}/{attempt}")
+    draw = rng.random()
+    if draw < hang_rate:
+        return Decision(Outcome.HANG, _HANG_SECONDS)
+
+    latency = rng.expovariate(1.0 / mean_latency) if mean_latency > 0 else 0.0
+    if draw < hang_rate + failure_rate:
+        return Decision(Outcome.ERROR, latency)
+
+    return Decision(Outcome.OK, latency)
+
+
+class DemoServer:
+    """A TCP service on 127.0.0.1 that responds to requests as ``decide()`` draws.
+
+    Counts the valid requests, the ``ERR`` responses and the hung requests in
+    ``requests``, ``errors`` and ``hangs``.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        failure_rate: float,
+        hang_rate: float,
+        mean_latency: float,
+    ) -> None:
+        self._seed = seed
+        self._failure_rate = failure_rate
+        self._hang_rate = hang_rate
+        self._mean_latency = mean_latency
+        self._server: asyncio.Server | None = None
+        # Open connections and the task that serves each.
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
+        self.requests = 0
+        self.errors = 0
+        self.hangs = 0
+        self.port = 0
+
+    async def start(self) -> None:
+        """Listen on an ephemeral port of 127.0.0.1 and store it in ``port``."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        logger.info("demo server listening on 127.0.0.1:%d", self.port)
+
+    async def close(self) -> None:
+        """Stop listening and close every open connection."""
+        if self._server is None:
+            return
+
+        self._server.close()
+        for writer in self._connections:
+            writer.close()
+
+        # Closing a connection ends the read that its task is waiting in.
+        tasks = list(self._connections.values())
+        if tasks:
+            await asyncio.wait(tasks)
+
+        await self._server.wait_closed()
+        self._server = None
+        logger.info(
+            "demo server closed after %d requests (%d errors, %d hangs)",
+            self.requests,
+            self.errors,
+            self.hangs,
+        )
+
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections[writer] = task
+        try:
+            while line := await reader.readline():
+                if not await self._respond(line, reader, writer):
+                    break
+        except ConnectionError as exc:
+            # Expected when the client times out an attempt mid-response.
+            logger.debug("demo server: connection lost: %r", exc)
+        finally:
+            self._connections.pop(writer, None)
+            writer.close()
+
+    async def _respond(
+        self,
+        line: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
+        """Respond to one request line; return whether the connection stays usable."""
+        parts = line.split()
+        if len(parts) != 3 or parts[0] != b"REQ":
+            logger.warning("demo server: invalid request line %r", line)
+            writer.write(b"ERR invalid request, expected 'REQ <id> <attempt>'\n")
+            await writer.drain()
+            return True
+
+        try:
+            request_id, attempt = int(parts[1]), int(parts[2])
+        except ValueError:
+            logger.warning("demo server: invalid request id or attempt in %r", line)
+            writer.write(b"ERR invalid request id or attempt, expected integers\n")
+            await writer.drain()
+            return True
+
+        self.requests += 1
+        decision = decide(
+            self._seed,
+            request_id,
+            attempt,
+            failure_rate=self._failure_rate,
+            hang_rate=self._hang_rate,
+            mean_latency=self._mean_latency,
+        )
+        if decision.outcome is Outcome.HANG:
+            self.hangs += 1
+            # Wait for the client to give up and close the connection.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(decision.latency):
+                    await reader.read()
+
+            return False
+
+        await asyncio.sleep(decision.latency)
+        if decision.outcome is Outcome.ERROR:
+            self.errors += 1
+            writer.write(b"ERR transient server error\n")
+        else:
+            writer.write(b"OK %d\n" % request_id)
+
+        await writer.drain()
+        return True
+
+
+class DemoClient:
+    """A client of ``DemoServer`` that reuses idle connections.
+
+    A connection goes back to the pool only after a complete response. One
+    whose request failed in transit, timed out or was cancelled is closed,
+    because a late response could otherwise be read as the response to the
+    next request.
+    """
+
+    def __init__(self, port: int, *, max_idle: int) -> None:
+        self._port = port
+        self._max_idle = max_idle
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(self, request_id: int, attempt: int) -> str:
+        """Send one request and return the ``OK`` line.
+
+        Raises:
+            ServerError: the server responded with ``ERR``.
+            ConnectionError: the connection closed before the response.
+        """
+        if self._idle:
+            reader, writer = self._idle.pop()
+        else:
+            reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+
+        reusable = False
+        try:
+            writer.write(b"REQ %d %d\n" % (request_id, attempt))
+            await writer.drain()
+            line = await reader.readline()
+            if not line.endswith(b"\n"):
+                raise ConnectionResetError(
+                    f"connection to 127.0.0.1:{self._port} closed before the "
+                    f"response to request {request_id}"
+                )
+
+            reusable = True
+            response = line.decode("ascii").rstrip("\n")
+            if response.startswith("ERR"):
+                raise ServerError(
+                    f"request {request_id} attempt {attempt}: server responded "
+                    f"{response!r}"
+                )
+
+            return response
+        finally:
+            if reusable and len(self._idle) < self._max_idle:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()

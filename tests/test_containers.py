@@ -1,0 +1,514 @@
+"""ReadyHeap, TimerHeap and ResultStore, driven directly with real task handles."""
+
+from __future__ import annotations
+
+import random
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from async_queue import RetryPolicy, TaskHandle, TaskState, containers
+from async_queue.containers import ReadyHeap, ResultStore, TimerHeap
+
+POLICY = RetryPolicy(max_retries=0)
+
+
+async def _noop(*args: Any) -> None:
+    return None
+
+
+def make_handle(
+    task_id: Any, priority: int = 0, args: tuple[Any, ...] = ()
+) -> TaskHandle[Any]:
+    """Build a pending handle that belongs to no queue."""
+    return TaskHandle(None, task_id, task_id, _noop, args, priority, None, POLICY)  # type: ignore[arg-type]
+
+
+def cancel_in_heap(heap: ReadyHeap, handle: TaskHandle[Any]) -> None:
+    """Cancel a pending handle the way the queue does: state first, then mark."""
+    handle._state = TaskState.CANCELLED
+    heap.mark_stale()
+
+
+def pop_all(heap: ReadyHeap) -> list[Any]:
+    ids = []
+    while (handle := heap.pop()) is not None:
+        ids.append(handle.id)
+
+    return ids
+
+
+def stable_order(priorities: list[int]) -> list[int]:
+    """Return indices sorted by priority descending, ties kept in index order."""
+    return sorted(range(len(priorities)), key=lambda i: -priorities[i])
+
+
+# ReadyHeap: order
+
+
+@given(st.lists(st.integers(min_value=-(2**70), max_value=2**70), max_size=200))
+def test_ready_pop_is_stable_sort(priorities: list[int]) -> None:
+    heap = ReadyHeap()
+    for index, priority in enumerate(priorities):
+        heap.push(make_handle(index, priority))
+
+    assert len(heap) == len(priorities)
+    assert pop_all(heap) == stable_order(priorities)
+    assert len(heap) == 0
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=-3, max_value=3)),
+        max_size=120,
+    )
+)
+def test_ready_interleaved_push_pop(operations: list[tuple[bool, int]]) -> None:
+    """Pushes and pops in any mix pop the highest priority, oldest first."""
+    heap = ReadyHeap()
+    model: list[tuple[int, int]] = []  # (priority, seq) of pending tasks
+    for seq, (is_pop, priority) in enumerate(operations):
+        if is_pop:
+            handle = heap.pop()
+            if not model:
+                assert handle is None
+                continue
+
+            best = min(model, key=lambda entry: (-entry[0], entry[1]))
+            model.remove(best)
+            assert handle is not None
+            assert handle.id == best[1]
+        else:
+            heap.push(make_handle(seq, priority))
+            model.append((priority, seq))
+
+        assert len(heap) == len(model)
+
+
+def test_ready_pop_empty() -> None:
+    heap = ReadyHeap()
+
+    assert heap.pop() is None
+    assert len(heap) == 0
+
+
+def test_ready_incomparable_args() -> None:
+    """Handles and their arguments are never compared, whatever they contain."""
+    heap = ReadyHeap()
+    unorderable = [({"a": 1},), (object(),), ({1, 2},), (None,), (1j,)]
+    for index, args in enumerate(unorderable * 3):
+        heap.push(make_handle(index, priority=index % 2, args=args))
+
+    ids = pop_all(heap)
+
+    assert ids == [*range(1, 15, 2), *range(0, 15, 2)]
+
+
+def test_ready_returns_same_handle() -> None:
+    heap = ReadyHeap()
+    handle = make_handle("only", priority=4)
+    heap.push(handle)
+
+    assert heap.pop() is handle
+
+
+# ReadyHeap: lazy deletion
+
+
+def test_ready_skips_stale() -> None:
+    heap = ReadyHeap()
+    handles = [make_handle(i, priority=i % 2) for i in range(6)]
+    for handle in handles:
+        heap.push(handle)
+
+    cancel_in_heap(heap, handles[1])
+    cancel_in_heap(heap, handles[2])
+
+    assert len(heap) == 4
+    assert pop_all(heap) == [3, 5, 0, 4]
+    assert len(heap) == 0
+
+
+def test_ready_all_stale() -> None:
+    heap = ReadyHeap()
+    handles = [make_handle(i, priority=7) for i in range(3)]
+    for handle in handles:
+        heap.push(handle)
+
+    for handle in handles:
+        cancel_in_heap(heap, handle)
+
+    assert len(heap) == 0
+    assert heap.depth_by_priority() == {}
+    assert heap.pop() is None
+    assert heap.depth_by_priority() == {}
+
+
+def test_ready_compaction() -> None:
+    """Cancelling most of a large heap rebuilds it and keeps order and length."""
+    heap = ReadyHeap()
+    priorities = [(i * 7) % 11 - 5 for i in range(3000)]
+    handles = [make_handle(i, p) for i, p in enumerate(priorities)]
+    for handle in handles:
+        heap.push(handle)
+
+    cancelled = {i for i in range(3000) if i % 3 != 0}
+    for i in sorted(cancelled):
+        cancel_in_heap(heap, handles[i])
+
+    live = [i for i in stable_order(priorities) if i not in cancelled]
+
+    assert len(cancelled) == 2000
+    assert len(heap) == 1000
+    assert heap._entries < 3000  # the rebuild dropped stale entries
+    assert pop_all(heap) == live
+    assert len(heap) == 0
+
+
+def test_ready_compaction_empties_levels() -> None:
+    """A priority emptied by cancellation takes new tasks again after compaction."""
+    heap = ReadyHeap()
+    doomed = [make_handle(i, priority=9) for i in range(2000)]
+    kept = [make_handle(2000 + i, priority=1) for i in range(10)]
+    for handle in doomed + kept:
+        heap.push(handle)
+
+    for handle in doomed:
+        cancel_in_heap(heap, handle)
+
+    heap.push(make_handle("late", priority=9))
+
+    assert len(heap) == 11
+    assert heap.depth_by_priority() == {9: 1, 1: 10}
+    assert pop_all(heap) == ["late", *range(2000, 2010)]
+
+
+@st.composite
+def heap_operations(draw: st.DrawFn) -> list[tuple[str, int]]:
+    """Draw pushes (with a priority), pops and cancels (of a pushed task)."""
+    kinds = st.sampled_from(["push", "push", "pop", "cancel", "cancel"])
+    return draw(
+        st.lists(st.tuples(kinds, st.integers(min_value=-3, max_value=3)), max_size=150)
+    )
+
+
+@given(heap_operations(), st.randoms(use_true_random=False))
+def test_ready_cancel_model(
+    operations: list[tuple[str, int]], rng: random.Random
+) -> None:
+    """Pops, cancels and compactions in any mix agree with a simple model."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(containers, "_COMPACT_MIN_STALE", 4)
+        heap = ReadyHeap()
+        pending: dict[int, TaskHandle[Any]] = {}
+        for seq, (kind, priority) in enumerate(operations):
+            if kind == "push":
+                pending[seq] = make_handle(seq, priority)
+                heap.push(pending[seq])
+            elif kind == "cancel" and pending:
+                victim = rng.choice(sorted(pending))
+                cancel_in_heap(heap, pending.pop(victim))
+            elif kind == "pop":
+                handle = heap.pop()
+                if not pending:
+                    assert handle is None
+                else:
+                    best = min(pending, key=lambda i: (-pending[i].priority, i))
+                    assert handle is pending.pop(best)
+
+            assert len(heap) == len(pending)
+
+        expected = sorted(pending, key=lambda i: (-pending[i].priority, i))
+
+        assert pop_all(heap) == expected
+        assert heap._entries == 0
+        assert heap._stale == 0
+
+
+# ReadyHeap: drain and depth
+
+
+def test_ready_drain() -> None:
+    heap = ReadyHeap()
+    priorities = [0, 3, -1, 3, 0, 2]
+    handles = [make_handle(i, p) for i, p in enumerate(priorities)]
+    for handle in handles:
+        heap.push(handle)
+
+    cancel_in_heap(heap, handles[3])
+    drained = heap.drain()
+
+    assert [h.id for h in drained] == [1, 5, 0, 4, 2]
+    assert len(heap) == 0
+    assert heap.pop() is None
+    assert heap.drain() == []
+
+
+def test_ready_depth_by_priority() -> None:
+    heap = ReadyHeap()
+    handles = [make_handle(i, p) for i, p in enumerate([0, 5, 0, -2, 5, 5, 0])]
+    for handle in handles:
+        heap.push(handle)
+
+    cancel_in_heap(heap, handles[4])
+    depth = heap.depth_by_priority()
+
+    assert depth == {5: 2, 0: 3, -2: 1}
+    assert list(depth) == [5, 0, -2]
+    assert len(heap) == 6
+
+
+# ReadyHeap: threads
+
+
+@pytest.fixture
+def fast_thread_switching() -> Iterator[None]:
+    """Switch threads far more often than the default, to provoke races."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+PUSHERS = 4
+PER_THREAD = 500
+THREAD_PRIORITIES = 2
+
+
+def push_while_pop(heap: ReadyHeap) -> list[Any]:
+    """Push from several threads while one thread pops, and return the popped ids.
+
+    Two priorities that the popper keeps emptying make levels disappear and
+    reappear under the pushers, the most race-prone path.
+    """
+    start = threading.Barrier(PUSHERS + 1)
+    pushers_done = threading.Event()
+    popped: list[TaskHandle[Any]] = []
+
+    def push(thread_index: int) -> None:
+        start.wait()
+        for n in range(PER_THREAD):
+            heap.push(make_handle((thread_index, n), priority=n % THREAD_PRIORITIES))
+
+    def pop() -> None:
+        start.wait()
+        while True:
+            handle = heap.pop()
+            if handle is not None:
+                popped.append(handle)
+            elif pushers_done.is_set():
+                popped.extend(heap.drain())
+                return
+
+    pushers = [threading.Thread(target=push, args=(i,)) for i in range(PUSHERS)]
+    popper = threading.Thread(target=pop)
+    for thread in [*pushers, popper]:
+        thread.start()
+
+    for thread in pushers:
+        thread.join()
+
+    pushers_done.set()
+    popper.join()
+    return [handle.id for handle in popped]
+
+
+@pytest.mark.usefixtures("fast_thread_switching")
+@pytest.mark.parametrize("round_index", range(30))
+def test_ready_threads_push_while_pop(round_index: int) -> None:
+    heap = ReadyHeap()
+    ids = push_while_pop(heap)
+    pushed = {(t, n) for t in range(PUSHERS) for n in range(PER_THREAD)}
+
+    assert len(ids) == len(pushed)
+    assert set(ids) == pushed
+    assert len(heap) == 0
+    for thread_index in range(PUSHERS):
+        for priority in range(THREAD_PRIORITIES):
+            sequence = [
+                n
+                for t, n in ids
+                if t == thread_index and n % THREAD_PRIORITIES == priority
+            ]
+            assert sequence == sorted(sequence)
+
+
+# TimerHeap
+
+
+def test_timer_pop_due_order() -> None:
+    timers = TimerHeap()
+    for task_id, when in [("c", 3.0), ("a", 1.0), ("b1", 2.0), ("b2", 2.0), ("d", 9.0)]:
+        timers.push(when, make_handle(task_id))
+
+    due = [h.id for h in timers.pop_due(2.0)]
+
+    assert due == ["a", "b1", "b2"]
+    assert len(timers) == 2
+    assert timers.next_time() == 3.0
+
+
+def test_timer_ties_push_order() -> None:
+    timers = TimerHeap()
+    for index in range(50):
+        timers.push(5.0, make_handle(index, args=({"x": index},)))
+
+    assert [h.id for h in timers.pop_due(5.0)] == list(range(50))
+
+
+def test_timer_nothing_due() -> None:
+    timers = TimerHeap()
+    timers.push(10.0, make_handle("late"))
+
+    assert timers.pop_due(9.999) == []
+    assert len(timers) == 1
+    assert timers.next_time() == 10.0
+
+
+def test_timer_next_time_empty() -> None:
+    timers = TimerHeap()
+
+    assert timers.next_time() is None
+    assert timers.pop_due(1e9) == []
+
+
+def test_timer_clear() -> None:
+    timers = TimerHeap()
+    for task_id, when in [("b", 2.0), ("a", 1.0), ("c1", 3.0), ("c2", 3.0)]:
+        timers.push(when, make_handle(task_id))
+
+    cleared = [h.id for h in timers.clear()]
+
+    assert cleared == ["a", "b", "c1", "c2"]
+    assert len(timers) == 0
+    assert timers.next_time() is None
+
+
+@given(
+    st.lists(st.integers(min_value=0, max_value=20), max_size=60), st.integers(0, 20)
+)
+def test_timer_pop_due_property(times: list[int], now: int) -> None:
+    timers = TimerHeap()
+    for index, when in enumerate(times):
+        timers.push(float(when), make_handle(index))
+
+    due = [h.id for h in timers.pop_due(float(now))]
+    expected = sorted(
+        (i for i, t in enumerate(times) if t <= now), key=times.__getitem__
+    )
+    rest = [h.id for h in timers.clear()]
+
+    assert due == expected
+    assert sorted(due + rest) == list(range(len(times)))
+
+
+# ResultStore
+
+
+def make_finished(task_id: Any, finished_at: float = 0.0) -> TaskHandle[Any]:
+    handle = make_handle(task_id)
+    handle._state = TaskState.SUCCEEDED
+    handle._finished_at = finished_at
+    return handle
+
+
+def test_store_count_bound() -> None:
+    store = ResultStore(max_count=3, max_age=None)
+    handles = [make_finished(i) for i in range(5)]
+    for handle in handles:
+        store.add(handle, 0.0)
+
+    assert len(store) == 3
+    assert store.evicted == 2
+    assert store.get(0, 0.0) is None
+    assert store.get(1, 0.0) is None
+    assert store.get(2, 0.0) is handles[2]
+    assert store.get(4, 0.0) is handles[4]
+    assert 1 not in store
+    assert 4 in store
+
+
+def test_store_zero_count() -> None:
+    store = ResultStore(max_count=0, max_age=None)
+    store.add(make_finished("a"), 0.0)
+    store.add(make_finished("b"), 0.0)
+
+    assert len(store) == 0
+    assert store.evicted == 2
+    assert store.get("a", 0.0) is None
+    assert "a" not in store
+
+
+def test_store_unknown_id() -> None:
+    store = ResultStore(max_count=10, max_age=None)
+    store.add(make_finished("known"), 0.0)
+
+    assert store.get("unknown", 0.0) is None
+    assert store.get(12345, 0.0) is None
+    assert store.evicted == 0
+
+
+def test_store_age_on_add() -> None:
+    store = ResultStore(max_count=100, max_age=10.0)
+    for index in range(5):
+        store.add(make_finished(index, finished_at=float(index)), float(index))
+
+    store.add(make_finished("new", finished_at=12.5), 12.5)
+
+    assert len(store) == 3
+    assert store.evicted == 3
+    assert 2 not in store
+    assert 3 in store
+    assert "new" in store
+
+
+def test_store_age_on_get() -> None:
+    store = ResultStore(max_count=100, max_age=10.0)
+    old = make_finished("old", finished_at=0.0)
+    young = make_finished("young", finished_at=5.0)
+    store.add(old, 0.0)
+    store.add(young, 5.0)
+
+    assert store.get("old", 9.0) is old
+    assert store.get("young", 12.0) is young
+    assert store.evicted == 1
+    assert "old" not in store
+    assert store.get("young", 16.0) is None
+    assert store.evicted == 2
+    assert len(store) == 0
+
+
+def test_store_age_and_count() -> None:
+    store = ResultStore(max_count=2, max_age=10.0)
+    store.add(make_finished("a", 0.0), 0.0)
+    store.add(make_finished("b", 1.0), 1.0)
+    store.add(make_finished("c", 2.0), 2.0)
+    store.add(make_finished("d", 12.5), 12.5)
+
+    assert len(store) == 1
+    assert store.evicted == 3
+    assert "d" in store
+
+
+@given(
+    st.integers(min_value=0, max_value=20),
+    st.integers(min_value=0, max_value=80),
+)
+def test_store_keeps_last_added(max_count: int, added: int) -> None:
+    store = ResultStore(max_count=max_count, max_age=None)
+    for index in range(added):
+        store.add(make_finished(index), 0.0)
+        assert len(store) <= max_count
+
+    kept = [i for i in range(added) if i in store]
+
+    assert kept == list(range(max(0, added - max_count), added))
+    assert len(store) == min(added, max_count)
+    assert store.evicted == added - len(store)

@@ -1,0 +1,629 @@
+"""The ``demo`` command: summary helpers, the flaky server, and whole runs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import math
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue.__main__ import main
+from async_queue._demo import (
+    EXIT_INTERRUPTED,
+    PRIORITY_CLASSES,
+    DemoConfig,
+    RequestRecord,
+    Summary,
+    format_summary,
+    percentile,
+    record_outcomes,
+    run_demo,
+    summarize,
+)
+from async_queue._demo_server import (
+    DemoClient,
+    DemoServer,
+    Outcome,
+    ServerError,
+    decide,
+)
+from tests.helpers import until
+
+ROOT = Path(__file__).resolve().parent.parent
+HIGH, NORMAL, LOW = PRIORITY_CLASSES
+NO_RETRY = RetryPolicy(max_retries=0)
+
+# A bound on each subprocess, so that a hung demo fails the test.
+SUBPROCESS_TIMEOUT = 30
+
+
+def parse_summary(text: str) -> dict[str, int]:
+    """Return the integer fields of a demo summary, by name."""
+    fields = {}
+    for name in ("submitted", "succeeded", "failed", "cancelled", "lost"):
+        found = re.findall(rf"^{name}: (\d+)$", text, flags=re.MULTILINE)
+        assert len(found) == 1, f"expected one '{name}: N' line in:\n{text}"
+        fields[name] = int(found[0])
+
+    retried = re.search(r"^retried: (\d+) tasks, (\d+) retries$", text, re.MULTILINE)
+    assert retried is not None, f"no 'retried:' line in:\n{text}"
+    fields["retried_tasks"] = int(retried[1])
+    fields["retries"] = int(retried[2])
+    return fields
+
+
+# percentile
+
+
+def test_percentile_known_values() -> None:
+    values = [float(n) for n in range(100, 0, -1)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 95) == 95.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile(values, 0) == 1.0
+
+
+def test_percentile_single_value() -> None:
+    assert percentile([7.5], 50) == 7.5
+    assert percentile([7.5], 99) == 7.5
+
+
+def test_percentile_empty_is_none() -> None:
+    assert percentile([], 50) is None
+
+
+@pytest.mark.parametrize("percent", [-1, 100.5, math.nan])
+def test_percentile_rejects_out_of_range(percent: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 100"):
+        percentile([1.0], percent)
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50),
+    st.floats(0.001, 100),
+)
+def test_percentile_is_nearest_rank(values: list[float], percent: float) -> None:
+    result = percentile(values, percent)
+    assert result in values
+    share = percent / 100 * len(values)
+    at_most = sum(1 for v in values if v <= result)
+    below = sum(1 for v in values if v < result)
+    assert at_most >= share
+    assert below < share
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=50),
+    st.floats(0, 100),
+    st.floats(0, 100),
+)
+def test_percentile_grows_with_percent(values: list[float], a: float, b: float) -> None:
+    low, high = sorted((a, b))
+    low_value = percentile(values, low)
+    high_value = percentile(values, high)
+    assert low_value is not None
+    assert high_value is not None
+    assert low_value <= high_value
+
+
+# summarize, record_outcomes, format_summary
+
+
+async def succeed() -> str:
+    return "ok"
+
+
+async def fail_once_then_succeed(calls: list[int]) -> str:
+    calls.append(1)
+    if len(calls) == 1:
+        raise ServerError("first attempt fails")
+
+    return "ok"
+
+
+async def fail() -> str:
+    raise ServerError("always fails")
+
+
+async def block(event: asyncio.Event) -> str:
+    await event.wait()
+    return "ok"
+
+
+def make_record(request_id: int, submitted_at: float = 0.0) -> RequestRecord:
+    return RequestRecord(request_id, NORMAL, submitted_at)
+
+
+async def test_summarize_counts_final_states() -> None:
+    retry = RetryPolicy(max_retries=1, base_delay=0)
+    records = [make_record(n) for n in range(4)]
+    async with AsyncTaskQueue(1, retry=retry) as queue:
+        gate = asyncio.Event()
+        records[0].handle = await queue.submit(block, gate)
+        records[1].handle = await queue.submit(fail_once_then_succeed, [])
+        records[2].handle = await queue.submit(fail, retry=NO_RETRY)
+        records[3].handle = await queue.submit(succeed)
+        records[3].handle.cancel()
+        gate.set()
+
+    await record_outcomes(records)
+    summary = summarize(records, wall_time=2.0)
+    assert summary.submitted == 4
+    assert summary.succeeded == 2
+    assert summary.failed == 1
+    assert summary.cancelled == 1
+    assert summary.lost == 0
+    assert summary.retried_tasks == 1
+    assert summary.retries == 1
+    assert summary.failure_causes == (("ServerError", 1),)
+    assert summary.throughput == 1.5
+
+
+async def test_record_outcomes_sets_awaited_state() -> None:
+    records = [make_record(n) for n in range(3)]
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        records[0].handle = await queue.submit(succeed)
+        records[1].handle = await queue.submit(fail)
+        records[2].handle = await queue.submit(succeed)
+        records[2].handle.cancel()
+
+    await record_outcomes(records)
+    assert records[0].awaited_state is TaskState.SUCCEEDED
+    assert records[1].awaited_state is TaskState.FAILED
+    assert records[1].error == "ServerError"
+    assert records[2].awaited_state is TaskState.CANCELLED
+
+
+async def test_summarize_unfinished_is_lost() -> None:
+    records = [make_record(0), make_record(1)]
+    queue = AsyncTaskQueue(1)
+    await queue.start()
+    gate = asyncio.Event()
+    handle = records[0].handle = await queue.submit(block, gate)
+    await until(lambda: handle.state is TaskState.RUNNING)
+    await record_outcomes(records)
+
+    summary = summarize(records, wall_time=1.0)
+    assert summary.lost == 2  # one running, one never submitted
+    assert summary.submitted == 2
+    assert summary.succeeded == 0
+
+    gate.set()
+    await queue.stop("drain")
+
+
+async def test_summarize_state_mismatch_is_lost() -> None:
+    record = make_record(0)
+    async with AsyncTaskQueue(1) as queue:
+        record.handle = await queue.submit(succeed)
+
+    await record_outcomes([record])
+    assert record.awaited_state is TaskState.SUCCEEDED
+
+    record.awaited_state = TaskState.FAILED
+    summary = summarize([record], wall_time=1.0)
+    assert summary.lost == 1
+    assert summary.succeeded == 0
+
+
+async def test_summarize_latency_per_class() -> None:
+    records = []
+    async with AsyncTaskQueue(1) as queue:
+        for n, priority_class in enumerate((HIGH, HIGH, LOW)):
+            record = RequestRecord(n, priority_class, submitted_at=0.0)
+            record.handle = await queue.submit(succeed)
+            records.append(record)
+
+    await record_outcomes(records)
+    for record, finished_at in zip(records, (0.010, 0.030, 0.200), strict=True):
+        record.finished_at = finished_at
+
+    latencies = {
+        item.priority_class.name: item for item in summarize(records, 1.0).latencies
+    }
+    assert latencies["high"].count == 2
+    assert latencies["high"].p50 == 0.010
+    assert latencies["high"].p99 == 0.030
+    assert latencies["normal"].count == 0
+    assert latencies["normal"].p50 is None
+    assert latencies["low"].p95 == 0.200
+
+
+def test_format_summary_lines() -> None:
+    summary = Summary(
+        submitted=10,
+        succeeded=7,
+        failed=2,
+        cancelled=1,
+        lost=0,
+        retried_tasks=3,
+        retries=4,
+        wall_time=0.5,
+        failure_causes=(("TimeoutError", 2),),
+    )
+    text = format_summary(summary)
+    lines = text.splitlines()
+    assert text.endswith("\n")
+    assert "lost: 0" in lines
+    assert "failed by cause: TimeoutError 2" in lines
+    assert "throughput: 18.0 tasks/s (succeeded and failed)" in lines
+    assert parse_summary(text) == {
+        "submitted": 10,
+        "succeeded": 7,
+        "failed": 2,
+        "cancelled": 1,
+        "lost": 0,
+        "retried_tasks": 3,
+        "retries": 4,
+    }
+
+
+# decide() and the server
+
+
+def test_decide_is_deterministic() -> None:
+    kwargs = {"failure_rate": 0.3, "hang_rate": 0.1, "mean_latency": 0.01}
+    first = [decide(5, n, 1, **kwargs) for n in range(50)]
+    again = [decide(5, n, 1, **kwargs) for n in range(50)]
+    other_seed = [decide(6, n, 1, **kwargs) for n in range(50)]
+    assert first == again
+    assert first != other_seed
+
+
+@pytest.mark.parametrize(
+    ("failure_rate", "hang_rate", "outcome"),
+    [(0, 0, Outcome.OK), (1, 0, Outcome.ERROR), (0, 1, Outcome.HANG)],
+)
+def test_decide_extreme_rates(
+    failure_rate: float, hang_rate: float, outcome: Outcome
+) -> None:
+    decisions = [
+        decide(
+            1,
+            n,
+            1,
+            failure_rate=failure_rate,
+            hang_rate=hang_rate,
+            mean_latency=0.001,
+        )
+        for n in range(20)
+    ]
+    assert {d.outcome for d in decisions} == {outcome}
+
+
+async def start_server(failure_rate: float = 0, hang_rate: float = 0) -> DemoServer:
+    server = DemoServer(
+        seed=1, failure_rate=failure_rate, hang_rate=hang_rate, mean_latency=0
+    )
+    await server.start()
+    return server
+
+
+async def test_server_responds_ok() -> None:
+    server = await start_server()
+    client = DemoClient(server.port, max_idle=1)
+    try:
+        first = await client.request(5, 1)
+        second = await client.request(6, 1)
+    finally:
+        client.close()
+        await server.close()
+
+    assert first == "OK 5"
+    assert second == "OK 6"
+    assert server.requests == 2
+    assert server.errors == 0
+
+
+async def test_server_error_raises() -> None:
+    server = await start_server(failure_rate=1)
+    client = DemoClient(server.port, max_idle=1)
+    try:
+        with pytest.raises(ServerError, match="request 3 attempt 2"):
+            await client.request(3, 2)
+    finally:
+        client.close()
+        await server.close()
+
+    assert server.errors == 1
+
+
+async def test_server_hang_times_out() -> None:
+    server = await start_server(hang_rate=1)
+    client = DemoClient(server.port, max_idle=1)
+    try:
+        request = asyncio.ensure_future(client.request(1, 1))
+        await until(lambda: server.hangs == 1)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+    finally:
+        client.close()
+        await server.close()
+
+    assert server.requests == 1
+    assert server.hangs == 1
+
+
+async def test_server_rejects_invalid_request() -> None:
+    server = await start_server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"HELLO\nREQ x 1\n")
+        first = await reader.readline()
+        second = await reader.readline()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+        await server.close()
+
+    assert first.startswith(b"ERR invalid request")
+    assert second.startswith(b"ERR invalid request id")
+    assert server.requests == 0
+
+
+# Whole runs in this process
+
+
+async def test_run_demo_in_process() -> None:
+    config = DemoConfig(
+        count=200,
+        workers=8,
+        failure_rate=0.3,
+        hang_rate=0,
+        latency=0.0005,
+        backoff=0.001,
+        progress_interval=0.01,
+    )
+    out, err = io.StringIO(), io.StringIO()
+    status = await run_demo(config, out=out, err=err, handle_signals=False)
+
+    fields = parse_summary(out.getvalue())
+    assert status == 0
+    assert fields["lost"] == 0
+    assert fields["submitted"] == 200
+    assert fields["succeeded"] + fields["failed"] + fields["cancelled"] == 200
+    assert fields["retries"] > 0
+    assert "progress: 200/200 done" in err.getvalue()
+
+
+async def test_run_demo_same_seed_same_counts() -> None:
+    config = DemoConfig(
+        count=150, workers=8, failure_rate=0.4, hang_rate=0, latency=0, backoff=0
+    )
+    results = []
+    for _ in range(2):
+        out = io.StringIO()
+        await run_demo(config, out=out, err=io.StringIO(), handle_signals=False)
+        results.append(parse_summary(out.getvalue()))
+
+    assert results[0] == results[1]
+    assert results[0]["failed"] > 0
+
+
+# The command line
+
+
+def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main([])
+    captured = capsys.readouterr()
+    assert status == 2
+    assert "usage: python -m async_queue" in captured.err
+    assert "demo" in captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--count", "0"], "--count: invalid value '0': expected an integer >= 1"),
+        (["--workers", "x"], "--workers: invalid value 'x': expected an integer"),
+        (["--retries", "-1"], "--retries: invalid value '-1'"),
+        (["--failure-rate", "1.5"], "expected a number >= 0 and <= 1"),
+        (["--timeout", "0"], "--timeout: invalid value '0': expected a number > 0"),
+        (["--latency", "nan"], "--latency: invalid value 'nan'"),
+        (["--failure-rate", "0.6", "--hang-rate", "0.6"], "must be at most 1"),
+    ],
+)
+def test_main_rejects_bad_option(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", *arguments])
+
+    error = capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "python -m async_queue demo: error:" in error
+    assert message in error
+
+
+# Whole runs in a subprocess
+
+
+def demo_command(*arguments: str) -> list[str]:
+    return [sys.executable, "-m", "async_queue", "demo", *arguments]
+
+
+def test_demo_subprocess_run() -> None:
+    completed = subprocess.run(
+        demo_command(
+            "--count",
+            "300",
+            "--failure-rate",
+            "0.2",
+            "--hang-rate",
+            "0.01",
+            "--timeout",
+            "0.2",
+            "--progress-interval",
+            "0.05",
+        ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+    fields = parse_summary(completed.stdout)
+    assert completed.returncode == 0, completed.stderr
+    assert "lost: 0" in completed.stdout.splitlines()
+    assert fields["submitted"] == 300
+    assert fields["succeeded"] + fields["failed"] + fields["cancelled"] == 300
+    assert fields["retried_tasks"] > 0
+    assert re.search(r"^progress: \d+/300 done", completed.stderr, re.MULTILINE)
+    assert "progress:" not in completed.stdout
+
+
+class DemoProcess:
+    """A demo subprocess whose stderr a thread reads line by line.
+
+    The thread lets the test wait for a given line with a bound, so that a
+    demo that never prints it fails the test instead of blocking it.
+    """
+
+    def __init__(self, *arguments: str) -> None:
+        self.process = subprocess.Popen(
+            demo_command(*arguments),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._stderr_lines: list[str] = []
+        self._stderr_ended = False
+        self._scanned = 0  # stderr lines already checked by wait_for_line()
+        self._condition = threading.Condition()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            with self._condition:
+                self._stderr_lines.append(line)
+                self._condition.notify_all()
+
+        with self._condition:
+            self._stderr_ended = True
+            self._condition.notify_all()
+
+    def _find_line(self, prefix: str) -> bool:
+        lines = self._stderr_lines
+        while self._scanned < len(lines):
+            self._scanned += 1
+            if lines[self._scanned - 1].startswith(prefix):
+                return True
+
+        return False
+
+    def wait_for_line(self, prefix: str) -> None:
+        """Wait for a stderr line that starts with ``prefix``, after the last
+        line that an earlier call found."""
+        found = False
+
+        def found_or_ended() -> bool:
+            nonlocal found
+            found = self._find_line(prefix)
+            return found or self._stderr_ended
+
+        with self._condition:
+            self._condition.wait_for(found_or_ended, timeout=SUBPROCESS_TIMEOUT)
+            assert found, f"no {prefix!r} line on stderr: {self._stderr_lines}"
+
+    def interrupt(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+
+    def finish(self) -> tuple[str, str]:
+        """Wait for the exit and return the whole stdout and stderr."""
+        assert self.process.stdout is not None
+        stdout = self.process.stdout.read()
+        self.process.wait(timeout=SUBPROCESS_TIMEOUT)
+        self._reader.join(timeout=SUBPROCESS_TIMEOUT)
+        with self._condition:
+            return stdout, "".join(self._stderr_lines)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+
+        self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def demo_processes() -> Iterator[list[DemoProcess]]:
+    """Collect started demo processes and kill any still running at the end."""
+    processes: list[DemoProcess] = []
+    yield processes
+    for process in processes:
+        process.kill()
+
+
+def test_demo_sigint_stops_gracefully(demo_processes: list[DemoProcess]) -> None:
+    # At 100 requests per second the run would take 20 s; SIGINT ends it.
+    demo = DemoProcess(
+        "--count", "2000", "--rate", "100", "--progress-interval", "0.05"
+    )
+    demo_processes.append(demo)
+    demo.wait_for_line("progress:")
+    demo.interrupt()
+    stdout, stderr = demo.finish()
+
+    fields = parse_summary(stdout)
+    finished = fields["succeeded"] + fields["failed"] + fields["cancelled"]
+    assert demo.process.returncode == EXIT_INTERRUPTED, stderr
+    assert fields["lost"] == 0
+    assert fields["submitted"] < 2000
+    assert finished == fields["submitted"]
+    assert "stop report (finish_running)" in stdout
+    assert "interrupted: finishing the running tasks" in stderr
+
+
+def test_demo_second_sigint_cancels_running(
+    demo_processes: list[DemoProcess],
+) -> None:
+    # Every request hangs and the timeout is long, so the first SIGINT leaves
+    # the running tasks waiting until the second one cancels them.
+    demo = DemoProcess(
+        "--count",
+        "50",
+        "--workers",
+        "4",
+        "--hang-rate",
+        "1",
+        "--failure-rate",
+        "0",
+        "--timeout",
+        "20",
+        "--progress-interval",
+        "0.05",
+    )
+    demo_processes.append(demo)
+    demo.wait_for_line("progress:")
+    demo.interrupt()
+    demo.wait_for_line("interrupted:")
+    demo.interrupt()
+    stdout, stderr = demo.finish()
+
+    fields = parse_summary(stdout)
+    assert demo.process.returncode == EXIT_INTERRUPTED, stderr
+    assert fields["lost"] == 0
+    assert fields["submitted"] == 50
+    assert fields["cancelled"] == 50
+    assert "never started 46" in stdout
+    assert "cancelled by a second interrupt 4" in stdout
+    assert "interrupted again: cancelled 4 running tasks" in stderr

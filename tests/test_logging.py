@@ -1,0 +1,227 @@
+"""Logging: a WARNING per retry, an ERROR per final failure, silence otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from async_queue import AsyncTaskQueue, Jitter, RetryPolicy, TaskCancelledError, bind
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+LOGGER = "async_queue"
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+def retry_now(max_retries: int) -> RetryPolicy:
+    return RetryPolicy(max_retries=max_retries, base_delay=0, jitter=Jitter.NONE)
+
+
+class RecordList(logging.Handler):
+    """A handler that keeps every record it receives."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    """Collect every record of the "async_queue" logger, DEBUG included."""
+    logger = logging.getLogger(LOGGER)
+    handler = RecordList()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+class Flaky:
+    """A coroutine function that fails its first ``failures`` calls."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.errors: list[ValueError] = []
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            error = ValueError(f"failure {self.calls}")
+            self.errors.append(error)
+            raise error
+
+        return "done"
+
+
+async def hang() -> None:
+    await asyncio.Event().wait()
+
+
+async def echo(value: object, *, label: str = "") -> object:
+    await asyncio.sleep(0)
+    return value
+
+
+def test_package_adds_null_handler() -> None:
+    logger = logging.getLogger(LOGGER)
+    assert [type(h) for h in logger.handlers] == [logging.NullHandler]
+    assert logger.propagate
+
+
+async def test_retry_logs_warning(records: list[logging.LogRecord]) -> None:
+    flaky = Flaky(failures=2)
+    async with AsyncTaskQueue(1, retry=retry_now(2)) as queue:
+        handle = await queue.submit(flaky, task_id="job-7")
+        assert await handle == "done"
+
+    assert [r.levelno for r in records] == [logging.WARNING, logging.WARNING]
+    for record, error in zip(records, flaky.errors, strict=True):
+        message = record.getMessage()
+        assert record.name == LOGGER
+        assert "'job-7'" in message
+        assert repr(error) in message
+
+
+async def test_final_failure_logs_error(records: list[logging.LogRecord]) -> None:
+    flaky = Flaky(failures=2)
+    async with AsyncTaskQueue(1, retry=retry_now(1)) as queue:
+        handle = await queue.submit(flaky, task_id="job-8")
+        with pytest.raises(ValueError, match="failure 2"):
+            await handle
+
+    assert [r.levelno for r in records] == [logging.WARNING, logging.ERROR]
+    error = records[1]
+    message = error.getMessage()
+    assert "'job-8'" in message
+    assert repr(flaky.errors[1]) in message
+    assert error.exc_info is not None
+    assert error.exc_info[0] is ValueError
+    assert error.exc_info[1] is handle.exception()
+
+
+async def test_no_retry_logs_one_error(records: list[logging.LogRecord]) -> None:
+    flaky = Flaky(failures=1)
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(flaky)
+        with pytest.raises(ValueError, match="failure 1"):
+            await handle
+
+    assert [r.levelno for r in records] == [logging.ERROR]
+    assert records[0].exc_info is not None
+    assert records[0].exc_info[1] is flaky.errors[0]
+
+
+def test_timeout_logs_error(records: list[logging.LogRecord]) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            handle = await queue.submit(hang, timeout=5, task_id="slow")
+            await until(lambda: handle.attempts == 1)
+            loop.advance(5)
+            with pytest.raises(TimeoutError):
+                await handle
+
+        assert [r.levelno for r in records] == [logging.ERROR]
+        message = records[0].getMessage()
+        assert "'slow'" in message
+        assert "TimeoutError" in message
+        assert records[0].exc_info is not None
+        assert records[0].exc_info[1] is handle.exception()
+
+    run_virtual(main)
+
+
+def test_retried_timeout_logs_warning(records: list[logging.LogRecord]) -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=retry_now(1)) as queue:
+            handle = await queue.submit(hang, timeout=5)
+            for attempt in (1, 2):
+                await until(lambda: handle.attempts == attempt)  # noqa: B023
+                loop.advance(5)
+
+            with pytest.raises(TimeoutError):
+                await handle
+
+        assert [r.levelno for r in records] == [logging.WARNING, logging.ERROR]
+        assert "TimeoutError" in records[0].getMessage()
+        assert "TimeoutError" in records[1].getMessage()
+
+    run_virtual(main)
+
+
+async def test_success_logs_nothing(records: list[logging.LogRecord]) -> None:
+    async with AsyncTaskQueue(4) as queue:
+        handles = [await queue.submit(echo, index) for index in range(50)]
+        handles.append(await queue.submit(bind(echo, "bound", label="x"), priority=3))
+        handles.append(await queue.submit(echo, "timed", timeout=30))
+        for handle in handles:
+            await handle
+
+        await queue.join()
+        assert queue.stats().succeeded == 52
+        assert records == []
+
+
+async def test_cancel_logs_no_error(records: list[logging.LogRecord]) -> None:
+    started = asyncio.Event()
+
+    async def wait_forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with AsyncTaskQueue(1) as queue:
+        running = await queue.submit(wait_forever)
+        pending = await queue.submit(echo, "never runs")
+        await started.wait()
+        assert pending.cancel()
+        assert running.cancel()
+        for handle in (running, pending):
+            with pytest.raises(TaskCancelledError):
+                await handle
+
+        stopped_running = await queue.submit(hang)
+        stopped_pending = await queue.submit(echo, "never runs")
+        await until(lambda: stopped_running.attempts == 1)
+        report = await queue.stop()
+
+    assert report.interrupted == (stopped_running,)
+    assert report.never_started == (stopped_pending,)
+    assert queue.stats().cancelled == 4
+    assert [r for r in records if r.levelno >= logging.ERROR] == []
+
+
+async def test_abandoned_task_logs_error(records: list[logging.LogRecord]) -> None:
+    """A task that suppresses its cancellation past the grace period is logged."""
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await release.wait()
+
+    queue = AsyncTaskQueue(1)
+    await queue.start()
+    handle = await queue.submit(stubborn, task_id="stubborn")
+    await started.wait()
+    stopping = asyncio.create_task(queue.stop(grace=0))
+    await until(lambda: handle.done())
+    release.set()
+    report = await stopping
+
+    assert report.abandoned == (handle,)
+    errors = [r for r in records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "'stubborn'" in errors[0].getMessage()

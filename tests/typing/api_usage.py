@@ -1,0 +1,39 @@
+"""Type checks of the public API, run by ``mypy --strict`` in scripts/test.sh.
+
+Lines marked ``type: ignore[...]`` must stay errors: mypy's strict mode reports
+an unused ignore, so this file fails the check if one of them starts passing.
+"""
+
+from __future__ import annotations
+
+from typing import assert_type
+
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, bind
+
+
+async def fetch(url: str, *, timeout: float = 1.0, priority: str = "") -> bytes:
+    return url.encode()
+
+
+async def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def usage(queue: AsyncTaskQueue) -> None:
+    handle = await queue.submit(add, 1, 2, priority=5)
+    assert_type(handle, TaskHandle[int])
+    assert_type(await handle, int)
+
+    bound = await queue.submit(bind(fetch, "u", timeout=2.0, priority="x"), timeout=9)
+    assert_type(bound, TaskHandle[bytes])
+
+    single = await queue.submit(add(1, 2), retry=RetryPolicy(max_retries=0))
+    assert_type(single, TaskHandle[int])
+
+    nowait = queue.submit_nowait(fetch, "u")
+    assert_type(nowait, TaskHandle[bytes])
+
+    await queue.submit(add, 1, "2")  # type: ignore[arg-type]
+    await queue.submit(add, 1)  # type: ignore[arg-type]
+    bind(fetch, "u", timeout="slow")  # type: ignore[arg-type]
+    bind(fetch, "u", retries=3)  # type: ignore[call-arg]
