@@ -10,7 +10,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
+from types import FunctionType, TracebackType
 from typing import Any, Literal, TypeVar, TypeVarTuple, final
 
 from . import _checks
@@ -54,6 +54,7 @@ class _Unset(enum.Enum):
 
 
 _UNSET = _Unset.UNSET
+_CO_COROUTINE = inspect.CO_COROUTINE
 
 
 class _Lifecycle(enum.Enum):
@@ -61,6 +62,9 @@ class _Lifecycle(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+_ACCEPTING = _Lifecycle.RUNNING
 
 
 class _Worker:
@@ -312,7 +316,7 @@ class AsyncTaskQueue:
         task_id: str | None = None,
     ) -> TaskHandle[T]:
         """Queue a task without awaiting; otherwise the same as ``submit()``."""
-        if self._lifecycle is not _Lifecycle.RUNNING:
+        if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
 
         if type(priority) is not int:
@@ -329,7 +333,9 @@ class AsyncTaskQueue:
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
 
         call_args: tuple[Any, ...] | None = args
-        if not _checks.is_coroutine_function(fn):
+        if type(fn) is FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
+            pass  # the common case, checked inline on the hot path
+        elif not _checks.is_coroutine_function(fn):
             _check_coroutine_object(fn, args, retry)
             call_args = None
 
@@ -341,14 +347,7 @@ class AsyncTaskQueue:
 
         self._seq = seq
         handle: TaskHandle[Any] = TaskHandle(
-            self,
-            key,
-            seq,
-            fn,
-            call_args,
-            priority,
-            timeout,
-            retry,
+            self, key, seq, fn, call_args, priority, timeout, retry
         )
         self._active[key] = handle
         self._ready.push(handle)
@@ -459,11 +458,13 @@ class AsyncTaskQueue:
                 else:
                     result = await handle._fn(*args)  # type: ignore[operator]
             except BaseException as exc:
-                self._end_attempt(worker)
+                worker.current = worker.deadline = None
+                self._running -= 1
                 if self._on_attempt_error(worker, handle, exc):
                     raise
             else:
-                self._end_attempt(worker)
+                worker.current = worker.deadline = None
+                self._running -= 1
                 if handle._cancel_reason is None:
                     handle._result = result
                     handle._state = SUCCEEDED
@@ -471,11 +472,6 @@ class AsyncTaskQueue:
                     self._finish(handle)
                 elif self._on_attempt_error(worker, handle, None):
                     raise asyncio.CancelledError from None
-
-    def _end_attempt(self, worker: _Worker) -> None:
-        worker.current = None
-        worker.deadline = None
-        self._running -= 1
 
     async def _wait_for_work(self, worker: _Worker) -> None:
         if self._running == 0 and self._watchdog is not None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up a virtual environment in .venv (once), then run every check the
-# project has: ruff, mypy --strict, and the pytest suite with coverage.
+# project has: ruff, mypy --strict, and the pytest suite with coverage, with
+# asyncio debug mode on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,5 +21,5 @@ echo "== mypy --strict"
 .venv/bin/mypy --strict async_queue tests/typing
 
 echo "== pytest"
-.venv/bin/python -m pytest --cov=async_queue --cov-branch \
+PYTHONASYNCIODEBUG=1 .venv/bin/python -m pytest --cov=async_queue --cov-branch \
     --cov-report=term-missing:skip-covered "$@"
