@@ -97,7 +97,7 @@ def check_timeout(name: str, value: object) -> float | None:
             f"of type {type(value).__name__}"
         )
 
-    if not _is_finite(value) or value <= 0:
+    if not is_finite(value) or value <= 0:
         raise ValueError(
             f"{name} must be a finite number of seconds > 0, got {value!r}; "
             "use None for no timeout"
@@ -119,7 +119,7 @@ def check_seconds(
             f"of type {type(value).__name__}"
         )
 
-    if not _is_finite(value) or value < 0:
+    if not is_finite(value) or value < 0:
         raise ValueError(
             f"{name} must be a finite number of seconds >= 0, got {value!r}"
         )
@@ -140,8 +140,8 @@ def check_count(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _is_finite(value: float) -> bool:
-    # math.isfinite() raises OverflowError for an int beyond the float range.
+def is_finite(value: float) -> bool:
+    """Return whether ``value`` is finite, without OverflowError for huge ints."""
     try:
         return math.isfinite(value)
     except OverflowError:

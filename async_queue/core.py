@@ -23,6 +23,7 @@ from .errors import (
 )
 from .models import (
     CANCELLED,
+    DELAYED,
     FAILED,
     PENDING,
     RUNNING,
@@ -166,6 +167,7 @@ class AsyncTaskQueue:
 
         self._running = 0
         self._waiting = 0
+        self._delayed = 0
         self._succeeded = 0
         self._failed = 0
         self._cancelled = 0
@@ -279,6 +281,8 @@ class AsyncTaskQueue:
         timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
+        delay: float | None = None,
+        at: float | None = None,
     ) -> TaskHandle[T]:
         """Queue ``fn(*args)`` and return its handle.
 
@@ -294,6 +298,10 @@ class AsyncTaskQueue:
                 queue's default.
             retry: this task's retry policy; omitted means the queue's.
             task_id: a unique str id; omitted means a new int id.
+            delay: seconds to wait before the task enters the ready heap.
+            at: the time on the event loop clock (``loop.time()``) at which
+                the task enters the ready heap; not together with ``delay``.
+                Until then the task is ``DELAYED`` and occupies no worker.
 
         Raises:
             QueueStateError: the queue has not been started.
@@ -302,7 +310,14 @@ class AsyncTaskQueue:
             TypeError, ValueError: an argument is invalid; nothing was queued.
         """
         return self.submit_nowait(
-            fn, *args, priority=priority, timeout=timeout, retry=retry, task_id=task_id
+            fn,
+            *args,
+            priority=priority,
+            timeout=timeout,
+            retry=retry,
+            task_id=task_id,
+            delay=delay,
+            at=at,
         )
 
     def submit_nowait(
@@ -314,6 +329,8 @@ class AsyncTaskQueue:
         timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
+        delay: float | None = None,
+        at: float | None = None,
     ) -> TaskHandle[T]:
         """Queue a task without awaiting; otherwise the same as ``submit()``."""
         if self._lifecycle is not _ACCEPTING:
@@ -339,6 +356,10 @@ class AsyncTaskQueue:
             _check_coroutine_object(fn, args, retry)
             call_args = None
 
+        start_at = None
+        if delay is not None or at is not None:
+            start_at = self._check_start_time(delay, at)
+
         seq = self._seq + 1
         if task_id is None:
             key: TaskId = seq
@@ -350,6 +371,12 @@ class AsyncTaskQueue:
             self, key, seq, fn, call_args, priority, timeout, retry
         )
         self._active[key] = handle
+        if start_at is not None and start_at > self._loop.time():
+            handle._state = DELAYED
+            self._delayed += 1
+            self._park_until(handle, start_at)
+            return handle
+
         self._ready.push(handle)
         if self._idle:
             self._wake_worker()
@@ -411,6 +438,7 @@ class AsyncTaskQueue:
         return QueueStats(
             pending=len(self._ready),
             waiting_retry=self._waiting,
+            delayed=self._delayed,
             running=self._running,
             succeeded=self._succeeded,
             failed=self._failed,
@@ -682,7 +710,9 @@ class AsyncTaskQueue:
 
         handle._state = WAITING_RETRY
         self._waiting += 1
-        when = self._loop.time() + delay
+        self._park_until(handle, self._loop.time() + delay)
+
+    def _park_until(self, handle: TaskHandle[Any], when: float) -> None:
         self._timers.push(when, handle)
         if self._timer_handle is None or when < self._timer_at:
             self._set_timer(when)
@@ -697,8 +727,9 @@ class AsyncTaskQueue:
     def _on_timer(self) -> None:
         self._timer_handle = None
         for handle in self._timers.pop_due(self._loop.time() + _CLOCK_RESOLUTION):
-            if handle._state is WAITING_RETRY:
-                self._waiting -= 1
+            state = handle._state
+            if state is WAITING_RETRY or state is DELAYED:
+                self._unpark(handle)
                 handle._state = PENDING
                 self._ready.push(handle)
                 if self._idle:
@@ -724,10 +755,17 @@ class AsyncTaskQueue:
             handle._state = CANCELLED  # before mark_stale(), which may compact
             self._ready.mark_stale()
         else:
-            self._waiting -= 1
+            self._unpark(handle)
 
         self._set_cancelled(handle)
         return True
+
+    def _unpark(self, handle: TaskHandle[Any]) -> None:
+        """Count a task out of the timer heap; its stale entry stays there."""
+        if handle._state is DELAYED:
+            self._delayed -= 1
+        else:
+            self._waiting -= 1
 
     def _set_cancelled(self, handle: TaskHandle[Any]) -> None:
         handle._state = CANCELLED
@@ -838,16 +876,18 @@ class AsyncTaskQueue:
         return True
 
     def _cancel_queued(self) -> list[TaskHandle[Any]]:
-        """Cancel every pending task and every task waiting to retry."""
+        """Cancel every pending, delayed and backing-off task."""
         if self._timer_handle is not None:
             self._timer_handle.cancel()
             self._timer_handle = None
 
         queued = self._ready.drain()
-        queued += [h for h in self._timers.clear() if h._state is WAITING_RETRY]
+        queued += [
+            h for h in self._timers.clear() if h._state in (WAITING_RETRY, DELAYED)
+        ]
         for handle in queued:
-            if handle._state is WAITING_RETRY:
-                self._waiting -= 1
+            if handle._state is not PENDING:
+                self._unpark(handle)
 
             handle._cancel_message = "the queue was stopped"
             self._set_cancelled(handle)
@@ -933,6 +973,29 @@ class AsyncTaskQueue:
             )
 
         return task_id
+
+    def _check_start_time(self, delay: object, at: object) -> float:
+        if delay is not None and at is not None:
+            raise TypeError(
+                f"pass either delay ({delay!r}) or at ({at!r}), not both; "
+                "at is a time on the loop clock, delay a number of seconds"
+            )
+
+        if delay is not None:
+            seconds = _checks.check_seconds("delay", delay)
+            assert seconds is not None
+            return self._loop.time() + seconds
+
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise TypeError(
+                f"at must be a time on the event loop clock (loop.time()), "
+                f"got {at!r} of type {type(at).__name__}"
+            )
+
+        if not _checks.is_finite(at):
+            raise ValueError(f"at must be a finite loop time, got {at!r}")
+
+        return float(at)
 
     def _raise_not_running(self) -> None:
         if self._lifecycle is _Lifecycle.NEW:

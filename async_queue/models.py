@@ -37,6 +37,9 @@ TaskId = Hashable
 class TaskState(enum.Enum):
     """The stage of a task's life. The last three states are final."""
 
+    DELAYED = "delayed"
+    """Submitted with a delay, waiting for its start time; occupies no worker."""
+
     PENDING = "pending"
     """In the ready heap, waiting for a worker."""
 
@@ -61,6 +64,7 @@ class TaskState(enum.Enum):
         return self in _FINAL
 
 
+DELAYED = TaskState.DELAYED
 PENDING = TaskState.PENDING
 WAITING_RETRY = TaskState.WAITING_RETRY
 RUNNING = TaskState.RUNNING
@@ -366,6 +370,8 @@ class QueueStats:
     """Tasks in the ready heap."""
     waiting_retry: int
     """Tasks waiting out a backoff before their next attempt."""
+    delayed: int
+    """Tasks submitted with a delay whose start time has not come."""
     running: int
     """Tasks whose coroutine a worker is running."""
     succeeded: int
