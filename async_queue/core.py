@@ -18,6 +18,7 @@ from .containers import ReadyHeap, ResultStore, TimerHeap
 from .errors import (
     DuplicateTaskIdError,
     QueueClosedError,
+    QueueFullError,
     QueueStateError,
     TaskNotFoundError,
 )
@@ -117,6 +118,9 @@ class AsyncTaskQueue:
         max_results: finished tasks kept for lookup by id, oldest evicted first.
         result_ttl: if set, finished tasks are also evicted after this many
             seconds.
+        max_pending: if set, the most tasks that may wait to start (pending
+            or delayed). ``await submit()`` then waits for room, in order of
+            arrival, and ``submit_nowait()`` raises ``QueueFullError``.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class AsyncTaskQueue:
         timeout: float | None = None,
         max_results: int = 10_000,
         result_ttl: float | None = None,
+        max_pending: int | None = None,
     ) -> None:
         self._max_workers = _checks.check_count("max_workers", max_workers, 1)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -136,6 +141,15 @@ class AsyncTaskQueue:
         self._timeout = _checks.check_timeout("timeout", timeout)
         _checks.check_count("max_results", max_results, 0)
         ttl = _checks.check_seconds("result_ttl", result_ttl, allow_none=True)
+        if max_pending is not None:
+            _checks.check_count("max_pending", max_pending, 1)
+
+        self._max_pending = max_pending
+        # Backpressure: submitters waiting for room, and rooms promised to
+        # woken submitters that have not resumed yet.
+        self._space_waiters: deque[asyncio.Future[bool]] = deque()
+        self._reserved = 0
+        self._admitting = False  # the next submit_nowait() uses a reserved room
 
         self._lifecycle = _Lifecycle.NEW
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -232,6 +246,7 @@ class AsyncTaskQueue:
                 return self._empty_report
 
             self._lifecycle = _Lifecycle.STOPPING
+            self._release_space_waiters()
             dropped = []
             if mode is not ShutdownMode.DRAIN:
                 # Cancel queued tasks now, before any worker can pick one up.
@@ -309,16 +324,26 @@ class AsyncTaskQueue:
             DuplicateTaskIdError: ``task_id`` belongs to an active or retained task.
             TypeError, ValueError: an argument is invalid; nothing was queued.
         """
-        return self.submit_nowait(
-            fn,
-            *args,
-            priority=priority,
-            timeout=timeout,
-            retry=retry,
-            task_id=task_id,
-            delay=delay,
-            at=at,
-        )
+        if self._max_pending is not None and self._must_wait_for_room():
+            await self._wait_for_room()
+
+        try:
+            return self.submit_nowait(
+                fn,
+                *args,
+                priority=priority,
+                timeout=timeout,
+                retry=retry,
+                task_id=task_id,
+                delay=delay,
+                at=at,
+            )
+        finally:
+            if self._admitting:
+                # The submission was rejected: hand its room to the next one.
+                self._admitting = False
+                self._reserved -= 1
+                self._wake_space_waiters()
 
     def submit_nowait(
         self,
@@ -366,6 +391,9 @@ class AsyncTaskQueue:
         else:
             key = self._check_task_id(task_id)
 
+        if self._max_pending is not None:
+            self._take_room()
+
         self._seq = seq
         handle: TaskHandle[Any] = TaskHandle(
             self, key, seq, fn, call_args, priority, timeout, retry
@@ -382,6 +410,69 @@ class AsyncTaskQueue:
             self._wake_worker()
 
         return handle
+
+    # Backpressure
+
+    def _is_full(self) -> bool:
+        assert self._max_pending is not None
+        waiting = len(self._ready) + self._delayed + self._reserved
+        return waiting >= self._max_pending
+
+    def _must_wait_for_room(self) -> bool:
+        if self._lifecycle is not _ACCEPTING:
+            return False  # submit_nowait() raises the lifecycle error
+
+        return bool(self._space_waiters) or self._is_full()
+
+    def _take_room(self) -> None:
+        if self._admitting:
+            self._admitting = False
+            self._reserved -= 1
+            return
+
+        if self._space_waiters or self._is_full():
+            raise QueueFullError(
+                f"the queue is full: {self._max_pending} tasks are waiting to "
+                "start (max_pending); use 'await queue.submit()' to wait for "
+                "room, or raise max_pending"
+            )
+
+    async def _wait_for_room(self) -> None:
+        """Wait, behind earlier waiters, until a room is reserved for us."""
+        waiter: asyncio.Future[bool] = self._loop.create_future()
+        self._space_waiters.append(waiter)
+        try:
+            has_room = await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                # Woken and cancelled in the same step: pass the room on.
+                self._reserved -= 1
+                self._wake_space_waiters()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._space_waiters.remove(waiter)
+
+            raise
+
+        if not has_room:
+            self._raise_not_running()
+
+        self._admitting = True
+
+    def _wake_space_waiters(self) -> None:
+        waiters = self._space_waiters
+        while waiters and not self._is_full():
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self._reserved += 1
+                waiter.set_result(True)
+
+    def _release_space_waiters(self) -> None:
+        """Wake every waiting submitter with the news that the queue closed."""
+        waiters, self._space_waiters = self._space_waiters, deque()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(False)
 
     async def join(self) -> None:
         """Wait until every task submitted so far is final.
@@ -470,6 +561,9 @@ class AsyncTaskQueue:
 
                 await self._wait_for_work(worker)
                 continue
+
+            if self._space_waiters:
+                self._wake_space_waiters()
 
             handle._state = RUNNING
             handle._attempts += 1
@@ -758,6 +852,9 @@ class AsyncTaskQueue:
             self._unpark(handle)
 
         self._set_cancelled(handle)
+        if self._space_waiters:
+            self._wake_space_waiters()
+
         return True
 
     def _unpark(self, handle: TaskHandle[Any]) -> None:

@@ -5,6 +5,7 @@ The tree::
     AsyncQueueError
     ├── QueueStateError (also RuntimeError)
     │   └── QueueClosedError
+    ├── QueueFullError
     ├── TaskCancelledError
     ├── DuplicateTaskIdError (also ValueError)
     └── TaskNotFoundError (also KeyError)
@@ -19,6 +20,7 @@ __all__ = (
     "AsyncQueueError",
     "DuplicateTaskIdError",
     "QueueClosedError",
+    "QueueFullError",
     "QueueStateError",
     "TaskCancelledError",
     "TaskNotFoundError",
@@ -38,6 +40,10 @@ class QueueStateError(AsyncQueueError, RuntimeError):
 
 class QueueClosedError(QueueStateError):
     """Raised by ``submit()`` once ``stop()`` has begun."""
+
+
+class QueueFullError(AsyncQueueError):
+    """Raised by ``submit_nowait()`` when ``max_pending`` tasks wait to start."""
 
 
 class TaskCancelledError(AsyncQueueError):

@@ -1,0 +1,192 @@
+"""Backpressure: max_pending bounds the tasks waiting to start."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from async_queue import (
+    AsyncTaskQueue,
+    QueueClosedError,
+    QueueFullError,
+    RetryPolicy,
+    TaskState,
+)
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+class Gate:
+    """Tasks that wait until the test opens the gate, recording their order."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.started: list[int] = []
+
+    async def __call__(self, index: int) -> int:
+        self.started.append(index)
+        await self.event.wait()
+        return index
+
+
+async def full_queue(gate: Gate, max_pending: int) -> AsyncTaskQueue:
+    """Return a started one-worker queue whose worker is busy and heap full."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=max_pending)
+    await queue.start()
+    await queue.submit(gate, -1)
+    await until(lambda: queue.stats().running == 1)
+    for index in range(max_pending):
+        queue.submit_nowait(gate, index)
+
+    return queue
+
+
+async def test_submit_nowait_raises_when_full() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 2)
+    before = queue.stats()
+
+    with pytest.raises(QueueFullError, match="max_pending"):
+        queue.submit_nowait(gate, 99)
+
+    assert queue.stats() == before
+    gate.event.set()
+    await queue.stop("drain")
+
+
+async def test_submit_waits_for_room() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 2)
+    waiting = asyncio.create_task(queue.submit(gate, 2))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not waiting.done()
+    assert queue.stats().pending == 2
+
+    gate.event.set()
+    handle = await waiting
+    assert await handle == 2
+    await queue.stop("drain")
+    assert gate.started == [-1, 0, 1, 2]
+
+
+async def test_waiting_submitters_served_in_order() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    submitters = [asyncio.create_task(queue.submit(gate, 10 + i)) for i in range(5)]
+    await until(lambda: len(queue._space_waiters) == 5)
+
+    gate.event.set()
+    handles = await asyncio.gather(*submitters)
+    await queue.stop("drain")
+
+    assert [h.id for h in handles] == sorted(h.id for h in handles)
+    assert gate.started == [-1, 0, 10, 11, 12, 13, 14]
+
+
+async def test_nowait_does_not_jump_waiters() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    waiting = asyncio.create_task(queue.submit(gate, 5))
+    await until(lambda: len(queue._space_waiters) == 1)
+
+    with pytest.raises(QueueFullError):
+        queue.submit_nowait(gate, 6)
+
+    gate.event.set()
+    await waiting
+    await queue.stop("drain")
+
+
+async def test_stop_releases_waiting_submitters() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    waiting = [asyncio.create_task(queue.submit(gate, 7)) for _ in range(3)]
+    await until(lambda: len(queue._space_waiters) == 3)
+
+    report = await queue.stop()
+
+    for task in waiting:
+        with pytest.raises(QueueClosedError):
+            await task
+    assert len(report.never_started) == 1
+    assert queue.stats().submitted == 2
+
+
+async def test_cancelled_waiter_passes_room_on() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    first = asyncio.create_task(queue.submit(gate, 1))
+    second = asyncio.create_task(queue.submit(gate, 2))
+    await until(lambda: len(queue._space_waiters) == 2)
+
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    gate.event.set()
+    handle = await second
+    assert await handle == 2
+    await queue.stop("drain")
+    assert queue._reserved == 0
+
+
+async def test_woken_then_cancelled_passes_room_on() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    first = asyncio.create_task(queue.submit(gate, 1))
+    second = asyncio.create_task(queue.submit(gate, 2))
+    await until(lambda: len(queue._space_waiters) == 2)
+
+    pending = queue.task(2)
+    assert pending.cancel()  # frees a room: the first waiter is woken
+    first.cancel()  # ...and cancelled before it resumes
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    gate.event.set()
+    assert await (await second) == 2
+    await queue.stop("drain")
+    assert queue._reserved == 0
+
+
+async def test_rejected_submission_frees_its_room() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    bad = asyncio.create_task(queue.submit(gate, 1, priority="high"))  # type: ignore[arg-type]
+    good = asyncio.create_task(queue.submit(gate, 2))
+    await until(lambda: len(queue._space_waiters) == 2)
+
+    gate.event.set()
+    with pytest.raises(TypeError, match="priority"):
+        await bad
+    assert await (await good) == 2
+    await queue.stop("drain")
+    assert queue._reserved == 0
+
+
+async def test_retries_may_exceed_max_pending() -> None:
+    """An accepted task that comes back to retry is never rejected."""
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    policy = RetryPolicy(max_retries=1, base_delay=0)
+    async with AsyncTaskQueue(1, retry=policy, max_pending=1) as queue:
+        handle = await queue.submit(flaky)
+        assert await handle == "ok"
+
+    assert handle.state is TaskState.SUCCEEDED
+
+
+@pytest.mark.parametrize("value", [0, -1, True, 1.5])
+def test_invalid_max_pending(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="max_pending"):
+        AsyncTaskQueue(max_pending=value)  # type: ignore[arg-type]
