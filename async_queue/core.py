@@ -72,7 +72,7 @@ _ACCEPTING = _Lifecycle.RUNNING
 class _Worker:
     """One worker coroutine and the task it is running."""
 
-    __slots__ = ("cancels", "current", "deadline", "task", "waiter")
+    __slots__ = ("cancels", "current", "deadline", "retire", "task", "waiter")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -80,6 +80,7 @@ class _Worker:
         self.deadline: float | None = None  # loop time at which `current` times out
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
+        self.retire = False  # exit before the next task: the pool shrank
 
 
 class _Join:
@@ -163,6 +164,8 @@ class AsyncTaskQueue:
         self._seq = 0
 
         self._workers: list[_Worker] = []
+        self._worker_count = 0  # workers ever started, for their task names
+        self._paused = False
         self._idle: deque[_Worker] = deque()
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -203,12 +206,76 @@ class AsyncTaskQueue:
 
         self._loop = asyncio.get_running_loop()
         self._lifecycle = _Lifecycle.RUNNING
-        for index in range(self._max_workers):
+        self._add_workers(self._max_workers)
+
+    def _add_workers(self, count: int) -> None:
+        for _ in range(count):
+            self._worker_count += 1
             worker = _Worker()
             worker.task = self._loop.create_task(
-                self._run_worker(worker), name=f"async_queue-worker-{index}"
+                self._run_worker(worker),
+                name=f"async_queue-worker-{self._worker_count}",
             )
             self._workers.append(worker)
+
+    # Pool control
+
+    @property
+    def max_workers(self) -> int:
+        """The number of tasks that may run at once."""
+        return self._max_workers
+
+    @property
+    def paused(self) -> bool:
+        """Whether workers are kept from starting new tasks."""
+        return self._paused
+
+    def resize(self, max_workers: int) -> None:
+        """Change the number of workers.
+
+        Growing starts the new workers at once. Shrinking stops idle workers
+        at once and lets busy ones finish their current task before they
+        exit; no running task is cancelled.
+
+        Raises:
+            QueueStateError: ``stop()`` has begun.
+        """
+        count = _checks.check_count("max_workers", max_workers, 1)
+        if self.closed:
+            self._raise_not_running()
+
+        old = self._max_workers
+        self._max_workers = count
+        if self._lifecycle is _Lifecycle.NEW:
+            return
+
+        staying = [w for w in self._workers if not w.retire]
+        if count > len(staying):
+            self._add_workers(count - len(staying))
+            self._wake_workers()
+            return
+
+        # Retire idle workers first, so that running tasks are not delayed.
+        excess = len(staying) - count
+        for worker in sorted(staying, key=lambda w: w.current is not None)[:excess]:
+            worker.retire = True
+            if worker.waiter is not None and not worker.waiter.done():
+                worker.waiter.set_result(None)
+
+        logger.debug("resized the pool from %d to %d workers", old, count)
+
+    def pause(self) -> None:
+        """Stop starting new tasks; running tasks go on. Timers keep running."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Start tasks again after ``pause()``."""
+        self._paused = False
+        self._wake_workers()
+
+    def _wake_workers(self) -> None:
+        for _ in range(min(len(self._idle), len(self._ready))):
+            self._wake_worker()
 
     async def stop(
         self,
@@ -246,6 +313,7 @@ class AsyncTaskQueue:
                 return self._empty_report
 
             self._lifecycle = _Lifecycle.STOPPING
+            self._paused = False  # a paused queue could not drain
             self._release_space_waiters()
             dropped = []
             if mode is not ShutdownMode.DRAIN:
@@ -253,6 +321,7 @@ class AsyncTaskQueue:
                 self._accept_retries = False
                 dropped = self._cancel_queued()
 
+            self._wake_workers()
             self._stop_mode = mode
             self._stop_task = self._loop.create_task(
                 self._shut_down(mode, timeout, grace_seconds, dropped),
@@ -538,6 +607,7 @@ class AsyncTaskQueue:
             workers=workers,
             submitted=self._seq,
             retained=len(self._results),
+            paused=self._paused,
         )
 
     def __repr__(self) -> str:
@@ -552,10 +622,14 @@ class AsyncTaskQueue:
     async def _run_worker(self, worker: _Worker) -> None:
         ready = self._ready
         while True:
-            handle = ready.pop()
+            handle = None if self._paused or worker.retire else ready.pop()
             if handle is None:
                 # Drop the last task's arguments and result before idling.
                 args = result = None
+                if worker.retire:
+                    self._workers.remove(worker)
+                    return
+
                 if self._workers_exit:
                     return
 
@@ -613,6 +687,9 @@ class AsyncTaskQueue:
                     self._idle.remove(worker)
 
     def _wake_worker(self) -> None:
+        if self._paused:
+            return
+
         idle = self._idle
         while idle:
             waiter = idle.popleft().waiter

@@ -388,6 +388,8 @@ class QueueStats:
     """Tasks accepted by ``submit()``."""
     retained: int
     """Finished tasks kept for lookup by id."""
+    paused: bool
+    """Whether ``pause()`` keeps workers from starting tasks."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,166 @@
+"""Pool control at runtime: resize, pause and resume."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from async_queue import AsyncTaskQueue, QueueClosedError, RetryPolicy, TaskState
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.started = 0
+
+    async def __call__(self) -> str:
+        self.started += 1
+        await self.event.wait()
+        return "done"
+
+
+async def test_grow_takes_effect_at_once() -> None:
+    gate = Gate()
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        handles = [await queue.submit(gate) for _ in range(6)]
+        await until(lambda: gate.started == 2)
+
+        queue.resize(5)
+        await until(lambda: gate.started == 5)
+        assert queue.stats().running == 5
+        assert queue.stats().workers == 5
+        assert queue.max_workers == 5
+
+        gate.event.set()
+        assert await asyncio.gather(*handles) == ["done"] * 6
+
+
+async def test_shrink_lets_running_tasks_finish() -> None:
+    gate = Gate()
+    async with AsyncTaskQueue(4, retry=NO_RETRY) as queue:
+        running = [await queue.submit(gate) for _ in range(4)]
+        await until(lambda: gate.started == 4)
+
+        queue.resize(1)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert all(h.state is TaskState.RUNNING for h in running)
+
+        later = [await queue.submit(gate) for _ in range(3)]
+        gate.event.set()
+        assert await asyncio.gather(*running, *later) == ["done"] * 7
+        await until(lambda: queue.stats().workers == 1)
+
+        max_seen = 0
+        release = asyncio.Event()
+
+        async def count_running() -> None:
+            nonlocal max_seen
+            max_seen = max(max_seen, queue.stats().running)
+            await release.wait()
+
+        probes = [await queue.submit(count_running) for _ in range(3)]
+        await until(lambda: queue.stats().running == 1)
+        release.set()
+        await asyncio.gather(*probes)
+
+    assert max_seen == 1
+
+
+async def test_shrink_retires_idle_workers_first() -> None:
+    gate = Gate()
+    async with AsyncTaskQueue(3, retry=NO_RETRY) as queue:
+        busy = await queue.submit(gate)
+        await until(lambda: gate.started == 1)
+
+        queue.resize(1)
+        await until(lambda: queue.stats().workers == 1)
+        assert busy.state is TaskState.RUNNING
+        gate.event.set()
+        assert await busy == "done"
+
+
+async def test_pause_stops_new_starts() -> None:
+    calls = 0
+
+    async def job() -> int:
+        nonlocal calls
+        calls += 1
+        return calls
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        queue.pause()
+        handles = [await queue.submit(job) for _ in range(3)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert calls == 0
+        assert queue.paused
+        assert queue.stats().paused
+        assert queue.stats().pending == 3
+
+        queue.resume()
+        assert sorted(await asyncio.gather(*handles)) == [1, 2, 3]
+        assert not queue.stats().paused
+
+
+async def test_pause_leaves_running_tasks() -> None:
+    gate = Gate()
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        first = await queue.submit(gate)
+        await until(lambda: gate.started == 1)
+        queue.pause()
+        second = await queue.submit(gate)
+        gate.event.set()
+        assert await first == "done"
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert second.state is TaskState.PENDING
+
+        queue.resume()
+        assert await second == "done"
+
+
+async def test_drain_resumes_paused_queue() -> None:
+    async def job() -> str:
+        return "ran"
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    queue.pause()
+    handle = await queue.submit(job)
+    report = await queue.stop("drain")
+
+    assert await handle == "ran"
+    assert report.never_started == ()
+
+
+async def test_resize_before_start_sets_pool_size() -> None:
+    queue = AsyncTaskQueue(2)
+    queue.resize(5)
+    await queue.start()
+
+    assert queue.stats().workers == 5
+    await queue.stop()
+
+
+async def test_resize_after_stop_raises() -> None:
+    queue = AsyncTaskQueue(2)
+    await queue.start()
+    await queue.stop()
+
+    with pytest.raises(QueueClosedError):
+        queue.resize(3)
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, True, None])
+async def test_resize_rejects_invalid_count(value: object) -> None:
+    async with AsyncTaskQueue(2) as queue:
+        with pytest.raises((TypeError, ValueError), match="max_workers"):
+            queue.resize(value)  # type: ignore[arg-type]
+
+        assert queue.max_workers == 2
+        assert queue.stats().workers == 2
