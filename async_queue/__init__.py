@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 
 from .core import AsyncTaskQueue
+from .deadletters import DeadLetter
 from .errors import (
     AsyncQueueError,
     DuplicateTaskIdError,
     QueueClosedError,
     QueueFullError,
     QueueStateError,
+    RetryAfter,
     TaskCancelledError,
     TaskNotFoundError,
 )
@@ -35,12 +37,14 @@ __all__ = (
     "AsyncQueueError",
     "AsyncTaskQueue",
     "BoundCall",
+    "DeadLetter",
     "DuplicateTaskIdError",
     "Jitter",
     "QueueClosedError",
     "QueueFullError",
     "QueueStateError",
     "QueueStats",
+    "RetryAfter",
     "RetryPolicy",
     "ShutdownMode",
     "ShutdownReport",

@@ -9,17 +9,19 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from types import FunctionType, TracebackType
 from typing import Any, Literal, TypeVar, TypeVarTuple, final
 
 from . import _checks
 from .containers import ReadyHeap, ResultStore, TimerHeap
+from .deadletters import DeadLetter, DeadLetterStore
 from .errors import (
     DuplicateTaskIdError,
     QueueClosedError,
     QueueFullError,
     QueueStateError,
+    RetryAfter,
     TaskNotFoundError,
 )
 from .models import (
@@ -122,6 +124,10 @@ class AsyncTaskQueue:
         max_pending: if set, the most tasks that may wait to start (pending
             or delayed). ``await submit()`` then waits for room, in order of
             arrival, and ``submit_nowait()`` raises ``QueueFullError``.
+        max_dead_letters: failed tasks kept by ``dead_letters()``, oldest
+            evicted first.
+        on_dead_letter: called with the ``DeadLetter`` of each task that ends
+            ``FAILED``; an exception it raises is logged and ignored.
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class AsyncTaskQueue:
         max_results: int = 10_000,
         result_ttl: float | None = None,
         max_pending: int | None = None,
+        max_dead_letters: int = 1000,
+        on_dead_letter: Callable[[DeadLetter], object] | None = None,
     ) -> None:
         self._max_workers = _checks.check_count("max_workers", max_workers, 1)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -146,6 +154,16 @@ class AsyncTaskQueue:
             _checks.check_count("max_pending", max_pending, 1)
 
         self._max_pending = max_pending
+        _checks.check_count("max_dead_letters", max_dead_letters, 0)
+        if on_dead_letter is not None and not callable(on_dead_letter):
+            raise TypeError(
+                f"on_dead_letter must be callable or None, got {on_dead_letter!r}"
+            )
+
+        self._dead_letters = DeadLetterStore(max_dead_letters)
+        self._on_dead_letter = on_dead_letter
+        self._dedup: dict[Hashable, TaskHandle[Any]] = {}  # key -> unfinished task
+        self._deduplicated = 0
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -367,6 +385,7 @@ class AsyncTaskQueue:
         task_id: str | None = None,
         delay: float | None = None,
         at: float | None = None,
+        dedup_key: Hashable | None = None,
     ) -> TaskHandle[T]:
         """Queue ``fn(*args)`` and return its handle.
 
@@ -386,6 +405,9 @@ class AsyncTaskQueue:
             at: the time on the event loop clock (``loop.time()``) at which
                 the task enters the ready heap; not together with ``delay``.
                 Until then the task is ``DELAYED`` and occupies no worker.
+            dedup_key: if an unfinished task was submitted with this key,
+                return its handle and queue nothing. Once that task is final,
+                the key is free again.
 
         Raises:
             QueueStateError: the queue has not been started.
@@ -406,6 +428,7 @@ class AsyncTaskQueue:
                 task_id=task_id,
                 delay=delay,
                 at=at,
+                dedup_key=dedup_key,
             )
         finally:
             if self._admitting:
@@ -425,6 +448,7 @@ class AsyncTaskQueue:
         task_id: str | None = None,
         delay: float | None = None,
         at: float | None = None,
+        dedup_key: Hashable | None = None,
     ) -> TaskHandle[T]:
         """Queue a task without awaiting; otherwise the same as ``submit()``."""
         if self._lifecycle is not _ACCEPTING:
@@ -454,6 +478,12 @@ class AsyncTaskQueue:
         if delay is not None or at is not None:
             start_at = self._check_start_time(delay, at)
 
+        if dedup_key is not None:
+            existing = self._dedup.get(dedup_key)
+            if existing is not None:
+                self._deduplicated += 1
+                return existing
+
         seq = self._seq + 1
         if task_id is None:
             key: TaskId = seq
@@ -468,6 +498,10 @@ class AsyncTaskQueue:
             self, key, seq, fn, call_args, priority, timeout, retry
         )
         self._active[key] = handle
+        if dedup_key is not None:
+            handle._dedup_key = dedup_key
+            self._dedup[dedup_key] = handle
+
         if start_at is not None and start_at > self._loop.time():
             handle._state = DELAYED
             self._delayed += 1
@@ -560,6 +594,50 @@ class AsyncTaskQueue:
             if join in self._joins:
                 self._joins.remove(join)
 
+    # Dead letters
+
+    def dead_letters(self) -> tuple[DeadLetter, ...]:
+        """Return the kept records of failed tasks, oldest first."""
+        return self._dead_letters.list()
+
+    async def requeue(
+        self, task_id: TaskId, *, priority: int | None = None
+    ) -> TaskHandle[Any]:
+        """Submit a dead letter's task again, as a new task, and drop the letter.
+
+        The new task gets a new int id, the same function, arguments, timeout
+        and retry policy, and the same priority unless ``priority`` is given.
+
+        Raises:
+            TaskNotFoundError: no dead letter has this id.
+            ValueError: the task was a coroutine object, which cannot rerun.
+        """
+        letter = self._dead_letters.pop(task_id)
+        if letter is None:
+            raise TaskNotFoundError(
+                f"no dead letter for task {task_id!r}: it did not fail, was "
+                "requeued already, or was evicted (raise max_dead_letters)"
+            )
+
+        if letter.args is None:
+            self._dead_letters.add(letter)
+            raise ValueError(
+                f"task {task_id!r} was a coroutine object, which cannot run "
+                "twice; submit its coroutine function again instead"
+            )
+
+        try:
+            return await self.submit(
+                letter.fn,
+                *letter.args,
+                priority=letter.priority if priority is None else priority,
+                timeout=letter.timeout,
+                retry=letter.retry,
+            )
+        except BaseException:
+            self._dead_letters.add(letter)  # nothing was queued: keep it
+            raise
+
     # Lookup and statistics
 
     def task(self, task_id: TaskId) -> TaskHandle[Any]:
@@ -608,6 +686,8 @@ class AsyncTaskQueue:
             submitted=self._seq,
             retained=len(self._results),
             paused=self._paused,
+            dead_letters=len(self._dead_letters),
+            deduplicated=self._deduplicated,
         )
 
     def __repr__(self) -> str:
@@ -840,8 +920,18 @@ class AsyncTaskQueue:
     def _retry_or_fail(self, handle: TaskHandle[Any], exc: BaseException) -> None:
         policy = handle._retry
         retries_done = handle._attempts - 1
-        if self._accept_retries and policy.should_retry(exc, retries_done):
-            delay = policy.delay(retries_done, handle._last_delay)
+        if isinstance(exc, RetryAfter):
+            # The task chose its delay; only the retry count still applies.
+            retry = retries_done < policy.max_retries
+        else:
+            retry = policy.should_retry(exc, retries_done)
+
+        if self._accept_retries and retry:
+            if isinstance(exc, RetryAfter):
+                delay = exc.delay
+            else:
+                delay = policy.delay(retries_done, handle._last_delay)
+
             handle._last_delay = delay
             self._retries += 1
             logger.warning(
@@ -868,6 +958,32 @@ class AsyncTaskQueue:
             exc_info=exc,
         )
         self._finish(handle)
+        self._add_dead_letter(handle, exc)
+
+    def _add_dead_letter(self, handle: TaskHandle[Any], exc: BaseException) -> None:
+        letter = DeadLetter(
+            task_id=handle._id,
+            name=handle.name,
+            fn=handle._fn,
+            args=handle._args,
+            priority=handle._priority,
+            timeout=handle._timeout,
+            retry=handle._retry,
+            exception=exc,
+            attempts=handle._attempts,
+        )
+        self._dead_letters.add(letter)
+        if self._on_dead_letter is None:
+            return
+
+        try:
+            self._on_dead_letter(letter)
+        except Exception:
+            logger.exception(
+                "on_dead_letter hook %r failed for task %r",
+                self._on_dead_letter,
+                handle._id,
+            )
 
     def _park(self, handle: TaskHandle[Any], delay: float) -> None:
         handle._worker = None
@@ -954,6 +1070,8 @@ class AsyncTaskQueue:
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
         del self._active[handle._id]
+        if handle._dedup_key is not None:
+            del self._dedup[handle._dedup_key]
         handle._queue = None
         handle._worker = None
         waiters = handle._waiters

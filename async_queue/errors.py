@@ -6,6 +6,7 @@ The tree::
     ├── QueueStateError (also RuntimeError)
     │   └── QueueClosedError
     ├── QueueFullError
+    ├── RetryAfter
     ├── TaskCancelledError
     ├── DuplicateTaskIdError (also ValueError)
     └── TaskNotFoundError (also KeyError)
@@ -22,6 +23,7 @@ __all__ = (
     "QueueClosedError",
     "QueueFullError",
     "QueueStateError",
+    "RetryAfter",
     "TaskCancelledError",
     "TaskNotFoundError",
 )
@@ -44,6 +46,27 @@ class QueueClosedError(QueueStateError):
 
 class QueueFullError(AsyncQueueError):
     """Raised by ``submit_nowait()`` when ``max_pending`` tasks wait to start."""
+
+
+class RetryAfter(AsyncQueueError):
+    """Raised by a task to be retried after a delay of its own choosing.
+
+    The delay replaces the retry policy's backoff for that attempt, and the
+    retry still counts against ``max_retries``; the policy's ``retry_on``
+    filter does not apply. For example, from an HTTP 503 response::
+
+        raise RetryAfter(float(response.headers["Retry-After"]))
+
+    If no retry is left, the task fails with this exception.
+    """
+
+    def __init__(self, delay: float, message: str | None = None) -> None:
+        from ._checks import check_seconds
+
+        seconds = check_seconds("delay", delay)
+        assert seconds is not None
+        super().__init__(message or f"retry requested after {seconds} s")
+        self.delay = seconds
 
 
 class TaskCancelledError(AsyncQueueError):

@@ -104,6 +104,7 @@ class TaskHandle(Generic[T]):
         "_attempts",
         "_cancel_message",
         "_cancel_reason",
+        "_dedup_key",
         "_exception",
         "_finished_at",
         "_fn",
@@ -151,6 +152,7 @@ class TaskHandle(Generic[T]):
         self._cancel_message: str | None = None
         self._last_delay: float | None = None
         self._finished_at = 0.0
+        self._dedup_key: Hashable | None = None
 
     @property
     def id(self) -> TaskId:
@@ -390,6 +392,10 @@ class QueueStats:
     """Finished tasks kept for lookup by id."""
     paused: bool
     """Whether ``pause()`` keeps workers from starting tasks."""
+    dead_letters: int
+    """Failed tasks kept by ``dead_letters()``."""
+    deduplicated: int
+    """Submissions answered with an unfinished task's handle by ``dedup_key``."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -358,7 +358,9 @@ async def test_handle_freed_without_store(
     # pytest's log capture keeps each record, and the failure record's
     # exception references the handle through its traceback.
     monkeypatch.setattr(logging.getLogger("async_queue"), "propagate", False)
-    async with AsyncTaskQueue(2, max_results=0, retry=RetryPolicy(0)) as queue:
+    # A dead letter keeps the exception, and so the same traceback.
+    no_store = {"max_results": 0, "max_dead_letters": 0}
+    async with AsyncTaskQueue(2, retry=RetryPolicy(0), **no_store) as queue:
         handle = await queue.submit(fn)
         with contextlib.suppress(ValueError):
             await handle

@@ -1,0 +1,263 @@
+"""Retry-after requests, deduplication keys and dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from async_queue import (
+    AsyncTaskQueue,
+    DeadLetter,
+    RetryAfter,
+    RetryPolicy,
+    TaskNotFoundError,
+    TaskState,
+)
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+# Retry-after
+
+
+def test_retry_after_overrides_backoff() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        calls = 0
+
+        async def throttled() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RetryAfter(42)
+            return "ok"
+
+        policy = RetryPolicy(max_retries=1, base_delay=1, jitter="none")
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            handle = await queue.submit(throttled)
+            await until(lambda: handle.state is TaskState.WAITING_RETRY)
+            loop.advance(41.9)
+            await settle()
+            assert calls == 1
+
+            loop.advance(0.1)
+            assert await handle == "ok"
+            assert queue.stats().retries == 1
+
+    run_virtual(main)
+
+
+async def test_retry_after_counts_against_max_retries() -> None:
+    calls = 0
+
+    async def always_throttled() -> None:
+        nonlocal calls
+        calls += 1
+        raise RetryAfter(0, "server busy")
+
+    async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=2)) as queue:
+        handle = await queue.submit(always_throttled)
+        with pytest.raises(RetryAfter, match="server busy"):
+            await handle
+
+    assert calls == 3
+    assert handle.attempts == 3
+
+
+async def test_retry_after_ignores_retry_filter() -> None:
+    calls = 0
+
+    async def throttled() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryAfter(0)
+        return "ok"
+
+    policy = RetryPolicy(max_retries=1, retry_on=KeyError)
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        assert await (await queue.submit(throttled)) == "ok"
+
+
+@pytest.mark.parametrize("delay", [-1, float("nan"), float("inf")])
+def test_retry_after_rejects_bad_delay(delay: float) -> None:
+    with pytest.raises(ValueError, match="delay"):
+        RetryAfter(delay)
+
+
+# Deduplication
+
+
+async def test_dedup_returns_existing_handle() -> None:
+    release = asyncio.Event()
+    calls = 0
+
+    async def job(value: int) -> int:
+        nonlocal calls
+        calls += 1
+        await release.wait()
+        return value
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        first = await queue.submit(job, 1, dedup_key="report")
+        second = await queue.submit(job, 2, dedup_key="report")
+        other = await queue.submit(job, 3, dedup_key="other")
+        assert second is first
+        assert other is not first
+        assert queue.stats().deduplicated == 1
+        assert queue.stats().submitted == 2
+
+        release.set()
+        assert await first == 1
+        assert await other == 3
+
+        again = await queue.submit(job, 4, dedup_key="report")
+        assert again is not first
+        assert await again == 4
+
+    assert calls == 3
+
+
+async def test_dedup_covers_waiting_retry() -> None:
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    policy = RetryPolicy(max_retries=1, base_delay=60, jitter="none")
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = await queue.submit(flaky, dedup_key="k")
+        await until(lambda: handle.state is TaskState.WAITING_RETRY)
+        assert await queue.submit(flaky, dedup_key="k") is handle
+        handle.cancel()
+
+    assert calls == 1
+
+
+# Dead letters
+
+
+async def test_failed_task_becomes_dead_letter() -> None:
+    seen: list[DeadLetter] = []
+    error = ValueError("broken")
+
+    async def broken(a: int, b: str) -> None:
+        raise error
+
+    policy = RetryPolicy(max_retries=1, base_delay=0)
+    async with AsyncTaskQueue(1, retry=policy, on_dead_letter=seen.append) as queue:
+        handle = await queue.submit(broken, 1, "x", priority=4)
+        with pytest.raises(ValueError):
+            await handle
+
+        letters = queue.dead_letters()
+        assert queue.stats().dead_letters == 1
+
+    assert seen == list(letters)
+    letter = letters[0]
+    assert letter.task_id == handle.id
+    assert letter.args == (1, "x")
+    assert letter.priority == 4
+    assert letter.exception is error
+    assert letter.attempts == 2
+    assert letter.requeueable
+
+
+async def test_requeue_runs_task_again() -> None:
+    calls = 0
+
+    async def fails_first(value: int) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first run fails")
+        return value * 2
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(fails_first, 21, priority=3)
+        with pytest.raises(ValueError):
+            await handle
+
+        again = await queue.requeue(handle.id)
+        assert again.id != handle.id
+        assert again.priority == 3
+        assert await again == 42
+        assert queue.dead_letters() == ()
+
+        with pytest.raises(TaskNotFoundError, match=repr(handle.id)):
+            await queue.requeue(handle.id)
+
+
+async def test_dead_letters_are_bounded() -> None:
+    async def broken(index: int) -> None:
+        raise ValueError(index)
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY, max_dead_letters=3) as queue:
+        for index in range(5):
+            with pytest.raises(ValueError):
+                await (await queue.submit(broken, index))
+
+        letters = queue.dead_letters()
+
+    assert [letter.args for letter in letters] == [(2,), (3,), (4,)]
+
+
+async def test_cancelled_task_is_no_dead_letter() -> None:
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(hang)
+        await until(lambda: queue.stats().running == 1)
+        handle.cancel()
+        await until(handle.done)
+        assert queue.dead_letters() == ()
+
+
+async def test_failing_hook_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def hook(letter: DeadLetter) -> None:
+        raise RuntimeError("hook broke")
+
+    async def broken() -> None:
+        raise ValueError("task broke")
+
+    async def fine() -> str:
+        return "fine"
+
+    caplog.set_level(logging.ERROR, logger="async_queue")
+    async with AsyncTaskQueue(1, retry=NO_RETRY, on_dead_letter=hook) as queue:
+        with pytest.raises(ValueError):
+            await (await queue.submit(broken))
+        assert await (await queue.submit(fine)) == "fine"
+        workers = queue.stats().workers
+
+    assert workers == 1
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("on_dead_letter hook" in message for message in messages)
+
+
+async def test_coroutine_object_cannot_requeue() -> None:
+    async def broken() -> None:
+        raise ValueError("broken")
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(broken())
+        with pytest.raises(ValueError):
+            await handle
+
+        assert not queue.dead_letters()[0].requeueable
+        with pytest.raises(ValueError, match="coroutine object"):
+            await queue.requeue(handle.id)
+        assert len(queue.dead_letters()) == 1
