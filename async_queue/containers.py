@@ -5,11 +5,12 @@ from __future__ import annotations
 import heapq
 import threading
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import Any
 
 from .models import PENDING, TaskHandle, TaskId
 
-__all__ = ("ReadyHeap", "ResultStore", "TimerHeap")
+__all__ = ("AgingHeap", "ReadyHeap", "ResultStore", "TimerHeap")
 
 # Stale entries (tasks cancelled while pending) are dropped lazily by pop().
 # Past this many, and past half of all entries, the heap is rebuilt so that a
@@ -218,3 +219,79 @@ class ResultStore:
 
             entries.popitem(last=False)
             self.evicted += 1
+
+
+class AgingHeap:
+    """A max-heap of pending tasks whose priority rises while they wait.
+
+    A task pushed at time ``t`` with priority ``p`` has the effective priority
+    ``p + rate * (now - t)``. The rate is the same for every task, so the
+    order of two waiting tasks never changes over time, and the static key
+    ``p - rate * t`` orders them: a push or pop costs O(log n). Equal keys
+    pop in push order. ``_lock`` guards every field, as in ``ReadyHeap``.
+    """
+
+    __slots__ = ("_counter", "_entries", "_heap", "_lock", "_stale", "clock", "rate")
+
+    def __init__(self, rate: float, clock: Callable[[], float]) -> None:
+        self.rate = rate
+        self.clock = clock  # the event loop's time(), set by the queue on start
+        self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
+        self._counter = 0
+        self._entries = 0
+        self._stale = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._entries - self._stale
+
+    def push(self, handle: TaskHandle[Any]) -> None:
+        """Add a pending task, aging from now."""
+        key = handle._priority - self.rate * self.clock()
+        with self._lock:
+            self._counter += 1
+            heapq.heappush(self._heap, (-key, self._counter, handle))
+            self._entries += 1
+
+    def pop(self) -> TaskHandle[Any] | None:
+        """Remove and return the task of highest effective priority, or ``None``."""
+        with self._lock:
+            heap = self._heap
+            while heap:
+                handle = heapq.heappop(heap)[2]
+                self._entries -= 1
+                if handle._state is PENDING:
+                    return handle
+
+                self._stale -= 1
+
+            return None
+
+    def mark_stale(self) -> None:
+        """Record that one task in the heap left the pending state."""
+        with self._lock:
+            self._stale += 1
+            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
+                self._heap = [e for e in self._heap if e[2]._state is PENDING]
+                heapq.heapify(self._heap)
+                self._entries = len(self._heap)
+                self._stale = 0
+
+    def drain(self) -> list[TaskHandle[Any]]:
+        """Remove every pending task and return them in start order."""
+        drained = []
+        while (handle := self.pop()) is not None:
+            drained.append(handle)
+
+        return drained
+
+    def depth_by_priority(self) -> dict[int, int]:
+        """Return the number of pending tasks at each base priority, highest first."""
+        with self._lock:
+            depth: dict[int, int] = {}
+            for _, _, handle in self._heap:
+                if handle._state is PENDING:
+                    depth[handle._priority] = depth.get(handle._priority, 0) + 1
+
+            return dict(sorted(depth.items(), reverse=True))

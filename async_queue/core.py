@@ -14,7 +14,7 @@ from types import FunctionType, TracebackType
 from typing import Any, Literal, TypeVar, TypeVarTuple, final
 
 from . import _checks
-from .containers import ReadyHeap, ResultStore, TimerHeap
+from .containers import AgingHeap, ReadyHeap, ResultStore, TimerHeap
 from .deadletters import DeadLetter, DeadLetterStore
 from .errors import (
     DuplicateTaskIdError,
@@ -128,6 +128,11 @@ class AsyncTaskQueue:
             evicted first.
         on_dead_letter: called with the ``DeadLetter`` of each task that ends
             ``FAILED``; an exception it raises is logged and ignored.
+        aging_rate: if set, a waiting task's priority rises by this much per
+            second of waiting, so that a flood of higher priorities cannot
+            starve lower ones forever.
+        rate_limit: if set, the most task starts per second, as a token
+            bucket on the loop clock holding up to ``rate_burst`` starts.
     """
 
     def __init__(
@@ -141,6 +146,9 @@ class AsyncTaskQueue:
         max_pending: int | None = None,
         max_dead_letters: int = 1000,
         on_dead_letter: Callable[[DeadLetter], object] | None = None,
+        aging_rate: float | None = None,
+        rate_limit: float | None = None,
+        rate_burst: int = 1,
     ) -> None:
         self._max_workers = _checks.check_count("max_workers", max_workers, 1)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -164,6 +172,7 @@ class AsyncTaskQueue:
         self._on_dead_letter = on_dead_letter
         self._dedup: dict[Hashable, TaskHandle[Any]] = {}  # key -> unfinished task
         self._deduplicated = 0
+        self._dropped = 0  # queued tasks cancelled by stop()
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -175,7 +184,19 @@ class AsyncTaskQueue:
 
         # Task bookkeeping. Only the event loop thread reads or writes these,
         # so they need no lock; `_ready` has its own (see ReadyHeap).
-        self._ready = ReadyHeap()
+        self._ready: ReadyHeap | AgingHeap
+        if aging_rate is None:
+            self._ready = ReadyHeap()
+        else:
+            rate = _checks.check_seconds("aging_rate", aging_rate)
+            assert rate is not None
+            self._ready = AgingHeap(rate, time.monotonic)
+
+        self._rate = _checks.check_timeout("rate_limit", rate_limit)
+        self._burst = _checks.check_count("rate_burst", rate_burst, 1)
+        self._tokens = float(self._burst)
+        self._tokens_at = 0.0  # loop time of the last refill
+        self._token_timer: asyncio.TimerHandle | None = None
         self._timers = TimerHeap()
         self._results = ResultStore(max_results, ttl)
         self._active: dict[TaskId, TaskHandle[Any]] = {}  # every unfinished task
@@ -224,6 +245,10 @@ class AsyncTaskQueue:
 
         self._loop = asyncio.get_running_loop()
         self._lifecycle = _Lifecycle.RUNNING
+        self._tokens_at = self._loop.time()
+        if isinstance(self._ready, AgingHeap):
+            self._ready.clock = self._loop.time
+
         self._add_workers(self._max_workers)
 
     def _add_workers(self, count: int) -> None:
@@ -688,6 +713,7 @@ class AsyncTaskQueue:
             paused=self._paused,
             dead_letters=len(self._dead_letters),
             deduplicated=self._deduplicated,
+            dropped=self._dropped,
         )
 
     def __repr__(self) -> str:
@@ -702,7 +728,12 @@ class AsyncTaskQueue:
     async def _run_worker(self, worker: _Worker) -> None:
         ready = self._ready
         while True:
-            handle = None if self._paused or worker.retire else ready.pop()
+            if self._paused or worker.retire:
+                handle = None
+            elif self._rate is not None and not self._take_token():
+                handle = None  # a timer wakes a worker when the next token is due
+            else:
+                handle = ready.pop()
             if handle is None:
                 # Drop the last task's arguments and result before idling.
                 args = result = None
@@ -765,6 +796,31 @@ class AsyncTaskQueue:
             if not waiter.done() or waiter.cancelled():
                 with contextlib.suppress(ValueError):
                     self._idle.remove(worker)
+
+    def _take_token(self) -> bool:
+        """Return whether a task may start now, taking a rate-limit token."""
+        assert self._rate is not None
+        if not len(self._ready):
+            return True  # nothing to start, so pop() takes no token
+
+        now = self._loop.time()
+        self._tokens = min(
+            self._burst, self._tokens + (now - self._tokens_at) * self._rate
+        )
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+
+        if self._token_timer is None:
+            due = now + (1 - self._tokens) / self._rate
+            self._token_timer = self._loop.call_at(due, self._on_token)
+
+        return False
+
+    def _on_token(self) -> None:
+        self._token_timer = None
+        self._wake_worker()
 
     def _wake_worker(self) -> None:
         if self._paused:
@@ -1177,6 +1233,7 @@ class AsyncTaskQueue:
         queued += [
             h for h in self._timers.clear() if h._state in (WAITING_RETRY, DELAYED)
         ]
+        self._dropped += len(queued)
         for handle in queued:
             if handle._state is not PENDING:
                 self._unpark(handle)
@@ -1227,6 +1284,10 @@ class AsyncTaskQueue:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+
+        if self._token_timer is not None:
+            self._token_timer.cancel()
+            self._token_timer = None
 
         idle = [w for w in self._workers if w.waiter is not None]
         for worker in idle:

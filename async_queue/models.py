@@ -396,6 +396,8 @@ class QueueStats:
     """Failed tasks kept by ``dead_letters()``."""
     deduplicated: int
     """Submissions answered with an unfinished task's handle by ``dedup_key``."""
+    dropped: int
+    """Queued tasks that ``stop()`` cancelled before their next attempt."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,157 @@
+"""Priority aging and the start rate limit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue.containers import AgingHeap
+from async_queue.models import TaskHandle
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+def make_handle(priority: int, seq: int) -> TaskHandle[None]:
+    return TaskHandle(None, seq, seq, print, (), priority, None, NO_RETRY)  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(min_value=0, max_value=100),
+    pushes=st.lists(
+        st.tuples(st.integers(-50, 50), st.floats(min_value=0, max_value=10)),
+        max_size=30,
+    ),
+    later=st.floats(min_value=0, max_value=100),
+)
+def test_aging_order_matches_definition(
+    rate: float, pushes: list[tuple[int, float]], later: float
+) -> None:
+    """Pop order is by p + rate * (now - pushed_at), highest first, then FIFO."""
+    now = 0.0
+    heap = AgingHeap(rate, lambda: now)
+    pushed: list[tuple[int, float, int]] = []
+    for seq, (priority, step) in enumerate(pushes):
+        now += step
+        heap.push(make_handle(priority, seq))
+        pushed.append((priority, now, seq))
+
+    now += later
+    expected = sorted(pushed, key=lambda e: (-(e[0] - rate * e[1]), e[2]))
+    order = []
+    while (handle := heap.pop()) is not None:
+        order.append(handle.id)
+
+    assert order == [seq for _, _, seq in expected]
+
+
+@pytest.mark.parametrize(("aging_rate", "max_index"), [(2.0, 7), (None, None)])
+def test_aging_bounds_starvation(
+    aging_rate: float | None, max_index: int | None
+) -> None:
+    """Under a steady flood of priority 10, a priority 0 task starts in time."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        started: list[str] = []
+        releases: list[asyncio.Future[None]] = []
+
+        async def unit(name: str) -> None:
+            started.append(name)
+            release = loop.create_future()
+            releases.append(release)
+            await release
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=aging_rate) as queue:
+            await queue.submit(unit, "high", priority=10)
+            await until(lambda: len(started) == 1)
+            await queue.submit(unit, "low", priority=0)
+            # Each task runs one second, and a new high task arrives each second.
+            for _ in range(20):
+                await queue.submit(unit, "high", priority=10)
+                loop.advance(1)
+                count = len(started)
+                releases[-1].set_result(None)
+                await until(lambda c=count: len(started) == c + 1)
+                if started[-1] == "low":
+                    break
+
+            await queue.stop("cancel")
+
+        if max_index is None:
+            # Without aging the flood starves the low task for good.
+            assert "low" not in started
+            return
+
+        # The low task gains 2 points per second, so it passes every high task
+        # submitted 5 s or more after it and starts within 6 task durations.
+        assert "low" in started
+        assert started.index("low") <= max_index
+
+    run_virtual(main)
+
+
+def test_rate_limit_spaces_starts() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        starts: list[float] = []
+
+        async def job() -> None:
+            starts.append(loop.time())
+
+        async with AsyncTaskQueue(
+            4, retry=NO_RETRY, rate_limit=2.0, rate_burst=2
+        ) as queue:
+            base = loop.time()
+            handles = [await queue.submit(job) for _ in range(6)]
+            await until(lambda: len(starts) == 2)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert len(starts) == 2
+
+            for expected in (3, 4, 5, 6):
+                loop.advance(0.5)
+                await until(lambda e=expected: len(starts) == e)
+
+            await asyncio.gather(*handles)
+
+        offsets = [round(t - base, 6) for t in starts]
+        # The virtual loop also moves with wall time, by microseconds here.
+        assert offsets == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.5, 2.0], abs=0.05)
+
+    run_virtual(main)
+
+
+async def test_rate_limited_idle_queue_keeps_no_timer() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def job() -> int:
+        return 1
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY, rate_limit=1000.0) as queue:
+        for _ in range(5):
+            assert await (await queue.submit(job)) == 1
+
+        await until(lambda: queue._token_timer is None)
+        scheduled = [h for h in loop._scheduled if not h.cancelled()]  # type: ignore[attr-defined]
+        assert scheduled == []
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"aging_rate": -1}, "aging_rate"),
+        ({"aging_rate": float("nan")}, "aging_rate"),
+        ({"rate_limit": 0}, "rate_limit"),
+        ({"rate_limit": float("inf")}, "rate_limit"),
+        ({"rate_limit": 1, "rate_burst": 0}, "rate_burst"),
+        ({"rate_limit": 1, "rate_burst": 1.5}, "rate_burst"),
+    ],
+)
+def test_invalid_aging_and_rate(options: dict[str, object], text: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=text):
+        AsyncTaskQueue(**options)  # type: ignore[arg-type]
