@@ -30,6 +30,7 @@ from .models import (
     TaskId,
     TaskState,
     bind,
+    threaded,
 )
 from .policies import Jitter, RetryPolicy
 
@@ -55,6 +56,7 @@ __all__ = (
     "TaskState",
     "__version__",
     "bind",
+    "threaded",
 )
 
 __version__ = "0.1.0"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import inspect
@@ -40,6 +41,7 @@ from .models import (
     TaskId,
 )
 from .policies import RetryPolicy
+from .testing import _TestMode
 
 __all__ = ("AsyncTaskQueue",)
 
@@ -539,6 +541,71 @@ class AsyncTaskQueue:
 
         return handle
 
+    def submit_threadsafe(
+        self,
+        fn: Callable[[*Ts], Awaitable[T]] | Coroutine[Any, Any, T],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
+        retry: RetryPolicy | None = None,
+        task_id: str | None = None,
+        delay: float | None = None,
+        dedup_key: Hashable | None = None,
+    ) -> concurrent.futures.Future[T]:
+        """Queue a task from any thread; return a future of its result.
+
+        The task is queued by ``submit_nowait()`` on the queue's event loop, so
+        an invalid argument, a closed queue or a full queue (``max_pending``)
+        sets the future's exception instead of raising here. The future gets
+        the task's result, its final exception, or ``TaskCancelledError``.
+        Cancelling the future cancels the task.
+
+        Raises:
+            QueueStateError: the queue has not been started.
+        """
+        if self._lifecycle is _Lifecycle.NEW:
+            self._raise_not_running()
+
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        options = {
+            "priority": priority,
+            "timeout": timeout,
+            "retry": retry,
+            "task_id": task_id,
+            "delay": delay,
+            "dedup_key": dedup_key,
+        }
+        self._loop.call_soon_threadsafe(
+            self._submit_for_thread, future, fn, args, options
+        )
+        return future
+
+    def _submit_for_thread(
+        self,
+        future: concurrent.futures.Future[Any],
+        fn: Any,
+        args: tuple[Any, ...],
+        options: dict[str, Any],
+    ) -> None:
+        if future.cancelled():
+            return
+
+        try:
+            handle = self.submit_nowait(fn, *args, **options)
+        except Exception as exc:
+            _settle_future(future, None, exc)
+            return
+
+        handle.add_done_callback(lambda done: _settle_from_handle(future, done))
+        loop = self._loop
+
+        def cancel_task(done: concurrent.futures.Future[Any]) -> None:
+            if done.cancelled():
+                loop.call_soon_threadsafe(handle.cancel, "the future was cancelled")
+
+        future.add_done_callback(cancel_task)
+
     # Backpressure
 
     def _is_full(self) -> bool:
@@ -983,7 +1050,9 @@ class AsyncTaskQueue:
             retry = policy.should_retry(exc, retries_done)
 
         if self._accept_retries and retry:
-            if isinstance(exc, RetryAfter):
+            if _TestMode.enabled:
+                delay = 0.0
+            elif isinstance(exc, RetryAfter):
                 delay = exc.delay
             else:
                 delay = policy.delay(retries_done, handle._last_delay)
@@ -1134,8 +1203,11 @@ class AsyncTaskQueue:
         if waiters is not None:
             handle._waiters = None
             for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
+                if isinstance(waiter, asyncio.Future):
+                    if not waiter.done():
+                        waiter.set_result(None)
+                else:
+                    self._loop.call_soon(waiter, handle)
 
         if self._results._max_age is not None:
             handle._finished_at = self._loop.time()
@@ -1361,6 +1433,26 @@ class AsyncTaskQueue:
             f"the queue is {self._lifecycle.value} and accepts no new tasks; "
             "submit before calling stop(), or create a new queue"
         )
+
+
+def _settle_from_handle(
+    future: concurrent.futures.Future[Any], handle: TaskHandle[Any]
+) -> None:
+    exc = handle.exception()
+    _settle_future(future, None if exc is not None else handle.result(), exc)
+
+
+def _settle_future(
+    future: concurrent.futures.Future[Any],
+    result: object,
+    exc: BaseException | None,
+) -> None:
+    # The future may be cancelled from its thread at any moment.
+    with contextlib.suppress(concurrent.futures.InvalidStateError):
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)
 
 
 def _is_fatal(exc: BaseException | None) -> bool:

@@ -25,6 +25,7 @@ __all__ = (
     "TaskId",
     "TaskState",
     "bind",
+    "threaded",
 )
 
 T = TypeVar("T")
@@ -146,7 +147,9 @@ class TaskHandle(Generic[T]):
         self._result: Any = None
         self._exception: BaseException | None = None
         self._traceback: TracebackType | None = None
-        self._waiters: list[asyncio.Future[None]] | None = None
+        # Futures of awaiting coroutines, and done callbacks.
+        self._waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None
+        self._waiters = None
         self._worker: Any = None
         self._cancel_reason: CancelReason | None = None
         self._cancel_message: str | None = None
@@ -206,6 +209,34 @@ class TaskHandle(Generic[T]):
             return False
 
         return queue._cancel_task(self, msg)
+
+    def add_done_callback(self, callback: Callable[[TaskHandle[T]], object]) -> None:
+        """Call ``callback(handle)`` from the event loop once the task is final.
+
+        A task that is already final has the callback scheduled at once.
+        Callbacks run in the order they were added, through
+        ``loop.call_soon()``; an exception from one goes to the loop's
+        exception handler.
+        """
+        if self._state in _FINAL:
+            asyncio.get_running_loop().call_soon(callback, self)
+            return
+
+        if self._waiters is None:
+            self._waiters = []
+
+        self._waiters.append(callback)
+
+    def remove_done_callback(self, callback: Callable[[TaskHandle[T]], object]) -> int:
+        """Remove every registration of ``callback``; return how many."""
+        waiters = self._waiters
+        if not waiters:
+            return 0
+
+        kept = [w for w in waiters if w != callback]
+        removed = len(waiters) - len(kept)
+        self._waiters = kept
+        return removed
 
     def result(self) -> T:
         """Return the result, or raise the task's final exception.
@@ -289,7 +320,8 @@ class TaskHandle(Generic[T]):
 
 
 def _discard(
-    waiters: list[asyncio.Future[None]] | None, waiter: asyncio.Future[None]
+    waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None,
+    waiter: asyncio.Future[None],
 ) -> None:
     if waiters is not None and waiter in waiters:
         waiters.remove(waiter)
@@ -348,6 +380,33 @@ def bind(
 
     check_coroutine_function(fn)
     return BoundCall(fn, args, kwargs)
+
+
+def threaded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> BoundCall[T]:
+    """Bind a plain function to run in a thread, as a task.
+
+    The task calls ``asyncio.to_thread(fn, *args, **kwargs)``, which runs
+    ``fn`` in the event loop's default thread pool; that pool, not the
+    queue's ``max_workers``, caps how many such functions run at once.
+
+    A thread cannot be cancelled. When such a task times out or is cancelled,
+    the queue stops waiting for it at once (the task fails with
+    ``TimeoutError`` or ends ``CANCELLED``, and its worker moves on), but the
+    function keeps running in its thread until it returns, and its result is
+    dropped. A retry after a timeout can therefore overlap the earlier call.
+    """
+    if not callable(fn):
+        raise TypeError(f"expected a callable, got {fn!r} of type {type(fn).__name__}")
+
+    from ._checks import is_coroutine_function
+
+    if is_coroutine_function(fn):
+        raise TypeError(
+            f"{fn!r} is a coroutine function, which needs no thread; "
+            "submit it directly, or with bind() for keyword arguments"
+        )
+
+    return BoundCall(asyncio.to_thread, (fn, *args), kwargs)
 
 
 class ShutdownMode(enum.Enum):

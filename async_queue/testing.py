@@ -1,0 +1,107 @@
+"""Helpers for test suites: a test mode without backoff, and a virtual clock.
+
+Test mode makes every retry delay zero, so a test suite that exercises
+retries never sleeps through them::
+
+    from async_queue import testing
+
+    testing.set_testing(True)       # for the whole process, or:
+    with testing.set_testing(True):
+        await queue.submit(flaky)   # retried at once, as often as the policy says
+
+``VirtualClockLoop`` is an event loop whose clock a test moves forward by hand.
+The queue reads every time from its loop (backoff, delays, timeouts, the rate
+limit and aging), so on this loop all of them run in virtual time::
+
+    async def main(loop: testing.VirtualClockLoop) -> None:
+        ...
+        loop.advance(60)            # a 60 s backoff is over
+
+    testing.run_virtual(main)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+__all__ = (
+    "VirtualClockLoop",
+    "is_testing",
+    "run_virtual",
+    "set_testing",
+)
+
+T = TypeVar("T")
+
+
+class _TestMode:
+    # One flag for the process, read by the queue each time it schedules a
+    # retry. It is not per event loop or per thread.
+    enabled = False
+
+
+class set_testing(contextlib.AbstractContextManager[None]):
+    """Turn test mode on or off for the whole process.
+
+    In test mode every retry waits zero seconds: backoff, jitter and
+    ``RetryAfter`` delays are skipped, and the policy's random source is not
+    used, so the number and order of retries stay deterministic. Retry counts
+    and filters still apply.
+
+    The call takes effect at once. Used as a context manager, it also restores
+    the previous setting on exit. The class is named like a function because
+    it is called like one.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        if not isinstance(enabled, bool):
+            raise TypeError(f"enabled must be a bool, got {enabled!r}")
+
+        self._previous = _TestMode.enabled
+        _TestMode.enabled = enabled
+
+    def __exit__(self, *exc_info: object) -> None:
+        _TestMode.enabled = self._previous
+
+
+def is_testing() -> bool:
+    """Return whether test mode is on."""
+    return _TestMode.enabled
+
+
+class VirtualClockLoop(asyncio.SelectorEventLoop):
+    """A selector event loop whose ``time()`` runs ahead by ``offset`` seconds.
+
+    ``advance()`` makes every timer due within the jump fire on the next loop
+    iteration. Real time still passes underneath, so a virtual time is exact
+    only to the microseconds that the test itself takes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.offset = 0.0
+
+    def time(self) -> float:
+        return super().time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the loop clock forward by ``seconds``."""
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+
+        self.offset += seconds
+
+
+def run_virtual(main: Callable[[VirtualClockLoop], Awaitable[T]]) -> T:
+    """Run ``main(loop)`` to completion on a new ``VirtualClockLoop``."""
+
+    async def wrapper() -> T:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, VirtualClockLoop)
+        return await main(loop)
+
+    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+        return runner.run(wrapper())

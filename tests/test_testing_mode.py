@@ -1,0 +1,82 @@
+"""Test mode: retries without backoff, deterministic and restorable."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, testing
+
+
+class Flaky:
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ValueError(f"failure {self.calls}")
+        return "ok"
+
+
+async def test_test_mode_skips_backoff() -> None:
+    """An hour of backoff passes at once: the test would time out otherwise."""
+    flaky = Flaky(failures=3)
+    rng = random.Random(5)
+    state = rng.getstate()
+    policy = RetryPolicy(max_retries=3, base_delay=3600, max_delay=3600, rng=rng)
+
+    with testing.set_testing(True):
+        assert testing.is_testing()
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            assert await (await queue.submit(flaky)) == "ok"
+
+    assert not testing.is_testing()
+    assert flaky.calls == 4
+    assert rng.getstate() == state
+
+
+async def test_test_mode_skips_retry_after() -> None:
+    calls = 0
+
+    async def throttled() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RetryAfter(3600)
+        return "ok"
+
+    with testing.set_testing(True):
+        async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=1)) as queue:
+            assert await (await queue.submit(throttled)) == "ok"
+
+
+async def test_test_mode_keeps_retry_limits() -> None:
+    flaky = Flaky(failures=10)
+    with testing.set_testing(True):
+        async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=2)) as queue:
+            with pytest.raises(ValueError, match="failure 3"):
+                await (await queue.submit(flaky))
+
+    assert flaky.calls == 3
+
+
+def test_set_testing_call_and_restore() -> None:
+    assert not testing.is_testing()
+    testing.set_testing(True)
+    try:
+        assert testing.is_testing()
+        with testing.set_testing(False):
+            assert not testing.is_testing()
+        assert testing.is_testing()
+    finally:
+        testing.set_testing(False)
+
+    assert not testing.is_testing()
+
+
+def test_set_testing_rejects_non_bool() -> None:
+    with pytest.raises(TypeError, match="'yes'"):
+        testing.set_testing("yes")  # type: ignore[arg-type]

@@ -1,0 +1,184 @@
+"""Submission from other threads, done callbacks, and functions run in threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+from async_queue import (
+    AsyncTaskQueue,
+    QueueStateError,
+    RetryPolicy,
+    TaskCancelledError,
+    TaskState,
+    threaded,
+)
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def double(value: int) -> int:
+    return value * 2
+
+
+async def test_threads_submitting_lose_nothing() -> None:
+    loop = asyncio.get_running_loop()
+    threads_count, per_thread = 4, 250
+    async with AsyncTaskQueue(8, retry=NO_RETRY) as queue:
+
+        def produce(offset: int) -> list[int]:
+            futures = [
+                queue.submit_threadsafe(double, offset + i) for i in range(per_thread)
+            ]
+            return [future.result(timeout=30) for future in futures]
+
+        results = await asyncio.gather(
+            *(
+                loop.run_in_executor(None, produce, t * per_thread)
+                for t in range(threads_count)
+            )
+        )
+        stats = queue.stats()
+
+    flat = [value for chunk in results for value in chunk]
+    assert flat == [2 * i for i in range(threads_count * per_thread)]
+    assert stats.submitted == threads_count * per_thread
+    assert stats.succeeded == threads_count * per_thread
+
+
+async def test_threadsafe_future_gets_exception() -> None:
+    async def broken() -> None:
+        raise ValueError("broken in the loop")
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        future = queue.submit_threadsafe(broken)
+        with pytest.raises(ValueError, match="broken in the loop"):
+            await asyncio.wrap_future(future)
+
+
+async def test_threadsafe_invalid_argument_sets_exception() -> None:
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        future = queue.submit_threadsafe(double, 1, priority="high")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="priority"):
+            await asyncio.wrap_future(future)
+        assert queue.stats().submitted == 0
+
+
+async def test_cancelling_future_cancels_task() -> None:
+    started = asyncio.Event()
+
+    async def hang() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        future = queue.submit_threadsafe(hang)
+        await started.wait()
+        handle = queue.task(1)
+        assert future.cancel()
+        await until(handle.done)
+        assert handle.state is TaskState.CANCELLED
+
+
+async def test_threadsafe_before_start_raises() -> None:
+    queue = AsyncTaskQueue(1)
+    with pytest.raises(QueueStateError, match="start"):
+        queue.submit_threadsafe(double, 1)
+
+
+async def test_done_callback_runs_once_final() -> None:
+    seen: list[tuple[object, TaskState]] = []
+    release = asyncio.Event()
+
+    async def job() -> str:
+        await release.wait()
+        return "done"
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(job)
+        handle.add_done_callback(lambda h: seen.append((h.id, h.state)))
+        handle.add_done_callback(seen.append)  # type: ignore[arg-type]
+        assert handle.remove_done_callback(seen.append) == 1  # type: ignore[arg-type]
+        assert seen == []
+
+        release.set()
+        await handle
+        await until(lambda: len(seen) == 1)
+
+        handle.add_done_callback(lambda h: seen.append(("late", h.state)))
+        await until(lambda: len(seen) == 2)
+
+    assert seen == [(1, TaskState.SUCCEEDED), ("late", TaskState.SUCCEEDED)]
+
+
+async def test_threaded_runs_plain_function_in_thread() -> None:
+    main_thread = threading.get_ident()
+
+    def blocking_sum(a: int, b: int, *, scale: int) -> tuple[int, int]:
+        return (a + b) * scale, threading.get_ident()
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        value, thread_id = await (
+            await queue.submit(threaded(blocking_sum, 1, 2, scale=10))
+        )
+
+    assert value == 30
+    assert thread_id != main_thread
+
+
+async def test_threaded_timeout_frees_the_worker() -> None:
+    """A timed-out thread keeps running, but the task and worker move on."""
+    gate = threading.Event()
+    finished = threading.Event()
+
+    def stuck() -> None:
+        gate.wait(30)
+        finished.set()
+
+    async def after() -> str:
+        return "next"
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(threaded(stuck), timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await handle
+        assert await (await queue.submit(after)) == "next"
+        assert not finished.is_set()
+
+        gate.set()
+        await asyncio.get_running_loop().run_in_executor(None, finished.wait, 30)
+
+
+def test_threaded_rejects_coroutine_function() -> None:
+    with pytest.raises(TypeError, match="coroutine function"):
+        threaded(double, 1)  # type: ignore[arg-type]
+
+
+async def test_threadsafe_result_after_cancel_is_error() -> None:
+    release = asyncio.Event()
+
+    async def job() -> None:
+        await release.wait()
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        future = queue.submit_threadsafe(job)
+        await until(lambda: queue.stats().running == 1)
+        queue.task(1).cancel()
+        with pytest.raises(TaskCancelledError):
+            await asyncio.wrap_future(future)
+
+
+def test_concurrent_future_type() -> None:
+    async def main() -> object:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            future = queue.submit_threadsafe(double, 4)
+            result = await asyncio.wrap_future(future)
+            return future, result
+
+    future, result = asyncio.run(main())  # type: ignore[misc]
+    assert isinstance(future, concurrent.futures.Future)
+    assert result == 8
