@@ -21,6 +21,7 @@ from .errors import (
     TaskCancelledError,
     TaskNotFoundError,
 )
+from .hooks import Hook, LoggingHook, QueueHook, TaskEvent
 from .models import (
     BoundCall,
     QueueStats,
@@ -40,9 +41,12 @@ __all__ = (
     "BoundCall",
     "DeadLetter",
     "DuplicateTaskIdError",
+    "Hook",
     "Jitter",
+    "LoggingHook",
     "QueueClosedError",
     "QueueFullError",
+    "QueueHook",
     "QueueStateError",
     "QueueStats",
     "RetryAfter",
@@ -50,6 +54,7 @@ __all__ = (
     "ShutdownMode",
     "ShutdownReport",
     "TaskCancelledError",
+    "TaskEvent",
     "TaskHandle",
     "TaskId",
     "TaskNotFoundError",

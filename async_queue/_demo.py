@@ -2,8 +2,12 @@
 
 The demo starts ``DemoServer`` on 127.0.0.1, submits ``count`` requests with
 mixed priorities to an ``AsyncTaskQueue`` whose tasks send one request each,
-and retries transient errors and timeouts. It shows progress on stderr, prints
-a summary on stdout and checks that every task reached exactly one final state.
+and retries transient errors and timeouts. The producer waits for room when
+``max_pending`` tasks wait to start, and submits a share of the requests with
+a delay. Tasks that end ``FAILED`` are reported as dead letters, and are
+requeued once at the end if ``requeue_dead`` is set. The demo shows progress
+on stderr, prints a summary on stdout and checks that every task, requeued
+ones included, reached exactly one final state.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import random
@@ -22,8 +28,9 @@ from typing import TextIO
 
 from ._demo_server import DemoClient, DemoServer, ServerError
 from .core import AsyncTaskQueue
-from .errors import TaskCancelledError
-from .models import ShutdownMode, ShutdownReport, TaskHandle, TaskState
+from .deadletters import DeadLetter
+from .errors import TaskCancelledError, TaskNotFoundError
+from .models import ShutdownMode, ShutdownReport, TaskHandle, TaskId, TaskState
 from .policies import Jitter, RetryPolicy
 
 __all__ = (
@@ -53,6 +60,9 @@ EXIT_INTERRUPTED = 130
 # The queue yields to the event loop after this many submissions, so that the
 # workers and the progress line start while a large batch is being submitted.
 _SUBMIT_BATCH = 256
+
+# The summary lists this many of the most frequent dead-letter causes.
+_TOP_CAUSES = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +98,18 @@ class DemoConfig:
     seed: int = 1
     progress_interval: float = 0.5
     """Seconds between progress lines; 0 turns them off."""
+    max_pending: int = 1000
+    """The queue's ``max_pending``; 0 leaves the queue unbounded."""
+    delayed_rate: float = 0.05
+    """The probability that a request is submitted with a delay."""
+    max_delay: float = 0.2
+    """Delays are drawn uniformly from 0 to this many seconds."""
+    retry_after_share: float = 0.2
+    """The share of error responses that carry a retry-after delay."""
+    reject_share: float = 0.04
+    """The share of error responses that reject the request, without retry."""
+    requeue_dead: bool = True
+    """Whether to requeue each dead letter once after the run."""
 
     @property
     def max_backoff(self) -> float:
@@ -97,19 +119,31 @@ class DemoConfig:
 
 @dataclass(slots=True)
 class RequestRecord:
-    """One request of the demo and what its handle showed."""
+    """One task of the demo, the request it sends, and what its handle showed.
+
+    A requeued dead letter is a new task with a record of its own, whose
+    ``requeued_from`` is the id of the failed task.
+    """
 
     request_id: int
     priority_class: PriorityClass
     submitted_at: float
+    """Loop time at which the queue accepted the task."""
     handle: TaskHandle[str] | None = None
     finished_at: float | None = None
-    """Loop time at which the last attempt ended, or ``None`` if none ran."""
+    """Loop time at which the handle's done callback ran, or ``None``."""
     awaited_state: TaskState | None = None
     """The final state that awaiting the finished handle implied."""
     error: str | None = None
     """The class name of the exception a failed task raised."""
     attempts_sent: int = 0
+    """Attempts sent for this request. A requeued task runs with the record
+    of the failed task as its argument, so its attempts continue this count
+    and draw new server responses."""
+    delay: float | None = None
+    """The ``delay`` in seconds that the task was submitted with, if any."""
+    requeued_from: TaskId | None = None
+    """The id of the failed task that this task requeued, if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +159,13 @@ class ClassLatency:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """The counts, timings and latencies of one demo run."""
+    """The counts, timings and latencies of one demo run.
+
+    ``submitted`` counts the producer's tasks, and ``succeeded``, ``failed``
+    and ``cancelled`` their final states. The tasks that requeued dead
+    letters are counted apart, in ``requeued`` and the ``requeued_*`` fields.
+    ``lost``, ``retried_tasks`` and ``retries`` cover both kinds.
+    """
 
     submitted: int
     succeeded: int
@@ -138,12 +178,35 @@ class Summary:
     latencies: tuple[ClassLatency, ...] = field(default=())
     failure_causes: tuple[tuple[str, int], ...] = field(default=())
     """Exception class names of the failed tasks with their counts, most
+    frequent first; requeued tasks excluded."""
+    delayed: int = 0
+    """Tasks that the producer submitted with a delay."""
+    requeued: int = 0
+    requeued_succeeded: int = 0
+    requeued_failed: int = 0
+    requeued_cancelled: int = 0
+    dead_letters: int = 0
+    """Dead letters that ``on_dead_letter`` received, requeued tasks included."""
+    dead_letters_left: int = 0
+    """Dead letters that ``dead_letters()`` still held at the end."""
+    dead_letter_causes: tuple[tuple[str, int], ...] = field(default=())
+    """Exception class names of all dead letters with their counts, most
     frequent first."""
+    producer_waits: int | None = None
+    """Submissions that waited for room; ``None`` if ``max_pending`` was unset."""
+    producer_wait_time: float = 0.0
+    """Seconds that the producer spent waiting for room, in total."""
 
     @property
     def throughput(self) -> float:
-        """Tasks that succeeded or failed per second of wall time."""
-        completed = self.succeeded + self.failed
+        """Tasks that succeeded or failed per second of wall time, requeued
+        tasks included."""
+        completed = (
+            self.succeeded
+            + self.failed
+            + self.requeued_succeeded
+            + self.requeued_failed
+        )
         return completed / self.wall_time if self.wall_time > 0 else 0.0
 
 

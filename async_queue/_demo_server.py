@@ -3,9 +3,13 @@
 Protocol, one line each way, ASCII, ``\\n``-terminated::
 
     request:  REQ <request id> <attempt>
-    response: OK <request id>        the request succeeded
-              ERR <reason>           a transient error, which the client may retry
-              (nothing)              the request hangs until the client closes
+    response: OK <request id>            the request succeeded
+              ERR <reason>               a transient error, which the client may retry
+              ERR retry-after=<seconds>  a transient error, with the delay after
+                                         which the client should retry
+              ERR rejected <reason>      the server rejected the request, which
+                                         the client does not retry
+              (nothing)                  the request hangs until the client closes
 
 A connection carries one request at a time and can be reused after an ``OK``
 or ``ERR`` response. After a request that hangs, the server reads nothing more
@@ -21,7 +25,16 @@ import logging
 import random
 from dataclasses import dataclass
 
-__all__ = ("DemoClient", "DemoServer", "Outcome", "ServerError", "decide")
+from .errors import RetryAfter
+
+__all__ = (
+    "DemoClient",
+    "DemoServer",
+    "Outcome",
+    "RequestRejectedError",
+    "ServerError",
+    "decide",
+)
 
 logger = logging.getLogger("async_queue.demo")
 
@@ -30,9 +43,22 @@ logger = logging.getLogger("async_queue.demo")
 # client forgets the connection.
 _HANG_SECONDS = 3600.0
 
+# The range of the delay, in seconds, that a ``retry-after`` response asks for.
+_RETRY_AFTER_MIN = 0.01
+_RETRY_AFTER_MAX = 0.1
+
 
 class ServerError(Exception):
-    """Raised by the client when the server responds with an ``ERR`` line."""
+    """Raised by the client when the server responds with a transient ``ERR``
+    line that carries no retry-after delay."""
+
+
+class RequestRejectedError(Exception):
+    """Raised by the client when the server responds ``ERR rejected``.
+
+    It is not a ``ServerError``, so that a retry policy that retries
+    ``ServerError`` does not retry a rejection.
+    """
 
 
 class Outcome(enum.Enum):
@@ -40,6 +66,8 @@ class Outcome(enum.Enum):
 
     OK = "ok"
     ERROR = "error"
+    RETRY_AFTER = "retry-after"
+    REJECT = "reject"
     HANG = "hang"
 
 
@@ -50,6 +78,8 @@ class Decision:
     outcome: Outcome
     latency: float
     """Seconds before the response is sent; unused for ``HANG``."""
+    retry_after: float | None = None
+    """The delay in seconds that a ``RETRY_AFTER`` response asks for."""
 
 
 def decide(
@@ -60,12 +90,18 @@ def decide(
     failure_rate: float,
     hang_rate: float,
     mean_latency: float,
+    retry_after_share: float = 0.0,
+    reject_share: float = 0.0,
 ) -> Decision:
     """Draw the server's response to attempt ``attempt`` of request ``request_id``.
 
     The draw comes from a ``random.Random`` seeded with all three numbers, so
     the same seed gives each attempt the same response however the requests
     interleave. Latency is exponential with mean ``mean_latency`` seconds.
+    An attempt hangs with probability ``hang_rate`` and gets an error response
+    with probability ``failure_rate``. Of the error responses, the share
+    ``reject_share`` are rejections and the share ``retry_after_share`` carry
+    a retry-after delay of 0.01 to 0.1 s; the rest are plain errors.
     """
     rng = random.Random(f"{seed}/{request_id}/{attempt}")
     draw = rng.random()
@@ -74,6 +110,14 @@ def decide(
 
     latency = rng.expovariate(1.0 / mean_latency) if mean_latency > 0 else 0.0
     if draw < hang_rate + failure_rate:
+        kind = rng.random()
+        if kind < reject_share:
+            return Decision(Outcome.REJECT, latency)
+
+        if kind < reject_share + retry_after_share:
+            delay = round(rng.uniform(_RETRY_AFTER_MIN, _RETRY_AFTER_MAX), 3)
+            return Decision(Outcome.RETRY_AFTER, latency, delay)
+
         return Decision(Outcome.ERROR, latency)
 
     return Decision(Outcome.OK, latency)
@@ -82,8 +126,10 @@ def decide(
 class DemoServer:
     """A TCP service on 127.0.0.1 that responds to requests as ``decide()`` draws.
 
-    Counts the valid requests, the ``ERR`` responses and the hung requests in
-    ``requests``, ``errors`` and ``hangs``.
+    Counts the valid requests, the ``ERR`` responses of every kind and the
+    hung requests in ``requests``, ``errors`` and ``hangs``. Of the errors,
+    ``retry_afters`` carried a retry-after delay and ``rejections`` rejected
+    the request.
     """
 
     def __init__(
@@ -93,16 +139,22 @@ class DemoServer:
         failure_rate: float,
         hang_rate: float,
         mean_latency: float,
+        retry_after_share: float = 0.0,
+        reject_share: float = 0.0,
     ) -> None:
         self._seed = seed
         self._failure_rate = failure_rate
         self._hang_rate = hang_rate
         self._mean_latency = mean_latency
+        self._retry_after_share = retry_after_share
+        self._reject_share = reject_share
         self._server: asyncio.Server | None = None
         # Open connections and the task that serves each.
         self._connections: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self.requests = 0
         self.errors = 0
+        self.retry_afters = 0
+        self.rejections = 0
         self.hangs = 0
         self.port = 0
 
@@ -182,6 +234,8 @@ class DemoServer:
             failure_rate=self._failure_rate,
             hang_rate=self._hang_rate,
             mean_latency=self._mean_latency,
+            retry_after_share=self._retry_after_share,
+            reject_share=self._reject_share,
         )
         if decision.outcome is Outcome.HANG:
             self.hangs += 1
@@ -193,14 +247,26 @@ class DemoServer:
             return False
 
         await asyncio.sleep(decision.latency)
-        if decision.outcome is Outcome.ERROR:
-            self.errors += 1
-            writer.write(b"ERR transient server error\n")
-        else:
-            writer.write(b"OK %d\n" % request_id)
+        writer.write(self._response(decision, request_id))
 
         await writer.drain()
         return True
+
+    def _response(self, decision: Decision, request_id: int) -> bytes:
+        """Return the response line for ``decision`` and count the errors."""
+        if decision.outcome is Outcome.OK:
+            return b"OK %d\n" % request_id
+
+        self.errors += 1
+        if decision.outcome is Outcome.RETRY_AFTER:
+            self.retry_afters += 1
+            return f"ERR retry-after={decision.retry_after:.3f}\n".encode("ascii")
+
+        if decision.outcome is Outcome.REJECT:
+            self.rejections += 1
+            return b"ERR rejected request %d\n" % request_id
+
+        return b"ERR transient server error\n"
 
 
 class DemoClient:
@@ -221,7 +287,9 @@ class DemoClient:
         """Send one request and return the ``OK`` line.
 
         Raises:
-            ServerError: the server responded with ``ERR``.
+            RetryAfter: the server responded ``ERR retry-after=<seconds>``.
+            RequestRejectedError: the server responded ``ERR rejected``.
+            ServerError: the server responded with another ``ERR`` line.
             ConnectionError: the connection closed before the response.
         """
         if self._idle:
@@ -243,10 +311,7 @@ class DemoClient:
             reusable = True
             response = line.decode("ascii").rstrip("\n")
             if response.startswith("ERR"):
-                raise ServerError(
-                    f"request {request_id} attempt {attempt}: server responded "
-                    f"{response!r}"
-                )
+                raise _error(response, request_id, attempt)
 
             return response
         finally:
@@ -260,3 +325,20 @@ class DemoClient:
         idle, self._idle = self._idle, []
         for _, writer in idle:
             writer.close()
+
+
+def _error(response: str, request_id: int, attempt: int) -> Exception:
+    """Return the exception that the client raises for an ``ERR`` response."""
+    message = f"request {request_id} attempt {attempt}: server responded {response!r}"
+    if response.startswith("ERR rejected"):
+        return RequestRejectedError(message)
+
+    hint = response.removeprefix("ERR retry-after=")
+    if hint != response:
+        try:
+            return RetryAfter(float(hint), message)
+        except ValueError:
+            # Not a number of seconds >= 0: treat it as a plain error.
+            pass
+
+    return ServerError(message)

@@ -10,7 +10,7 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from types import FunctionType, TracebackType
 from typing import Any, Literal, TypeVar, TypeVarTuple, final
 
@@ -24,6 +24,14 @@ from .errors import (
     QueueStateError,
     RetryAfter,
     TaskNotFoundError,
+)
+from .hooks import (
+    Hook,
+    LoggingHook,
+    QueueHook,
+    call_hooks,
+    collect_callbacks,
+    make_event,
 )
 from .models import (
     CANCELLED,
@@ -135,6 +143,8 @@ class AsyncTaskQueue:
             starve lower ones forever.
         rate_limit: if set, the most task starts per second, as a token
             bucket on the loop clock holding up to ``rate_burst`` starts.
+        hooks: lifecycle hooks (see ``Hook``), called after the built-in
+            ``LoggingHook``.
     """
 
     def __init__(
@@ -151,6 +161,7 @@ class AsyncTaskQueue:
         aging_rate: float | None = None,
         rate_limit: float | None = None,
         rate_burst: int = 1,
+        hooks: Sequence[QueueHook | Hook] = (),
     ) -> None:
         self._max_workers = _checks.check_count("max_workers", max_workers, 1)
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -164,6 +175,7 @@ class AsyncTaskQueue:
             _checks.check_count("max_pending", max_pending, 1)
 
         self._max_pending = max_pending
+        self._hooks = collect_callbacks([LoggingHook(), *_check_hooks(hooks)])
         _checks.check_count("max_dead_letters", max_dead_letters, 0)
         if on_dead_letter is not None and not callable(on_dead_letter):
             raise TypeError(
@@ -525,6 +537,9 @@ class AsyncTaskQueue:
             self, key, seq, fn, call_args, priority, timeout, retry
         )
         self._active[key] = handle
+        if self._hooks["on_submitted"]:
+            self._emit("on_submitted", handle)
+
         if dedup_key is not None:
             handle._dedup_key = dedup_key
             self._dedup[dedup_key] = handle
@@ -794,6 +809,8 @@ class AsyncTaskQueue:
 
     async def _run_worker(self, worker: _Worker) -> None:
         ready = self._ready
+        started_hooks = self._hooks["on_started"]
+        succeeded_hooks = self._hooks["on_succeeded"]
         while True:
             if self._paused or worker.retire:
                 handle = None
@@ -822,6 +839,8 @@ class AsyncTaskQueue:
             handle._worker = worker
             worker.current = handle
             self._running += 1
+            if started_hooks:
+                self._emit("on_started", handle)
             if handle._timeout is not None:
                 self._arm_deadline(worker, handle._timeout)
 
@@ -844,6 +863,8 @@ class AsyncTaskQueue:
                     handle._state = SUCCEEDED
                     self._succeeded += 1
                     self._finish(handle)
+                    if succeeded_hooks:
+                        self._emit("on_succeeded", handle)
                 elif self._on_attempt_error(worker, handle, None):
                     raise asyncio.CancelledError from None
 
@@ -953,6 +974,7 @@ class AsyncTaskQueue:
                     f"on attempt {handle._attempts}"
                 )
                 error.__cause__ = exc
+                self._emit("on_timed_out", handle, exception=error)
                 self._retry_or_fail(handle, error)
             else:
                 self._set_cancelled(handle)
@@ -1059,31 +1081,23 @@ class AsyncTaskQueue:
 
             handle._last_delay = delay
             self._retries += 1
-            logger.warning(
-                "task %r (%s) failed on attempt %d, retrying in %.3f s: %r",
-                handle._id,
-                handle.name,
-                handle._attempts,
-                delay,
-                exc,
-            )
             self._park(handle, delay)
+            self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
         handle._exception = exc
         handle._traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
-        logger.error(
-            "task %r (%s) failed after %d attempt(s): %r",
-            handle._id,
-            handle.name,
-            handle._attempts,
-            exc,
-            exc_info=exc,
-        )
         self._finish(handle)
+        self._emit("on_failed", handle, exception=exc)
         self._add_dead_letter(handle, exc)
+
+    def _emit(self, event: str, handle: TaskHandle[Any], **extra: Any) -> None:
+        """Call the hooks that observe ``event``, if any."""
+        callbacks = self._hooks[event]
+        if callbacks:
+            call_hooks(callbacks, make_event(handle, self._loop.time(), **extra))
 
     def _add_dead_letter(self, handle: TaskHandle[Any], exc: BaseException) -> None:
         letter = DeadLetter(
@@ -1182,7 +1196,7 @@ class AsyncTaskQueue:
         else:
             self._waiting -= 1
 
-    def _set_cancelled(self, handle: TaskHandle[Any]) -> None:
+    def _set_cancelled(self, handle: TaskHandle[Any], *, dropped: bool = False) -> None:
         handle._state = CANCELLED
         self._cancelled += 1
         if handle._args is None and handle._attempts == 0:
@@ -1191,6 +1205,7 @@ class AsyncTaskQueue:
             handle._fn.close()  # type: ignore[union-attr]
 
         self._finish(handle)
+        self._emit("on_dropped" if dropped else "on_cancelled", handle)
 
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
@@ -1311,7 +1326,7 @@ class AsyncTaskQueue:
                 self._unpark(handle)
 
             handle._cancel_message = "the queue was stopped"
-            self._set_cancelled(handle)
+            self._set_cancelled(handle, dropped=True)
 
         return queued
 
@@ -1453,6 +1468,16 @@ def _settle_future(
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+def _check_hooks(hooks: object) -> Sequence[object]:
+    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence):
+        raise TypeError(
+            f"hooks must be a list or tuple of hooks, got {hooks!r}; "
+            "wrap a single hook in a list"
+        )
+
+    return hooks
 
 
 def _is_fatal(exc: BaseException | None) -> bool:

@@ -1,0 +1,195 @@
+"""Lifecycle hooks: callbacks that observe each task's way through the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from .models import TaskId, TaskState
+
+__all__ = ("EVENTS", "Hook", "LoggingHook", "QueueHook", "TaskEvent")
+
+logger = logging.getLogger("async_queue")
+
+EVENTS = (
+    "on_submitted",
+    "on_started",
+    "on_retry_scheduled",
+    "on_succeeded",
+    "on_failed",
+    "on_timed_out",
+    "on_cancelled",
+    "on_dropped",
+)
+"""The hook methods, in the order a task can meet them."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """What a hook receives: a snapshot of one task at one event."""
+
+    task_id: TaskId
+    """The task's id."""
+    name: str
+    """The qualified name of its coroutine function."""
+    priority: int
+    """Its priority."""
+    attempts: int
+    """Attempts started so far."""
+    state: TaskState
+    """Its state right after the event."""
+    time: float
+    """The event loop's time of the event."""
+    delay: float | None = None
+    """For ``on_retry_scheduled``: seconds until the next attempt."""
+    exception: BaseException | None = None
+    """For ``on_retry_scheduled``, ``on_failed`` and ``on_timed_out``: the
+    exception of the attempt."""
+
+
+@runtime_checkable
+class QueueHook(Protocol):
+    """The methods a hook may define; each receives a ``TaskEvent``.
+
+    A hook defines any subset of them. Subclass ``Hook`` to inherit no-op
+    versions of the rest.
+    """
+
+    def on_submitted(self, event: TaskEvent) -> None: ...
+    def on_started(self, event: TaskEvent) -> None: ...
+    def on_retry_scheduled(self, event: TaskEvent) -> None: ...
+    def on_succeeded(self, event: TaskEvent) -> None: ...
+    def on_failed(self, event: TaskEvent) -> None: ...
+    def on_timed_out(self, event: TaskEvent) -> None: ...
+    def on_cancelled(self, event: TaskEvent) -> None: ...
+    def on_dropped(self, event: TaskEvent) -> None: ...
+
+
+class Hook:
+    """A base class for hooks, with a no-op method for every event.
+
+    The queue calls only the methods a subclass overrides, so an event that no
+    hook observes costs nothing on the hot path. Hook methods run on the event
+    loop thread and must not block. An exception from one is logged and
+    ignored: it never stops a worker or changes a task.
+
+    ``on_dropped`` replaces ``on_cancelled`` for queued tasks that ``stop()``
+    cancelled. ``on_timed_out`` comes before the ``on_retry_scheduled`` or
+    ``on_failed`` of the same attempt.
+    """
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        """Called when a task is accepted."""
+
+    def on_started(self, event: TaskEvent) -> None:
+        """Called when an attempt starts."""
+
+    def on_retry_scheduled(self, event: TaskEvent) -> None:
+        """Called when a failed attempt will be retried after ``event.delay``."""
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        """Called when a task returns its result."""
+
+    def on_failed(self, event: TaskEvent) -> None:
+        """Called when a task ends ``FAILED``."""
+
+    def on_timed_out(self, event: TaskEvent) -> None:
+        """Called when an attempt runs over its timeout."""
+
+    def on_cancelled(self, event: TaskEvent) -> None:
+        """Called when a task ends ``CANCELLED``, except as dropped by stop()."""
+
+    def on_dropped(self, event: TaskEvent) -> None:
+        """Called when ``stop()`` cancels a task that waited for an attempt."""
+
+
+class LoggingHook(Hook):
+    """The built-in hook that logs to the ``async_queue`` logger.
+
+    Each scheduled retry at WARNING, each final failure at ERROR with its
+    traceback. Successful tasks log nothing.
+    """
+
+    def on_retry_scheduled(self, event: TaskEvent) -> None:
+        logger.warning(
+            "task %r (%s) failed on attempt %d, retrying in %.3f s: %r",
+            event.task_id,
+            event.name,
+            event.attempts,
+            event.delay,
+            event.exception,
+        )
+
+    def on_failed(self, event: TaskEvent) -> None:
+        logger.error(
+            "task %r (%s) failed after %d attempt(s): %r",
+            event.task_id,
+            event.name,
+            event.attempts,
+            event.exception,
+            exc_info=event.exception,
+        )
+
+
+HookCallbacks = dict[str, list[Callable[[TaskEvent], object]]]
+
+
+def collect_callbacks(hooks: Sequence[object]) -> HookCallbacks:
+    """Return, for each event, the bound methods that the hooks define.
+
+    A method inherited unchanged from ``Hook`` is left out.
+    """
+    callbacks: HookCallbacks = {name: [] for name in EVENTS}
+    for hook in hooks:
+        found = False
+        for name in EVENTS:
+            method = getattr(hook, name, None)
+            if method is None:
+                continue
+
+            found = True
+            if getattr(type(hook), name, None) is getattr(Hook, name):
+                continue
+
+            if not callable(method):
+                raise TypeError(f"hook {hook!r} has a non-callable {name}")
+
+            callbacks[name].append(method)
+
+        if not found:
+            raise TypeError(
+                f"{hook!r} is not a hook: it defines none of {', '.join(EVENTS)}; "
+                "subclass async_queue.Hook"
+            )
+
+    return callbacks
+
+
+def call_hooks(
+    callbacks: list[Callable[[TaskEvent], object]], event: TaskEvent
+) -> None:
+    """Call each callback with ``event``, logging and ignoring failures."""
+    for callback in callbacks:
+        try:
+            callback(event)
+        except Exception:
+            logger.exception(
+                "hook %r failed on task %r; the task is not affected",
+                callback,
+                event.task_id,
+            )
+
+
+def make_event(handle: Any, time: float, **extra: Any) -> TaskEvent:
+    """Return the event record of ``handle`` at ``time``."""
+    return TaskEvent(
+        task_id=handle._id,
+        name=handle.name,
+        priority=handle._priority,
+        attempts=handle._attempts,
+        state=handle._state,
+        time=time,
+        **extra,
+    )

@@ -1,0 +1,183 @@
+"""Lifecycle hooks: which events fire, with what, and failing hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    RetryPolicy,
+    TaskEvent,
+    TaskState,
+)
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+
+class Recorder(Hook):
+    """Records every event as (event name, task id, state, extra)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object, TaskState]] = []
+        self.records: list[TaskEvent] = []
+
+    def _add(self, name: str, event: TaskEvent) -> None:
+        self.events.append((name, event.task_id, event.state))
+        self.records.append(event)
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        self._add("submitted", event)
+
+    def on_started(self, event: TaskEvent) -> None:
+        self._add("started", event)
+
+    def on_retry_scheduled(self, event: TaskEvent) -> None:
+        self._add("retry_scheduled", event)
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        self._add("succeeded", event)
+
+    def on_failed(self, event: TaskEvent) -> None:
+        self._add("failed", event)
+
+    def on_timed_out(self, event: TaskEvent) -> None:
+        self._add("timed_out", event)
+
+    def on_cancelled(self, event: TaskEvent) -> None:
+        self._add("cancelled", event)
+
+    def on_dropped(self, event: TaskEvent) -> None:
+        self._add("dropped", event)
+
+
+async def test_success_and_retry_events() -> None:
+    recorder = Recorder()
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first attempt fails")
+        return "ok"
+
+    policy = RetryPolicy(max_retries=1, base_delay=0)
+    async with AsyncTaskQueue(1, retry=policy, hooks=[recorder]) as queue:
+        await (await queue.submit(flaky, priority=3))
+
+    assert [name for name, _, _ in recorder.events] == [
+        "submitted",
+        "started",
+        "retry_scheduled",
+        "started",
+        "succeeded",
+    ]
+    retry = recorder.records[2]
+    assert retry.delay == 0
+    assert isinstance(retry.exception, ValueError)
+    assert retry.attempts == 1
+    assert retry.priority == 3
+    assert recorder.records[-1].state is TaskState.SUCCEEDED
+    assert recorder.records[-1].attempts == 2
+
+
+def test_timeout_then_failed_events() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        recorder = Recorder()
+
+        async def hang() -> None:
+            await asyncio.Event().wait()
+
+        policy = RetryPolicy(max_retries=0)
+        async with AsyncTaskQueue(1, retry=policy, hooks=[recorder]) as queue:
+            handle = await queue.submit(hang, timeout=5)
+            await until(lambda: queue.stats().running == 1)
+            loop.advance(5)
+            with pytest.raises(TimeoutError):
+                await handle
+
+        names = [name for name, _, _ in recorder.events]
+        assert names == ["submitted", "started", "timed_out", "failed"]
+        assert isinstance(recorder.records[2].exception, TimeoutError)
+        assert recorder.records[3].state is TaskState.FAILED
+
+    run_virtual(main)
+
+
+async def test_cancelled_and_dropped_events() -> None:
+    recorder = Recorder()
+    release = asyncio.Event()
+
+    async def blocker() -> None:
+        await release.wait()
+
+    queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=0), hooks=[recorder])
+    await queue.start()
+    running = await queue.submit(blocker)
+    await until(lambda: queue.stats().running == 1)
+    cancelled = await queue.submit(blocker)
+    dropped = await queue.submit(blocker)
+    cancelled.cancel()
+    await queue.stop()
+
+    final = {task_id: name for name, task_id, _ in recorder.events}
+    assert final[cancelled.id] == "cancelled"
+    assert final[dropped.id] == "dropped"
+    assert final[running.id] == "cancelled"
+
+
+async def test_failing_hook_is_logged_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Hook):
+        def on_started(self, event: TaskEvent) -> None:
+            raise RuntimeError("hook broke")
+
+    async def job() -> str:
+        return "ok"
+
+    caplog.set_level(logging.ERROR, logger="async_queue")
+    async with AsyncTaskQueue(1, hooks=[Broken()]) as queue:
+        results = [await (await queue.submit(job)) for _ in range(3)]
+        workers = queue.stats().workers
+
+    assert results == ["ok"] * 3
+    assert workers == 1
+    failures = [r for r in caplog.records if "hook" in r.getMessage()]
+    assert len(failures) == 3
+
+
+async def test_plain_object_with_some_methods_is_a_hook() -> None:
+    seen: list[object] = []
+
+    class OnlySucceeded:
+        def on_succeeded(self, event: TaskEvent) -> None:
+            seen.append(event.task_id)
+
+    async def job() -> None:
+        pass
+
+    async with AsyncTaskQueue(1, hooks=[OnlySucceeded()]) as queue:
+        await (await queue.submit(job))
+
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("hooks", [object(), [object()], "hook", [42]])
+def test_invalid_hooks_rejected(hooks: object) -> None:
+    with pytest.raises(TypeError, match="hook"):
+        AsyncTaskQueue(hooks=hooks)  # type: ignore[arg-type]
+
+
+async def test_no_user_hook_means_no_hot_path_calls() -> None:
+    """Only the logging hook is set, and it observes no success-path event."""
+    queue = AsyncTaskQueue(1)
+
+    assert queue._hooks["on_started"] == []
+    assert queue._hooks["on_succeeded"] == []
+    assert queue._hooks["on_submitted"] == []
+    assert len(queue._hooks["on_failed"]) == 1
