@@ -30,6 +30,7 @@ from .models import (
     TaskHandle,
     TaskId,
     TaskState,
+    TimeSummary,
     bind,
     threaded,
 )
@@ -59,6 +60,7 @@ __all__ = (
     "TaskId",
     "TaskNotFoundError",
     "TaskState",
+    "TimeSummary",
     "__version__",
     "bind",
     "threaded",

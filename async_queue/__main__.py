@@ -76,17 +76,20 @@ def _add_demo_parser(
         help="run the queue against a flaky local TCP service",
         description=(
             "Start a TCP service on 127.0.0.1 that responds with random latency, "
-            "transient errors and requests that hang, push requests with three "
-            "priorities (high 2, normal 1, low 0) through an AsyncTaskQueue with "
-            "retries, backoff and per-attempt timeouts, show progress on stderr "
+            "transient errors, retry-after hints, rejections and requests that "
+            "hang, push requests with three priorities (high 2, normal 1, low 0) "
+            "through an AsyncTaskQueue with retries, backoff, per-attempt "
+            "timeouts, delayed starts and a bound on pending tasks, requeue the "
+            "tasks that failed (the dead letters) once, show progress on stderr "
             "and print a summary on stdout."
         ),
         epilog=(
             "Ctrl-C (or SIGTERM) stops gracefully: running tasks finish, queued "
             "ones are cancelled, and the summary is printed. A second Ctrl-C "
-            "cancels the running tasks. Exit status: 0 when every task reached "
-            f"exactly one final state (failed tasks included), {EXIT_LOST} when a "
-            f"task was lost, {EXIT_INTERRUPTED} after Ctrl-C with nothing lost."
+            "cancels the running tasks. Exit status: 0 when every task, requeued "
+            "ones included, reached exactly one final state (failed tasks "
+            f"included), {EXIT_LOST} when a task was lost, {EXIT_INTERRUPTED} "
+            "after Ctrl-C with nothing lost."
         ),
     )
 
@@ -114,6 +117,27 @@ def _add_demo_parser(
         metavar="P",
         help="probability, 0 to 1, that the server responds to an attempt with a "
         "transient error (default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--retry-after-share",
+        type=_PROBABILITY,
+        default=_DEFAULTS.retry_after_share,
+        metavar="P",
+        help="share, 0 to 1, of the error responses other than rejections that "
+        "ask the client to retry after 0.01 to 0.1 s; the client raises "
+        "RetryAfter, so the queue waits that long in place of its backoff "
+        "(default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--reject-share",
+        type=_PROBABILITY,
+        default=_DEFAULTS.reject_share,
+        metavar="P",
+        help="share, 0 to 1, of the error responses that reject the request; "
+        "rejections are not retried, so the task fails at once and becomes a "
+        "dead letter (default: %(default)s)",
     )
 
     demo.add_argument(
@@ -166,6 +190,43 @@ def _add_demo_parser(
         metavar="PER_SECOND",
         help="requests submitted per second; 0 submits all of them at once "
         "(default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--max-pending",
+        type=_integer(0),
+        default=_DEFAULTS.max_pending,
+        metavar="N",
+        help="max_pending of the queue: tasks that may wait to start, delayed "
+        "ones included; the producer waits for room when the queue is full; "
+        "0 means unbounded (default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--delayed-rate",
+        type=_PROBABILITY,
+        default=_DEFAULTS.delayed_rate,
+        metavar="P",
+        help="probability, 0 to 1, that a request is submitted with a delay "
+        "before it may start (default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--max-delay",
+        type=_SECONDS,
+        default=_DEFAULTS.max_delay,
+        metavar="SECONDS",
+        help="delays are drawn uniformly from 0 to this many seconds "
+        "(default: %(default)s)",
+    )
+
+    demo.add_argument(
+        "--requeue-dead",
+        action=argparse.BooleanOptionalAction,
+        default=_DEFAULTS.requeue_dead,
+        help="after the run, requeue each task that failed (each dead letter) "
+        "once, as a new task, and report how many of them succeeded "
+        "(default: on)",
     )
 
     demo.add_argument(
@@ -239,6 +300,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.rate,
         seed=args.seed,
         progress_interval=args.progress_interval,
+        max_pending=args.max_pending,
+        delayed_rate=args.delayed_rate,
+        max_delay=args.max_delay,
+        retry_after_share=args.retry_after_share,
+        reject_share=args.reject_share,
+        requeue_dead=args.requeue_dead,
     )
     try:
         return asyncio.run(run_demo(config))

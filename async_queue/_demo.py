@@ -20,6 +20,7 @@ import functools
 import logging
 import math
 import random
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -105,7 +106,8 @@ class DemoConfig:
     max_delay: float = 0.2
     """Delays are drawn uniformly from 0 to this many seconds."""
     retry_after_share: float = 0.2
-    """The share of error responses that carry a retry-after delay."""
+    """The share of error responses, rejections excluded, that carry a
+    retry-after delay."""
     reject_share: float = 0.04
     """The share of error responses that reject the request, without retry."""
     requeue_dead: bool = True
@@ -261,14 +263,24 @@ def summarize(records: Sequence[RequestRecord], wall_time: float) -> Summary:
 
     A record is lost if its handle is missing or not final, or if awaiting the
     handle implied a different final state than the handle reports.
-    Latencies cover the tasks that succeeded or failed, from submission until
-    the end of the last attempt.
+    Latencies cover the producer's tasks that succeeded or failed, from
+    submission, or from the end of the task's delay, until its handle became
+    final. Requeued tasks are counted apart and have no latency.
     """
     counts = dict.fromkeys(_FINAL_STATES, 0)
+    requeued_counts = dict.fromkeys(_FINAL_STATES, 0)
     causes: collections.Counter[str] = collections.Counter()
-    lost = retried_tasks = retries = 0
+    submitted = requeued = delayed = lost = retried_tasks = retries = 0
     durations: dict[str, list[float]] = {c.name: [] for c in PRIORITY_CLASSES}
     for record in records:
+        is_requeued = record.requeued_from is not None
+        if is_requeued:
+            requeued += 1
+        else:
+            submitted += 1
+            if record.delay is not None:
+                delayed += 1
+
         handle = record.handle
         if handle is None:
             lost += 1
@@ -279,20 +291,48 @@ def summarize(records: Sequence[RequestRecord], wall_time: float) -> Summary:
             lost += 1
             continue
 
-        counts[state] += 1
-        if state is TaskState.FAILED:
-            causes[record.error or "unknown"] += 1
         if handle.attempts > 1:
             retried_tasks += 1
             retries += handle.attempts - 1
 
+        if is_requeued:
+            requeued_counts[state] += 1
+            continue
+
+        counts[state] += 1
+        if state is TaskState.FAILED:
+            causes[record.error or "unknown"] += 1
+
         if state is not TaskState.CANCELLED and record.finished_at is not None:
-            latency = record.finished_at - record.submitted_at
+            started_at = record.submitted_at + (record.delay or 0.0)
+            latency = record.finished_at - started_at
             durations.setdefault(record.priority_class.name, []).append(latency)
 
+    return Summary(
+        submitted=submitted,
+        succeeded=counts[TaskState.SUCCEEDED],
+        failed=counts[TaskState.FAILED],
+        cancelled=counts[TaskState.CANCELLED],
+        lost=lost,
+        retried_tasks=retried_tasks,
+        retries=retries,
+        wall_time=wall_time,
+        latencies=_class_latencies(records, durations),
+        failure_causes=tuple(causes.most_common()),
+        delayed=delayed,
+        requeued=requeued,
+        requeued_succeeded=requeued_counts[TaskState.SUCCEEDED],
+        requeued_failed=requeued_counts[TaskState.FAILED],
+        requeued_cancelled=requeued_counts[TaskState.CANCELLED],
+    )
+
+
+def _class_latencies(
+    records: Sequence[RequestRecord], durations: dict[str, list[float]]
+) -> tuple[ClassLatency, ...]:
     classes = {c.name: c for c in PRIORITY_CLASSES}
     classes.update((r.priority_class.name, r.priority_class) for r in records)
-    latencies = tuple(
+    return tuple(
         ClassLatency(
             classes[name],
             len(values),
@@ -302,43 +342,42 @@ def summarize(records: Sequence[RequestRecord], wall_time: float) -> Summary:
         )
         for name, values in durations.items()
     )
-    return Summary(
-        submitted=len(records),
-        succeeded=counts[TaskState.SUCCEEDED],
-        failed=counts[TaskState.FAILED],
-        cancelled=counts[TaskState.CANCELLED],
-        lost=lost,
-        retried_tasks=retried_tasks,
-        retries=retries,
-        wall_time=wall_time,
-        latencies=latencies,
-        failure_causes=tuple(causes.most_common()),
-    )
 
 
 def _milliseconds(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
 
 
+def _format_causes(causes: Sequence[tuple[str, int]]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in causes)
+
+
 def format_summary(summary: Summary) -> str:
     """Return the summary as lines of text, ending with a newline."""
-    lines = [
-        f"submitted: {summary.submitted}",
-        f"succeeded: {summary.succeeded}",
-        f"failed: {summary.failed}",
-    ]
+    lines = [f"submitted: {summary.submitted}", f"delayed: {summary.delayed}"]
+    if summary.producer_waits is None:
+        lines.append("backpressure: off (max_pending unbounded)")
+    else:
+        lines.append(
+            f"backpressure: the producer waited for room {summary.producer_waits} "
+            f"times, {summary.producer_wait_time:.2f} s in total"
+        )
+
+    lines += [f"succeeded: {summary.succeeded}", f"failed: {summary.failed}"]
     if summary.failure_causes:
-        causes = ", ".join(f"{name} {count}" for name, count in summary.failure_causes)
-        lines.append(f"failed by cause: {causes}")
+        lines.append(f"failed by cause: {_format_causes(summary.failure_causes)}")
 
     lines += [
         f"cancelled: {summary.cancelled}",
+        f"requeued: {summary.requeued}, succeeded {summary.requeued_succeeded}, "
+        f"failed {summary.requeued_failed}, cancelled {summary.requeued_cancelled}",
+        _format_dead_letters(summary),
         f"lost: {summary.lost}",
         f"retried: {summary.retried_tasks} tasks, {summary.retries} retries",
         f"throughput: {summary.throughput:.1f} tasks/s (succeeded and failed)",
         f"wall time: {summary.wall_time:.2f} s",
-        "latency from submission to the end of the last attempt, "
-        "succeeded and failed tasks:",
+        "latency from submission, or from the end of a delay, to the final "
+        "state (succeeded and failed tasks, requeued ones excluded):",
         f"  {'class':<12} {'tasks':>7} {'p50 ms':>9} {'p95 ms':>9} {'p99 ms':>9}",
     ]
     for item in summary.latencies:
@@ -349,6 +388,15 @@ def format_summary(summary: Summary) -> str:
         )
 
     return "\n".join(lines) + "\n"
+
+
+def _format_dead_letters(summary: Summary) -> str:
+    line = f"dead letters: {summary.dead_letters}, left {summary.dead_letters_left}"
+    if summary.dead_letter_causes:
+        top = summary.dead_letter_causes[:_TOP_CAUSES]
+        line += f", top causes: {_format_causes(top)}"
+
+    return line
 
 
 def _format_report(report: ShutdownReport, escalated_by_user: int) -> str:
@@ -410,21 +458,46 @@ class _Interrupts:
         self._fallback.clear()
 
 
+@dataclass(slots=True)
+class _ProducerWaits:
+    """How often and how long the producer waited for room in the queue."""
+
+    count: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _DeadLetterLog:
+    """The dead letters that the queue's ``on_dead_letter`` hook received."""
+
+    task_ids: list[TaskId] = field(default_factory=list)
+    causes: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def add(self, letter: DeadLetter) -> None:
+        self.task_ids.append(letter.task_id)
+        self.causes[type(letter.exception).__name__] += 1
+
+
 class _Progress:
     """Writes a progress line to stderr at a fixed interval."""
 
     def __init__(
         self,
         queue: AsyncTaskQueue,
-        total: int,
+        total: Callable[[], int],
+        waits: _ProducerWaits | None,
         stream: TextIO,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._queue = queue
         self._total = total
+        self._waits = waits
         self._stream = stream
         self._loop = loop
         self._tty = stream.isatty()
+        # On a terminal, a line longer than the window would wrap, and "\r"
+        # would return only to the start of its last row.
+        self._columns = shutil.get_terminal_size().columns - 1 if self._tty else 0
         self._started_at = loop.time()
         self._last_at = self._started_at
         self._last_completed = 0
@@ -448,15 +521,21 @@ class _Progress:
 
         rate = (completed - before) / (now - since) if now > since else 0.0
         self._last_at, self._last_completed = now, completed
-        percent = 100 * done / self._total
+        total = self._total()
+        percent = 100 * done / total
         line = (
-            f"progress: {done}/{self._total} done ({percent:.0f}%), "
+            f"progress: {done}/{total} done ({percent:.0f}%), "
             f"{rate:.0f} tasks/s, {stats.retries} retries, "
             f"{stats.running} running, {stats.pending} pending, "
-            f"{stats.waiting_retry} waiting to retry, {stats.failed} failed"
+            f"{stats.delayed} delayed, {stats.waiting_retry} waiting to retry, "
+            f"{stats.failed} failed, {stats.dead_letters} dead letters"
         )
+        if self._waits is not None:
+            line += f", producer waited {self._waits.count} times"
+
         if self._tty:
             # Overwrite the previous line in place.
+            line = line[: self._columns]
             padding = " " * max(0, self._width - len(line))
             self._stream.write(f"\r{line}{padding}")
             self._width = len(line)
@@ -475,7 +554,7 @@ class _Progress:
 
 
 class _Demo:
-    """One run of the demo: server, client, queue, submitter and progress."""
+    """One run of the demo: server, client, queue, producer and progress."""
 
     def __init__(self, config: DemoConfig, out: TextIO, err: TextIO) -> None:
         self.config = config
@@ -487,9 +566,14 @@ class _Demo:
             failure_rate=config.failure_rate,
             hang_rate=config.hang_rate,
             mean_latency=config.latency,
+            retry_after_share=config.retry_after_share,
+            reject_share=config.reject_share,
         )
         self.client: DemoClient  # set by run(), once the server has a port
         self.records: list[RequestRecord] = []
+        self.requeued = 0
+        self.waits = _ProducerWaits() if config.max_pending > 0 else None
+        self.dead_letters = _DeadLetterLog()
 
     async def run(self, *, handle_signals: bool) -> int:
         config = self.config
@@ -504,7 +588,14 @@ class _Demo:
             rng=random.Random(config.seed),
         )
         queue = AsyncTaskQueue(
-            config.workers, retry=policy, timeout=config.timeout, max_results=0
+            config.workers,
+            retry=policy,
+            timeout=config.timeout,
+            max_results=0,
+            max_pending=config.max_pending or None,
+            # Room for every failure, so that none is evicted before requeue.
+            max_dead_letters=config.count,
+            on_dead_letter=self.dead_letters.add,
         )
         interrupts = _Interrupts(self.loop)
         if handle_signals:
@@ -529,27 +620,31 @@ class _Demo:
         config = self.config
         await queue.start()
         started_at = self.loop.time()
-        progress = _Progress(queue, config.count, self.err, self.loop)
+        progress = _Progress(
+            queue,
+            lambda: config.count + self.requeued,
+            self.waits,
+            self.err,
+            self.loop,
+        )
         progress_task = None
         if config.progress_interval > 0:
             progress_task = self.loop.create_task(
                 progress.run(config.progress_interval)
             )
 
-        submitter = self.loop.create_task(self._submit_all(queue))
-        done_waiter = self.loop.create_task(self._finish_all(queue, submitter))
+        work = self.loop.create_task(self._work(queue, progress))
         interrupt_waiter = self.loop.create_task(interrupts.first.wait())
         await asyncio.wait(
-            (done_waiter, interrupt_waiter), return_when=asyncio.FIRST_COMPLETED
+            (work, interrupt_waiter), return_when=asyncio.FIRST_COMPLETED
         )
         interrupted = interrupts.first.is_set()
-        done_waiter.cancel()
         interrupt_waiter.cancel()
 
         user_cancelled = 0
         if interrupted:
-            submitter.cancel()
-            await asyncio.gather(submitter, return_exceptions=True)
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
             progress.end_line()
             logger.info("interrupted: stopping the queue in finish_running mode")
             self.err.write(
@@ -562,7 +657,7 @@ class _Demo:
                 "queue stopped: %s", _format_report(report, user_cancelled).strip()
             )
         else:
-            await submitter
+            await work
             report = await queue.stop(ShutdownMode.DRAIN)
 
         await record_outcomes(self.records)
@@ -572,8 +667,8 @@ class _Demo:
             await asyncio.gather(progress_task, return_exceptions=True)
             progress.write(final=True)
 
-        summary = summarize(self.records, wall_time)
-        mismatch = _check_stats(queue, summary)
+        summary = self._summarize(queue, wall_time)
+        mismatch = _check_counts(queue, summary, self.records, self.dead_letters)
         self.out.write(self._describe())
         self.out.write(format_summary(summary))
         if interrupted:
@@ -587,6 +682,19 @@ class _Demo:
             return EXIT_LOST
 
         return EXIT_INTERRUPTED if interrupted else 0
+
+    def _summarize(self, queue: AsyncTaskQueue, wall_time: float) -> Summary:
+        """Summarize the records, with the counts that only the run has."""
+        summary = summarize(self.records, wall_time)
+        waits = self.waits
+        return dataclasses.replace(
+            summary,
+            dead_letters=len(self.dead_letters.task_ids),
+            dead_letters_left=len(queue.dead_letters()),
+            dead_letter_causes=tuple(self.dead_letters.causes.most_common()),
+            producer_waits=None if waits is None else waits.count,
+            producer_wait_time=0.0 if waits is None else waits.seconds,
+        )
 
     async def _stop(
         self, queue: AsyncTaskQueue, interrupts: _Interrupts, progress: _Progress
@@ -613,6 +721,20 @@ class _Demo:
 
         return await stop, cancelled
 
+    async def _work(self, queue: AsyncTaskQueue, progress: _Progress) -> None:
+        """Submit every request, wait for them, then requeue the dead letters."""
+        await self._submit_all(queue)
+        await queue.join()
+        if not self.config.requeue_dead:
+            return
+
+        count = len(queue.dead_letters())
+        progress.end_line()
+        self.err.write(f"requeue: submitting {count} dead letters again\n")
+        self.err.flush()
+        await self._requeue_dead(queue)
+        await queue.join()
+
     async def _submit_all(self, queue: AsyncTaskQueue) -> None:
         config = self.config
         rng = random.Random(config.seed)
@@ -627,50 +749,151 @@ class _Demo:
             elif request_id % _SUBMIT_BATCH == 0:
                 await asyncio.sleep(0)
 
-            record = RequestRecord(request_id, priority_class, self.loop.time())
-            record.handle = queue.submit_nowait(
-                self._send, record, priority=priority_class.priority
-            )
+            record = RequestRecord(request_id, priority_class, 0.0)
+            if rng.random() < config.delayed_rate:
+                record.delay = rng.uniform(0, config.max_delay)
+
+            handle = await self._submit(queue, record)
+            record.submitted_at = self.loop.time()
+            record.handle = handle
+            handle.add_done_callback(functools.partial(self._mark_finished, record))
             self.records.append(record)
 
-    async def _finish_all(
-        self, queue: AsyncTaskQueue, submitter: asyncio.Task[None]
-    ) -> None:
-        await asyncio.shield(submitter)
-        await queue.join()
+    async def _submit(
+        self, queue: AsyncTaskQueue, record: RequestRecord
+    ) -> TaskHandle[str]:
+        """Submit the task of ``record``, counting in ``waits`` a wait for room."""
+        submission = queue.submit(
+            self._send,
+            record,
+            priority=record.priority_class.priority,
+            delay=record.delay,
+        )
+        waits = self.waits
+        if waits is None:
+            return await submission
+
+        # submit() yields to the event loop only to wait for room, so the
+        # callback runs only if the submission waited.
+        waited = False
+
+        def note_wait() -> None:
+            nonlocal waited
+            waited = True
+
+        started_at = self.loop.time()
+        marker = self.loop.call_soon(note_wait)
+        handle = await submission
+        marker.cancel()
+        if waited:
+            waits.count += 1
+            waits.seconds += self.loop.time() - started_at
+
+        return handle
+
+    def _mark_finished(self, record: RequestRecord, handle: TaskHandle[str]) -> None:
+        record.finished_at = self.loop.time()
+
+    async def _requeue_dead(self, queue: AsyncTaskQueue) -> None:
+        """Requeue each dead letter once, each as a new task with its own record."""
+        for letter in queue.dead_letters():
+            failed = letter.args[0] if letter.args else None
+            if not isinstance(failed, RequestRecord):
+                logger.warning("not requeueing task %r: not a demo request", letter)
+                continue
+
+            try:
+                handle = await queue.requeue(letter.task_id)
+            except TaskNotFoundError as exc:
+                # The final count check reports the dead letter as missing.
+                logger.error("requeue of task %r failed: %s", letter.task_id, exc)
+                continue
+
+            record = RequestRecord(
+                failed.request_id,
+                failed.priority_class,
+                self.loop.time(),
+                handle=handle,
+                requeued_from=letter.task_id,
+            )
+            self.records.append(record)
+            self.requeued += 1
+
+        logger.info("requeued %d dead letters", self.requeued)
 
     async def _send(self, record: RequestRecord) -> str:
         record.attempts_sent += 1
-        try:
-            return await self.client.request(record.request_id, record.attempts_sent)
-        finally:
-            record.finished_at = self.loop.time()
+        return await self.client.request(record.request_id, record.attempts_sent)
 
     def _describe(self) -> str:
         config = self.config
         server = self.server
+        max_pending = config.max_pending or "unbounded"
         return (
             f"demo: {config.count} requests, {config.workers} workers, "
             f"failure rate {config.failure_rate:g}, hang rate {config.hang_rate:g}, "
             f"timeout {config.timeout:g} s, retries {config.retries}, "
             f"seed {config.seed}\n"
-            f"server: {server.requests} requests, {server.errors} error responses, "
+            f"demo: max pending {max_pending}, delayed rate "
+            f"{config.delayed_rate:g} (0 to {config.max_delay:g} s), retry-after "
+            f"share {config.retry_after_share:g}, reject share "
+            f"{config.reject_share:g}, requeue dead letters "
+            f"{'on' if config.requeue_dead else 'off'}\n"
+            f"server: {server.requests} requests, {server.errors} error responses "
+            f"({server.retry_afters} retry-after, {server.rejections} rejected), "
             f"{server.hangs} hung\n"
         )
 
 
-def _check_stats(queue: AsyncTaskQueue, summary: Summary) -> str:
-    """Return a mismatch line, or "" if the queue's counters match the handles."""
-    stats = queue.stats()
-    expected = (summary.submitted, summary.succeeded, summary.failed, summary.cancelled)
-    actual = (stats.submitted, stats.succeeded, stats.failed, stats.cancelled)
-    if expected == actual:
-        return ""
+def _check_counts(
+    queue: AsyncTaskQueue,
+    summary: Summary,
+    records: Sequence[RequestRecord],
+    dead_letters: _DeadLetterLog,
+) -> str:
+    """Return mismatch lines, or "" if the queue's counts match the handles.
 
-    return (
-        "mismatch: queue.stats() counts (submitted, succeeded, failed, "
-        f"cancelled) = {actual}, but the handles show {expected}\n"
+    Checks the totals of ``queue.stats()``, that ``on_dead_letter`` received
+    each failed task exactly once, and that ``dead_letters()`` holds exactly
+    the failed tasks that were not requeued.
+    """
+    lines = []
+    stats = queue.stats()
+    expected = (
+        summary.submitted + summary.requeued,
+        summary.succeeded + summary.requeued_succeeded,
+        summary.failed + summary.requeued_failed,
+        summary.cancelled + summary.requeued_cancelled,
     )
+    actual = (stats.submitted, stats.succeeded, stats.failed, stats.cancelled)
+    if expected != actual:
+        lines.append(
+            "mismatch: queue.stats() counts (submitted, succeeded, failed, "
+            f"cancelled) = {actual}, but the handles show {expected}\n"
+        )
+
+    failed = [
+        r.handle.id
+        for r in records
+        if r.handle is not None and r.handle.state is TaskState.FAILED
+    ]
+    reported = collections.Counter(dead_letters.task_ids)
+    if reported != collections.Counter(failed):
+        lines.append(
+            f"mismatch: on_dead_letter received {reported.total()} dead letters "
+            f"for {len(reported)} tasks, but {len(failed)} tasks failed\n"
+        )
+
+    requeued = {r.requeued_from for r in records}
+    expected_left = {task_id for task_id in failed if task_id not in requeued}
+    left = {letter.task_id for letter in queue.dead_letters()}
+    if left != expected_left:
+        lines.append(
+            f"mismatch: dead_letters() holds {len(left)} tasks, but "
+            f"{len(expected_left)} failed tasks were not requeued\n"
+        )
+
+    return "".join(lines)
 
 
 async def run_demo(

@@ -100,8 +100,9 @@ def decide(
     interleave. Latency is exponential with mean ``mean_latency`` seconds.
     An attempt hangs with probability ``hang_rate`` and gets an error response
     with probability ``failure_rate``. Of the error responses, the share
-    ``reject_share`` are rejections and the share ``retry_after_share`` carry
-    a retry-after delay of 0.01 to 0.1 s; the rest are plain errors.
+    ``reject_share`` are rejections. Of the others, the share
+    ``retry_after_share`` carry a retry-after delay of 0.01 to 0.1 s, and the
+    rest are plain errors.
     """
     rng = random.Random(f"{seed}/{request_id}/{attempt}")
     draw = rng.random()
@@ -110,11 +111,10 @@ def decide(
 
     latency = rng.expovariate(1.0 / mean_latency) if mean_latency > 0 else 0.0
     if draw < hang_rate + failure_rate:
-        kind = rng.random()
-        if kind < reject_share:
+        if rng.random() < reject_share:
             return Decision(Outcome.REJECT, latency)
 
-        if kind < reject_share + retry_after_share:
+        if rng.random() < retry_after_share:
             delay = round(rng.uniform(_RETRY_AFTER_MIN, _RETRY_AFTER_MAX), 3)
             return Decision(Outcome.RETRY_AFTER, latency, delay)
 

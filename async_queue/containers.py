@@ -31,13 +31,14 @@ class ReadyHeap:
     the loop thread gains nothing from it, since no method awaits.
     """
 
-    __slots__ = ("_entries", "_levels", "_lock", "_order", "_stale")
+    __slots__ = ("_entries", "_levels", "_lock", "_order", "_stale", "_stale_by_level")
 
     def __init__(self) -> None:
         self._levels: dict[int, deque[TaskHandle[Any]]] = {}
         self._order: list[int] = []  # negated priorities, one per level
         self._entries = 0  # live and stale entries together
         self._stale = 0  # entries whose task is no longer pending
+        self._stale_by_level: dict[int, int] = {}  # the same, per priority
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -75,16 +76,24 @@ class ReadyHeap:
                     return handle
 
                 self._stale -= 1
+                stale_here = self._stale_by_level[priority] - 1
+                if stale_here:
+                    self._stale_by_level[priority] = stale_here
+                else:
+                    del self._stale_by_level[priority]
 
             return None
 
-    def mark_stale(self) -> None:
-        """Record that one task in the heap left the pending state.
+    def mark_stale(self, handle: TaskHandle[Any]) -> None:
+        """Record that ``handle``, still in the heap, left the pending state.
 
         The caller changes the task's state first; ``pop()`` then skips it.
         """
+        priority = handle._priority
         with self._lock:
             self._stale += 1
+            stale = self._stale_by_level
+            stale[priority] = stale.get(priority, 0) + 1
             if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
                 self._compact()
 
@@ -97,15 +106,35 @@ class ReadyHeap:
         return drained
 
     def depth_by_priority(self) -> dict[int, int]:
-        """Return the number of pending tasks at each priority, highest first."""
+        """Return the number of pending tasks at each priority, highest first.
+
+        Costs O(L log L) for L priorities present, whatever the number of tasks.
+        """
         with self._lock:
             depth = {}
             for priority in sorted(self._levels, reverse=True):
-                count = sum(1 for h in self._levels[priority] if h._state is PENDING)
+                count = len(self._levels[priority])
+                count -= self._stale_by_level.get(priority, 0)
                 if count:
                     depth[priority] = count
 
             return depth
+
+    def oldest_queued_at(self) -> float | None:
+        """Return the earliest ``_queued_at`` of the pending tasks, or ``None``.
+
+        Each level is FIFO, so only the first live task of each is read.
+        """
+        with self._lock:
+            oldest = None
+            for level in self._levels.values():
+                for handle in level:
+                    if handle._state is PENDING:
+                        if oldest is None or handle._queued_at < oldest:
+                            oldest = handle._queued_at
+                        break
+
+            return oldest
 
     def _compact(self) -> None:
         # Called with the lock held.
@@ -120,6 +149,7 @@ class ReadyHeap:
         heapq.heapify(self._order)
         self._entries -= self._stale
         self._stale = 0
+        self._stale_by_level.clear()
 
 
 class TimerHeap:
@@ -268,8 +298,8 @@ class AgingHeap:
 
             return None
 
-    def mark_stale(self) -> None:
-        """Record that one task in the heap left the pending state."""
+    def mark_stale(self, handle: TaskHandle[Any]) -> None:
+        """Record that ``handle``, still in the heap, left the pending state."""
         with self._lock:
             self._stale += 1
             if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
@@ -295,3 +325,9 @@ class AgingHeap:
                     depth[handle._priority] = depth.get(handle._priority, 0) + 1
 
             return dict(sorted(depth.items(), reverse=True))
+
+    def oldest_queued_at(self) -> float | None:
+        """Return the earliest ``_queued_at`` of the pending tasks, or ``None``."""
+        with self._lock:
+            times = [e[2]._queued_at for e in self._heap if e[2]._state is PENDING]
+            return min(times, default=None)

@@ -47,6 +47,7 @@ from .models import (
     ShutdownReport,
     TaskHandle,
     TaskId,
+    TimeSummary,
 )
 from .policies import RetryPolicy
 from .testing import _TestMode
@@ -93,6 +94,26 @@ class _Worker:
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
+
+
+class _Summary:
+    """Count, total and maximum of a series of durations, in seconds."""
+
+    __slots__ = ("count", "max", "total")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        if seconds > self.max:
+            self.max = seconds
+
+    def snapshot(self) -> TimeSummary:
+        return TimeSummary(self.count, self.total, self.max)
 
 
 class _Join:
@@ -187,6 +208,8 @@ class AsyncTaskQueue:
         self._dedup: dict[Hashable, TaskHandle[Any]] = {}  # key -> unfinished task
         self._deduplicated = 0
         self._dropped = 0  # queued tasks cancelled by stop()
+        self._wait_time = _Summary()  # seconds from entering the heap to a start
+        self._run_time = _Summary()  # seconds per attempt
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -550,6 +573,7 @@ class AsyncTaskQueue:
             self._park_until(handle, start_at)
             return handle
 
+        handle._queued_at = self._loop.time()
         self._ready.push(handle)
         if self._idle:
             self._wake_worker()
@@ -796,7 +820,18 @@ class AsyncTaskQueue:
             dead_letters=len(self._dead_letters),
             deduplicated=self._deduplicated,
             dropped=self._dropped,
+            depth_by_priority=tuple(self._ready.depth_by_priority().items()),
+            oldest_wait=self._oldest_wait(),
+            wait_time=self._wait_time.snapshot(),
+            run_time=self._run_time.snapshot(),
         )
+
+    def _oldest_wait(self) -> float:
+        oldest = self._ready.oldest_queued_at()
+        if oldest is None:
+            return 0.0
+
+        return max(0.0, self._loop.time() - oldest)
 
     def __repr__(self) -> str:
         return (
@@ -809,6 +844,7 @@ class AsyncTaskQueue:
 
     async def _run_worker(self, worker: _Worker) -> None:
         ready = self._ready
+        clock = self._loop.time
         started_hooks = self._hooks["on_started"]
         succeeded_hooks = self._hooks["on_succeeded"]
         while True:
@@ -839,6 +875,8 @@ class AsyncTaskQueue:
             handle._worker = worker
             worker.current = handle
             self._running += 1
+            started_at = clock()
+            self._wait_time.add(started_at - handle._queued_at)
             if started_hooks:
                 self._emit("on_started", handle)
             if handle._timeout is not None:
@@ -853,11 +891,13 @@ class AsyncTaskQueue:
             except BaseException as exc:
                 worker.current = worker.deadline = None
                 self._running -= 1
+                self._run_time.add(clock() - started_at)
                 if self._on_attempt_error(worker, handle, exc):
                     raise
             else:
                 worker.current = worker.deadline = None
                 self._running -= 1
+                self._run_time.add(clock() - started_at)
                 if handle._cancel_reason is None:
                     handle._result = result
                     handle._state = SUCCEEDED
@@ -1128,6 +1168,7 @@ class AsyncTaskQueue:
         handle._worker = None
         if delay <= 0:
             handle._state = PENDING
+            handle._queued_at = self._loop.time()
             self._ready.push(handle)
             if self._idle:
                 self._wake_worker()
@@ -1157,6 +1198,7 @@ class AsyncTaskQueue:
             if state is WAITING_RETRY or state is DELAYED:
                 self._unpark(handle)
                 handle._state = PENDING
+                handle._queued_at = self._loop.time()
                 self._ready.push(handle)
                 if self._idle:
                     self._wake_worker()
@@ -1179,7 +1221,7 @@ class AsyncTaskQueue:
 
         if state is PENDING:
             handle._state = CANCELLED  # before mark_stale(), which may compact
-            self._ready.mark_stale()
+            self._ready.mark_stale(handle)
         else:
             self._unpark(handle)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from .errors import TaskCancelledError
@@ -24,6 +24,7 @@ __all__ = (
     "TaskHandle",
     "TaskId",
     "TaskState",
+    "TimeSummary",
     "bind",
     "threaded",
 )
@@ -113,6 +114,7 @@ class TaskHandle(Generic[T]):
         "_last_delay",
         "_priority",
         "_queue",
+        "_queued_at",
         "_result",
         "_retry",
         "_seq",
@@ -155,6 +157,7 @@ class TaskHandle(Generic[T]):
         self._cancel_message: str | None = None
         self._last_delay: float | None = None
         self._finished_at = 0.0
+        self._queued_at = 0.0  # loop time of the last entry into the ready heap
         self._dedup_key: Hashable | None = None
 
     @property
@@ -424,6 +427,23 @@ class ShutdownMode(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TimeSummary:
+    """Count, total and maximum of a series of durations, in seconds."""
+
+    count: int
+    """Number of durations."""
+    total: float
+    """Their sum, in seconds."""
+    max: float
+    """The longest, in seconds; 0 if there is none."""
+
+    @property
+    def mean(self) -> float:
+        """The mean duration in seconds; 0 if there is none."""
+        return self.total / self.count if self.count else 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """A snapshot of a queue's counts, taken by ``AsyncTaskQueue.stats()``."""
 
@@ -457,6 +477,15 @@ class QueueStats:
     """Submissions answered with an unfinished task's handle by ``dedup_key``."""
     dropped: int
     """Queued tasks that ``stop()`` cancelled before their next attempt."""
+    depth_by_priority: tuple[tuple[int, int], ...]
+    """``(priority, pending tasks)`` pairs, highest priority first."""
+    oldest_wait: float = field(compare=False)
+    """Seconds the longest-waiting pending task has been in the ready heap.
+    Left out of ``==``, because it grows with the clock alone."""
+    wait_time: TimeSummary
+    """Time from entering the ready heap to starting, over all attempts."""
+    run_time: TimeSummary
+    """Time per attempt, over all finished attempts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ def make_handle(
 def cancel_in_heap(heap: ReadyHeap, handle: TaskHandle[Any]) -> None:
     """Cancel a pending handle the way the queue does: state first, then mark."""
     handle._state = TaskState.CANCELLED
-    heap.mark_stale()
+    heap.mark_stale(handle)
 
 
 def pop_all(heap: ReadyHeap) -> list[Any]:
