@@ -274,10 +274,16 @@ class AsyncTaskQueue:
         Raises:
             QueueStateError: the queue was already started, or stopped.
         """
+        if self._lifecycle is _Lifecycle.RUNNING:
+            raise QueueStateError(
+                "cannot start a queue that is running: it was started "
+                "already and accepts tasks; call start() once per queue"
+            )
+
         if self._lifecycle is not _Lifecycle.NEW:
             raise QueueStateError(
                 f"cannot start a queue that is {self._lifecycle.value}; "
-                "create a new AsyncTaskQueue instead"
+                "a stopped queue cannot restart, create a new AsyncTaskQueue"
             )
 
         self._loop = asyncio.get_running_loop()
@@ -428,6 +434,20 @@ class AsyncTaskQueue:
     ) -> None:
         mode = ShutdownMode.DRAIN if exc_type is None else ShutdownMode.CANCEL
         await self.stop(mode)
+
+    @property
+    def report(self) -> ShutdownReport | None:
+        """The report of the finished ``stop()``, or ``None`` before it ends.
+
+        Useful after ``async with``, whose implicit stop returns nothing.
+        """
+        if self._stop_task is not None and self._stop_task.done():
+            if not self._stop_task.cancelled():
+                return self._stop_task.result()
+
+            return None
+
+        return self._empty_report
 
     @property
     def closed(self) -> bool:
@@ -1441,9 +1461,15 @@ class AsyncTaskQueue:
         return self._loop.time()
 
     def _check_task_id(self, task_id: object) -> str:
-        if not isinstance(task_id, str) or not task_id:
+        if not isinstance(task_id, str):
             raise TypeError(
                 f"task_id must be a non-empty str, got {task_id!r}; "
+                "omit it to get an int id from the queue"
+            )
+
+        if not task_id:
+            raise ValueError(
+                "task_id must be a non-empty str, got ''; "
                 "omit it to get an int id from the queue"
             )
 
@@ -1528,6 +1554,9 @@ def _is_fatal(exc: BaseException | None) -> bool:
 
 
 def _check_mode(mode: object) -> ShutdownMode:
+    if isinstance(mode, str):
+        mode = mode.lower()  # "DRAIN" as written in the docs' tables
+
     try:
         return ShutdownMode(mode)
     except ValueError:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a virtual environment in .venv (once), then run every check the
+# Set up a virtual environment in .venv (once, from PyPI), then run every check the
 # project has: ruff, mypy --strict, and the pytest suite with coverage, with
 # asyncio debug mode on.
 set -euo pipefail
@@ -8,10 +8,17 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
 fi
 
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[test]"
+# Install again only when pyproject.toml changed, so that later runs need no
+# network access.
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -e "$stamp" ]; then
+    .venv/bin/python -m pip install --quiet -e ".[test]"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
 
 echo "== ruff"
 .venv/bin/ruff check async_queue tests queue.py

@@ -216,7 +216,7 @@ BAD_TASK_OPTIONS: list[tuple[str, object, type[Exception], str]] = [
     ("priority", True, TypeError, r"priority must be an int.*got True"),
     ("priority", False, TypeError, r"priority must be an int.*got False"),
     ("task_id", 5, TypeError, r"task_id must be a non-empty str, got 5"),
-    ("task_id", "", TypeError, r"task_id must be a non-empty str, got ''"),
+    ("task_id", "", ValueError, r"task_id must be a non-empty str, got ''"),
     ("task_id", b"x", TypeError, r"task_id must be a non-empty str, got b'x'"),
 ]
 

@@ -910,3 +910,25 @@ async def test_later_graceful_stop_does_not_escalate() -> None:
     assert await second is report
     assert report.escalated is False
     assert await handle == "finished"
+
+
+async def test_report_after_async_with() -> None:
+    async def job() -> int:
+        return 1
+
+    async with AsyncTaskQueue(1) as queue:
+        assert queue.report is None
+        await queue.submit(job)
+
+    report = queue.report
+    assert report is not None
+    assert report.mode is ShutdownMode.DRAIN
+    assert await queue.stop() is report
+
+
+@pytest.mark.parametrize("name", ["DRAIN", "Drain", "drain"])
+async def test_mode_name_any_case(name: str) -> None:
+    queue = await started_queue(1)
+    report = await queue.stop(name)
+
+    assert report.mode is ShutdownMode.DRAIN
