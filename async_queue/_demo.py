@@ -190,7 +190,7 @@ class Summary:
     dead_letters: int = 0
     """Dead letters that ``on_dead_letter`` received, requeued tasks included."""
     dead_letters_left: int = 0
-    """Dead letters that ``dead_letters()`` still held at the end."""
+    """Dead letters that ``dead_letters()`` still contained at the end."""
     dead_letter_causes: tuple[tuple[str, int], ...] = field(default=())
     """Exception class names of all dead letters with their counts, most
     frequent first."""
@@ -497,7 +497,8 @@ class _Progress:
         self._tty = stream.isatty()
         # On a terminal, a line longer than the window would wrap, and "\r"
         # would return only to the start of its last row.
-        self._columns = shutil.get_terminal_size().columns - 1 if self._tty else 0
+        columns = shutil.get_terminal_size().columns if self._tty else 0
+        self._columns = max(1, columns - 1)
         self._started_at = loop.time()
         self._last_at = self._started_at
         self._last_completed = 0
@@ -773,8 +774,8 @@ class _Demo:
         if waits is None:
             return await submission
 
-        # submit() yields to the event loop only to wait for room, so the
-        # callback runs only if the submission waited.
+        # AsyncTaskQueue.submit() suspends only to wait for room under
+        # max_pending, so the callback runs only if the submission waited.
         waited = False
 
         def note_wait() -> None:
@@ -797,10 +798,10 @@ class _Demo:
     async def _requeue_dead(self, queue: AsyncTaskQueue) -> None:
         """Requeue each dead letter once, each as a new task with its own record."""
         for letter in queue.dead_letters():
-            failed = letter.args[0] if letter.args else None
-            if not isinstance(failed, RequestRecord):
-                logger.warning("not requeueing task %r: not a demo request", letter)
-                continue
+            # Every task of the demo is _send(record).
+            assert letter.args is not None
+            failed = letter.args[0]
+            assert isinstance(failed, RequestRecord)
 
             try:
                 handle = await queue.requeue(letter.task_id)
@@ -854,8 +855,8 @@ def _check_counts(
     """Return mismatch lines, or "" if the queue's counts match the handles.
 
     Checks the totals of ``queue.stats()``, that ``on_dead_letter`` received
-    each failed task exactly once, and that ``dead_letters()`` holds exactly
-    the failed tasks that were not requeued.
+    each failed task exactly once, and that ``dead_letters()`` contains
+    exactly the failed tasks that were not requeued.
     """
     lines = []
     stats = queue.stats()

@@ -43,7 +43,7 @@ logger = logging.getLogger("async_queue.demo")
 # client forgets the connection.
 _HANG_SECONDS = 3600.0
 
-# The range of the delay, in seconds, that a ``retry-after`` response asks for.
+# The range of the delay, in seconds, that a ``retry-after`` response requests.
 _RETRY_AFTER_MIN = 0.01
 _RETRY_AFTER_MAX = 0.1
 
@@ -79,7 +79,7 @@ class Decision:
     latency: float
     """Seconds before the response is sent; unused for ``HANG``."""
     retry_after: float | None = None
-    """The delay in seconds that a ``RETRY_AFTER`` response asks for."""
+    """The delay in seconds that a ``RETRY_AFTER`` response requests."""
 
 
 def decide(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import math
 import re
@@ -17,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
-from async_queue.__main__ import main
+from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState
+from async_queue.__main__ import build_parser, main
 from async_queue._demo import (
     EXIT_INTERRUPTED,
     PRIORITY_CLASSES,
@@ -35,6 +36,7 @@ from async_queue._demo_server import (
     DemoClient,
     DemoServer,
     Outcome,
+    RequestRejectedError,
     ServerError,
     decide,
 )
@@ -48,19 +50,80 @@ NO_RETRY = RetryPolicy(max_retries=0)
 SUBPROCESS_TIMEOUT = 30
 
 
-def parse_summary(text: str) -> dict[str, int]:
-    """Return the integer fields of a demo summary, by name."""
-    fields = {}
-    for name in ("submitted", "succeeded", "failed", "cancelled", "lost"):
-        found = re.findall(rf"^{name}: (\d+)$", text, flags=re.MULTILINE)
-        assert len(found) == 1, f"expected one '{name}: N' line in:\n{text}"
-        fields[name] = int(found[0])
+def search_line(pattern: str, text: str) -> re.Match[str]:
+    """Return the match of the one line of ``text`` that matches ``pattern``."""
+    found = list(re.finditer(pattern, text, flags=re.MULTILINE))
+    assert len(found) == 1, f"expected one line matching {pattern!r} in:\n{text}"
+    return found[0]
 
-    retried = re.search(r"^retried: (\d+) tasks, (\d+) retries$", text, re.MULTILINE)
-    assert retried is not None, f"no 'retried:' line in:\n{text}"
+
+def parse_summary(text: str) -> dict[str, int]:
+    """Return the integer fields of a demo summary, by name.
+
+    The producer's waits for room depend on timing, so they are left out;
+    ``parse_backpressure()`` reads them.
+    """
+    fields = {}
+    for name in ("submitted", "delayed", "succeeded", "failed", "cancelled", "lost"):
+        fields[name] = int(search_line(rf"^{name}: (\d+)$", text)[1])
+
+    retried = search_line(r"^retried: (\d+) tasks, (\d+) retries$", text)
     fields["retried_tasks"] = int(retried[1])
     fields["retries"] = int(retried[2])
+    requeued = search_line(
+        r"^requeued: (\d+), succeeded (\d+), failed (\d+), cancelled (\d+)$", text
+    )
+    fields["requeued"] = int(requeued[1])
+    fields["requeued_succeeded"] = int(requeued[2])
+    fields["requeued_failed"] = int(requeued[3])
+    fields["requeued_cancelled"] = int(requeued[4])
+    dead = search_line(r"^dead letters: (\d+), left (\d+)(, top causes: .*)?$", text)
+    fields["dead_letters"] = int(dead[1])
+    fields["dead_letters_left"] = int(dead[2])
     return fields
+
+
+def parse_backpressure(text: str) -> int | None:
+    """Return how often the producer waited for room, or ``None`` if unbounded."""
+    line = search_line(r"^backpressure: .*$", text)[0]
+    if line == "backpressure: off (max_pending unbounded)":
+        return None
+
+    waits = re.fullmatch(
+        r"backpressure: the producer waited for room (\d+) times, [\d.]+ s in total",
+        line,
+    )
+    assert waits is not None, line
+    return int(waits[1])
+
+
+def parse_dead_letter_causes(text: str) -> dict[str, int]:
+    """Return the top causes that the 'dead letters:' line lists."""
+    dead = search_line(r"^dead letters: \d+, left \d+(, top causes: (.*))?$", text)
+    if dead[2] is None:
+        return {}
+
+    causes = {}
+    for item in dead[2].split(", "):
+        name, count = item.split(" ")
+        causes[name] = int(count)
+
+    return causes
+
+
+def last_progress(text: str) -> re.Match[str]:
+    """Return the fields of the last progress line of ``text``."""
+    found = list(
+        re.finditer(
+            r"^progress: (?P<done>\d+)/(?P<total>\d+) done .*, "
+            r"(?P<delayed>\d+) delayed, .*, (?P<failed>\d+) failed, "
+            r"(?P<dead>\d+) dead letters(, producer waited (?P<waits>\d+) times)?$",
+            text,
+            flags=re.MULTILINE,
+        )
+    )
+    assert found, f"no progress line in:\n{text}"
+    return found[-1]
 
 
 # percentile
@@ -241,6 +304,49 @@ async def test_summarize_latency_per_class() -> None:
     assert latencies["low"].p95 == 0.200
 
 
+async def test_summarize_counts_requeued_apart() -> None:
+    calls: list[int] = []
+    first = make_record(0)
+    again = make_record(0)
+    never_submitted = make_record(1)
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        first.handle = await queue.submit(fail_once_then_succeed, calls)
+        await queue.join()
+        again.handle = await queue.requeue(first.handle.id)
+        again.requeued_from = first.handle.id
+        never_submitted.requeued_from = first.handle.id
+
+    records = [first, again, never_submitted]
+    await record_outcomes(records)
+    for record in records:
+        record.finished_at = 1.0
+
+    summary = summarize(records, wall_time=1.0)
+    assert summary.submitted == 1
+    assert summary.failed == 1
+    assert summary.succeeded == 0
+    assert summary.requeued == 2
+    assert summary.requeued_succeeded == 1
+    assert summary.requeued_failed == 0
+    assert summary.lost == 1  # the requeued record without a handle
+    assert summary.throughput == 2.0
+    assert sum(item.count for item in summary.latencies) == 1
+
+
+async def test_summarize_delayed_latency() -> None:
+    record = RequestRecord(1, HIGH, submitted_at=1.0, delay=0.5)
+    async with AsyncTaskQueue(1) as queue:
+        record.handle = await queue.submit(succeed)
+
+    await record_outcomes([record])
+    record.finished_at = 2.0
+    summary = summarize([record], wall_time=1.0)
+    latencies = {item.priority_class.name: item for item in summary.latencies}
+    assert summary.delayed == 1
+    assert latencies["high"].p50 == 0.5
+    assert summary.lost == 0
+
+
 def test_format_summary_lines() -> None:
     summary = Summary(
         submitted=10,
@@ -252,22 +358,79 @@ def test_format_summary_lines() -> None:
         retries=4,
         wall_time=0.5,
         failure_causes=(("TimeoutError", 2),),
+        delayed=3,
+        requeued=2,
+        requeued_succeeded=1,
+        requeued_failed=1,
+        dead_letters=3,
+        dead_letters_left=1,
+        dead_letter_causes=(("TimeoutError", 3),),
+        producer_waits=5,
+        producer_wait_time=0.25,
     )
     text = format_summary(summary)
     lines = text.splitlines()
     assert text.endswith("\n")
     assert "lost: 0" in lines
     assert "failed by cause: TimeoutError 2" in lines
-    assert "throughput: 18.0 tasks/s (succeeded and failed)" in lines
+    assert "throughput: 22.0 tasks/s (succeeded and failed)" in lines
+    assert (
+        "backpressure: the producer waited for room 5 times, 0.25 s in total" in lines
+    )
+    assert "dead letters: 3, left 1, top causes: TimeoutError 3" in lines
+    assert parse_backpressure(text) == 5
     assert parse_summary(text) == {
         "submitted": 10,
+        "delayed": 3,
         "succeeded": 7,
         "failed": 2,
         "cancelled": 1,
         "lost": 0,
         "retried_tasks": 3,
         "retries": 4,
+        "requeued": 2,
+        "requeued_succeeded": 1,
+        "requeued_failed": 1,
+        "requeued_cancelled": 0,
+        "dead_letters": 3,
+        "dead_letters_left": 1,
     }
+
+
+def test_format_summary_without_backpressure() -> None:
+    summary = Summary(
+        submitted=1,
+        succeeded=1,
+        failed=0,
+        cancelled=0,
+        lost=0,
+        retried_tasks=0,
+        retries=0,
+        wall_time=0.1,
+    )
+    text = format_summary(summary)
+    assert "backpressure: off (max_pending unbounded)" in text.splitlines()
+    assert "dead letters: 0, left 0" in text.splitlines()
+    assert parse_backpressure(text) is None
+
+
+def test_format_summary_top_causes() -> None:
+    causes = (("A", 5), ("B", 4), ("C", 3), ("D", 2))
+    summary = Summary(
+        submitted=14,
+        succeeded=0,
+        failed=14,
+        cancelled=0,
+        lost=0,
+        retried_tasks=0,
+        retries=0,
+        wall_time=1.0,
+        dead_letters=14,
+        dead_letters_left=14,
+        dead_letter_causes=causes,
+    )
+    text = format_summary(summary)
+    assert parse_dead_letter_causes(text) == {"A": 5, "B": 4, "C": 3}
 
 
 # decide() and the server
@@ -303,9 +466,93 @@ def test_decide_extreme_rates(
     assert {d.outcome for d in decisions} == {outcome}
 
 
-async def start_server(failure_rate: float = 0, hang_rate: float = 0) -> DemoServer:
+@pytest.mark.parametrize(
+    ("retry_after_share", "reject_share", "outcome"),
+    [
+        (0, 0, Outcome.ERROR),
+        (1, 0, Outcome.RETRY_AFTER),
+        (0, 1, Outcome.REJECT),
+        (1, 1, Outcome.REJECT),
+    ],
+)
+def test_decide_error_shares(
+    retry_after_share: float, reject_share: float, outcome: Outcome
+) -> None:
+    decisions = [
+        decide(
+            1,
+            n,
+            1,
+            failure_rate=1,
+            hang_rate=0,
+            mean_latency=0,
+            retry_after_share=retry_after_share,
+            reject_share=reject_share,
+        )
+        for n in range(20)
+    ]
+    assert {d.outcome for d in decisions} == {outcome}
+
+
+ERROR_OUTCOMES = (Outcome.ERROR, Outcome.RETRY_AFTER, Outcome.REJECT)
+
+
+@given(
+    seed=st.integers(0, 1000),
+    request_id=st.integers(1, 10**6),
+    attempt=st.integers(1, 10),
+    failure_rate=st.sampled_from([0.0, 0.3, 1.0]) | st.floats(0, 1),
+    hang_fraction=st.sampled_from([0.0, 1.0]) | st.floats(0, 1),
+    retry_after_share=st.sampled_from([0.0, 1.0]) | st.floats(0, 1),
+    reject_share=st.sampled_from([0.0, 1.0]) | st.floats(0, 1),
+)
+def test_decide_respects_rates(
+    seed: int,
+    request_id: int,
+    attempt: int,
+    failure_rate: float,
+    hang_fraction: float,
+    retry_after_share: float,
+    reject_share: float,
+) -> None:
+    kwargs = {
+        "failure_rate": failure_rate,
+        "hang_rate": hang_fraction * (1 - failure_rate),
+        "mean_latency": 0.001,
+        "retry_after_share": retry_after_share,
+        "reject_share": reject_share,
+    }
+    decision = decide(seed, request_id, attempt, **kwargs)
+    assert decision == decide(seed, request_id, attempt, **kwargs)
+    if failure_rate == 0:
+        assert decision.outcome not in ERROR_OUTCOMES
+    if kwargs["hang_rate"] == 0:
+        assert decision.outcome is not Outcome.HANG
+    if reject_share == 0:
+        assert decision.outcome is not Outcome.REJECT
+    if retry_after_share == 0 or reject_share == 1:
+        assert decision.outcome is not Outcome.RETRY_AFTER
+    if decision.outcome is Outcome.RETRY_AFTER:
+        assert decision.retry_after is not None
+        assert 0.01 <= decision.retry_after <= 0.1
+    else:
+        assert decision.retry_after is None
+
+
+async def start_server(
+    failure_rate: float = 0,
+    hang_rate: float = 0,
+    *,
+    retry_after_share: float = 0,
+    reject_share: float = 0,
+) -> DemoServer:
     server = DemoServer(
-        seed=1, failure_rate=failure_rate, hang_rate=hang_rate, mean_latency=0
+        seed=1,
+        failure_rate=failure_rate,
+        hang_rate=hang_rate,
+        mean_latency=0,
+        retry_after_share=retry_after_share,
+        reject_share=reject_share,
     )
     await server.start()
     return server
@@ -338,6 +585,60 @@ async def test_server_error_raises() -> None:
         await server.close()
 
     assert server.errors == 1
+
+
+async def test_server_retry_after_raises() -> None:
+    server = await start_server(failure_rate=1, retry_after_share=1)
+    client = DemoClient(server.port, max_idle=1)
+    try:
+        with pytest.raises(RetryAfter, match="retry-after=") as raised:
+            await client.request(3, 1)
+    finally:
+        client.close()
+        await server.close()
+
+    assert 0.01 <= raised.value.delay <= 0.1
+    assert server.errors == 1
+    assert server.retry_afters == 1
+    assert server.rejections == 0
+
+
+async def test_server_rejection_raises() -> None:
+    server = await start_server(failure_rate=1, reject_share=1)
+    client = DemoClient(server.port, max_idle=1)
+    try:
+        with pytest.raises(RequestRejectedError, match="request 3 attempt 1") as raised:
+            await client.request(3, 1)
+    finally:
+        client.close()
+        await server.close()
+
+    assert not isinstance(raised.value, ServerError)
+    assert server.errors == 1
+    assert server.rejections == 1
+    assert server.retry_afters == 0
+
+
+@pytest.mark.parametrize("hint", [b"soon", b"-1", b"nan", b""])
+async def test_client_invalid_retry_after(hint: bytes) -> None:
+    async def respond(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await reader.readline()
+        writer.write(b"ERR retry-after=" + hint + b"\n")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(respond, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = DemoClient(port, max_idle=1)
+    try:
+        with pytest.raises(ServerError, match="retry-after="):
+            await client.request(1, 1)
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
 
 
 async def test_server_hang_times_out() -> None:
@@ -391,26 +692,139 @@ async def test_run_demo_in_process() -> None:
     status = await run_demo(config, out=out, err=err, handle_signals=False)
 
     fields = parse_summary(out.getvalue())
+    progress = last_progress(err.getvalue())
     assert status == 0
     assert fields["lost"] == 0
     assert fields["submitted"] == 200
     assert fields["succeeded"] + fields["failed"] + fields["cancelled"] == 200
     assert fields["retries"] > 0
-    assert "progress: 200/200 done" in err.getvalue()
+    assert int(progress["done"]) == 200 + fields["requeued"]
+    assert int(progress["total"]) == 200 + fields["requeued"]
+    assert int(progress["delayed"]) == 0
+    assert int(progress["failed"]) == fields["failed"] + fields["requeued_failed"]
+    assert int(progress["dead"]) == fields["dead_letters_left"]
+    assert int(progress["waits"]) == parse_backpressure(out.getvalue())
+
+
+async def run_in_process(config: DemoConfig) -> tuple[int, str]:
+    """Run the demo without progress lines; return the status and the summary."""
+    out = io.StringIO()
+    config = dataclasses.replace(config, progress_interval=0)
+    status = await run_demo(config, out=out, err=io.StringIO(), handle_signals=False)
+    return status, out.getvalue()
+
+
+FLAKY = DemoConfig(
+    count=150,
+    workers=8,
+    failure_rate=0.5,
+    hang_rate=0,
+    retries=1,
+    latency=0,
+    backoff=0,
+    max_pending=20,
+    delayed_rate=0.2,
+    max_delay=0.01,
+)
 
 
 async def test_run_demo_same_seed_same_counts() -> None:
-    config = DemoConfig(
-        count=150, workers=8, failure_rate=0.4, hang_rate=0, latency=0, backoff=0
-    )
     results = []
     for _ in range(2):
-        out = io.StringIO()
-        await run_demo(config, out=out, err=io.StringIO(), handle_signals=False)
-        results.append(parse_summary(out.getvalue()))
+        status, text = await run_in_process(FLAKY)
+        assert status == 0
+        results.append((parse_summary(text), parse_dead_letter_causes(text)))
 
     assert results[0] == results[1]
-    assert results[0]["failed"] > 0
+    assert results[0][0]["failed"] > 0
+    assert results[0][0]["delayed"] > 0
+
+
+async def test_run_demo_dead_letters_requeued() -> None:
+    status, text = await run_in_process(FLAKY)
+    fields = parse_summary(text)
+    causes = parse_dead_letter_causes(text)
+    finished = fields["requeued_succeeded"] + fields["requeued_failed"]
+    assert status == 0
+    assert fields["lost"] == 0
+    assert fields["failed"] > 0
+    assert fields["requeued"] == fields["failed"]
+    assert finished + fields["requeued_cancelled"] == fields["requeued"]
+    assert fields["requeued_succeeded"] > 0
+    assert fields["requeued_cancelled"] == 0
+    assert fields["dead_letters"] == fields["failed"] + fields["requeued_failed"]
+    assert fields["dead_letters_left"] == fields["requeued_failed"]
+    assert set(causes) <= {"ServerError", "RetryAfter", "RequestRejectedError"}
+    assert sum(causes.values()) <= fields["dead_letters"]
+    assert "mismatch" not in text
+
+
+async def test_run_demo_dead_letters_kept() -> None:
+    config = dataclasses.replace(FLAKY, requeue_dead=False)
+    status, text = await run_in_process(config)
+    fields = parse_summary(text)
+    assert status == 0
+    assert fields["lost"] == 0
+    assert fields["failed"] > 0
+    assert fields["requeued"] == 0
+    assert fields["dead_letters"] == fields["failed"]
+    assert fields["dead_letters_left"] == fields["failed"]
+    assert "requeue dead letters off" in text
+
+
+async def test_run_demo_retry_after_exhausted() -> None:
+    config = dataclasses.replace(
+        FLAKY, count=20, failure_rate=1, retry_after_share=1, reject_share=0
+    )
+    status, text = await run_in_process(config)
+    fields = parse_summary(text)
+    assert status == 0
+    assert fields["failed"] == 20
+    assert fields["retries"] == 40  # one per task, then one per requeued task
+    assert fields["requeued_failed"] == 20
+    assert parse_dead_letter_causes(text) == {"RetryAfter": 40}
+    assert "failed by cause: RetryAfter 20" in text.splitlines()
+
+
+async def test_run_demo_rejections_not_retried() -> None:
+    config = dataclasses.replace(
+        FLAKY, count=20, failure_rate=1, reject_share=1, requeue_dead=False
+    )
+    status, text = await run_in_process(config)
+    fields = parse_summary(text)
+    assert status == 0
+    assert fields["failed"] == 20
+    assert fields["retries"] == 0
+    assert parse_dead_letter_causes(text) == {"RequestRejectedError": 20}
+
+
+async def test_run_demo_backpressure_waits() -> None:
+    config = dataclasses.replace(FLAKY, failure_rate=0, max_pending=2)
+    status, text = await run_in_process(config)
+    waits = parse_backpressure(text)
+    assert status == 0
+    assert parse_summary(text)["succeeded"] == 150
+    assert waits is not None
+    assert waits > 0
+
+
+async def test_run_demo_unbounded() -> None:
+    config = dataclasses.replace(FLAKY, max_pending=0)
+    status, text = await run_in_process(config)
+    assert status == 0
+    assert parse_backpressure(text) is None
+    assert parse_summary(text)["lost"] == 0
+    assert "max pending unbounded" in text
+
+
+@pytest.mark.parametrize(("delayed_rate", "delayed"), [(0, 0), (1, 150)])
+async def test_run_demo_delayed_rate(delayed_rate: float, delayed: int) -> None:
+    config = dataclasses.replace(FLAKY, failure_rate=0, delayed_rate=delayed_rate)
+    status, text = await run_in_process(config)
+    fields = parse_summary(text)
+    assert status == 0
+    assert fields["delayed"] == delayed
+    assert fields["succeeded"] == 150
 
 
 # The command line
@@ -435,6 +849,11 @@ def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) ->
         (["--timeout", "0"], "--timeout: invalid value '0': expected a number > 0"),
         (["--latency", "nan"], "--latency: invalid value 'nan'"),
         (["--failure-rate", "0.6", "--hang-rate", "0.6"], "must be at most 1"),
+        (["--max-pending", "-1"], "--max-pending: invalid value '-1'"),
+        (["--delayed-rate", "2"], "--delayed-rate: invalid value '2'"),
+        (["--max-delay", "-0.1"], "--max-delay: invalid value '-0.1'"),
+        (["--retry-after-share", "x"], "--retry-after-share: invalid value 'x'"),
+        (["--reject-share", "1.5"], "--reject-share: invalid value '1.5'"),
     ],
 )
 def test_main_rejects_bad_option(
@@ -447,6 +866,25 @@ def test_main_rejects_bad_option(
     assert exited.value.code == 2
     assert "python -m async_queue demo: error:" in error
     assert message in error
+
+
+@pytest.mark.parametrize(
+    ("arguments", "requeue_dead"),
+    [([], True), (["--requeue-dead"], True), (["--no-requeue-dead"], False)],
+)
+def test_main_requeue_dead_option(arguments: list[str], requeue_dead: bool) -> None:
+    args = build_parser().parse_args(["demo", *arguments])
+    assert args.requeue_dead is requeue_dead
+
+
+def test_main_defaults_match_config() -> None:
+    args = build_parser().parse_args(["demo"])
+    defaults = DemoConfig()
+    assert args.max_pending == defaults.max_pending
+    assert args.delayed_rate == defaults.delayed_rate
+    assert args.max_delay == defaults.max_delay
+    assert args.retry_after_share == defaults.retry_after_share
+    assert args.reject_share == defaults.reject_share
 
 
 # Whole runs in a subprocess
@@ -484,6 +922,33 @@ def test_demo_subprocess_run() -> None:
     assert fields["retried_tasks"] > 0
     assert re.search(r"^progress: \d+/300 done", completed.stderr, re.MULTILINE)
     assert "progress:" not in completed.stdout
+
+
+def test_demo_subprocess_requeue_dead() -> None:
+    arguments = ["--count", "300", "--failure-rate", "0.5", "--hang-rate", "0"]
+    arguments += ["--retries", "1", "--backoff", "0", "--requeue-dead"]
+    arguments += ["--max-pending", "30", "--delayed-rate", "0.1"]
+    arguments += ["--progress-interval", "0.05"]
+    completed = subprocess.run(
+        demo_command(*arguments),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+
+    fields = parse_summary(completed.stdout)
+    requeued = fields["requeued"]
+    assert completed.returncode == 0, completed.stderr
+    assert fields["lost"] == 0
+    assert fields["delayed"] > 0
+    assert fields["failed"] > 0
+    assert requeued == fields["failed"]
+    assert fields["requeued_succeeded"] > 0
+    assert fields["dead_letters_left"] == fields["requeued_failed"]
+    assert f"requeue: submitting {requeued} dead letters again" in completed.stderr
+    assert int(last_progress(completed.stderr)["total"]) == 300 + requeued
 
 
 class DemoProcess:
@@ -627,3 +1092,48 @@ def test_demo_second_sigint_cancels_running(
     assert "never started 46" in stdout
     assert "cancelled by a second interrupt 4" in stdout
     assert "interrupted again: cancelled 4 running tasks" in stderr
+
+
+def test_demo_sigint_during_requeue(demo_processes: list[DemoProcess]) -> None:
+    # Every attempt is rejected after about 0.1 s and two workers send them, so
+    # the requeued tasks are still queued when SIGINT arrives.
+    demo = DemoProcess(
+        "--count",
+        "20",
+        "--workers",
+        "2",
+        "--latency",
+        "0.1",
+        "--failure-rate",
+        "1",
+        "--hang-rate",
+        "0",
+        "--reject-share",
+        "1",
+        "--progress-interval",
+        "0.05",
+    )
+    demo_processes.append(demo)
+    demo.wait_for_line("requeue: submitting 20 dead letters again")
+    demo.interrupt()
+    stdout, stderr = demo.finish()
+
+    fields = parse_summary(stdout)
+    requeued_finished = (
+        fields["requeued_succeeded"]
+        + fields["requeued_failed"]
+        + fields["requeued_cancelled"]
+    )
+    assert demo.process.returncode == EXIT_INTERRUPTED, stderr
+    assert fields["lost"] == 0
+    assert fields["failed"] == 20
+    assert fields["requeued"] <= 20
+    assert requeued_finished == fields["requeued"]
+    assert fields["requeued_succeeded"] == 0
+    assert fields["dead_letters"] == 20 + fields["requeued_failed"]
+    assert (
+        fields["dead_letters_left"]
+        == 20 - fields["requeued"] + fields["requeued_failed"]
+    )
+    assert "stop report (finish_running)" in stdout
+    assert "mismatch" not in stdout
