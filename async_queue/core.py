@@ -117,14 +117,19 @@ class _Summary:
 
 
 class _Join:
-    __slots__ = ("future", "last_seq", "remaining")
+    __slots__ = ("exclude_seq", "future", "last_seq", "remaining")
 
     def __init__(
-        self, remaining: int, last_seq: int, future: asyncio.Future[None]
+        self,
+        remaining: int,
+        last_seq: int,
+        future: asyncio.Future[None],
+        exclude_seq: int,
     ) -> None:
         self.remaining = remaining
         self.last_seq = last_seq
         self.future = future
+        self.exclude_seq = exclude_seq  # the calling task's own, or 0
 
 
 @final
@@ -255,8 +260,10 @@ class AsyncTaskQueue:
         self._accept_retries = True
         self._escalate = False  # a later stop("cancel") cuts a graceful stop short
         self._stop_mode: ShutdownMode | None = None
+        self._stop_caller: TaskHandle[Any] | None = None  # a task calling stop()
         self._workers_exit = False
         self._stuck: list[_Worker] = []  # workers running an abandoned task
+        self._abandoned_running = 0  # abandoned attempts still in `_running`
 
         self._running = 0
         self._waiting = 0
@@ -409,6 +416,7 @@ class AsyncTaskQueue:
 
             self._wake_workers()
             self._stop_mode = mode
+            self._stop_caller = self._calling_task()
             self._stop_task = self._loop.create_task(
                 self._shut_down(mode, timeout, grace_seconds, dropped),
                 name="async_queue-stop",
@@ -564,6 +572,9 @@ class AsyncTaskQueue:
             existing = self._dedup.get(dedup_key)
             if existing is not None:
                 self._deduplicated += 1
+                if call_args is None:
+                    fn.close()  # type: ignore[union-attr]  # a coroutine never to run
+
                 return existing
 
         seq = self._seq + 1
@@ -580,9 +591,6 @@ class AsyncTaskQueue:
             self, key, seq, fn, call_args, priority, timeout, retry
         )
         self._active[key] = handle
-        if self._hooks["on_submitted"]:
-            self._emit("on_submitted", handle)
-
         if dedup_key is not None:
             handle._dedup_key = dedup_key
             self._dedup[dedup_key] = handle
@@ -591,12 +599,15 @@ class AsyncTaskQueue:
             handle._state = DELAYED
             self._delayed += 1
             self._park_until(handle, start_at)
-            return handle
+        else:
+            handle._queued_at = self._loop.time()
+            self._ready.push(handle)
+            if self._idle:
+                self._wake_worker()
 
-        handle._queued_at = self._loop.time()
-        self._ready.push(handle)
-        if self._idle:
-            self._wake_worker()
+        # Last, once the task is fully queued: a hook may cancel it.
+        if self._hooks["on_submitted"]:
+            self._emit("on_submitted", handle)
 
         return handle
 
@@ -731,13 +742,18 @@ class AsyncTaskQueue:
     async def join(self) -> None:
         """Wait until every task submitted so far is final.
 
-        Tasks submitted after the call do not delay it. Cancelling the caller
+        Tasks submitted after the call do not delay it, and neither does the
+        calling task when a task of this queue calls it. Cancelling the caller
         does not affect the tasks.
         """
-        if not self._active:
+        caller = self._calling_task()
+        remaining = len(self._active) - (caller is not None)
+        if remaining <= 0:
             return
 
-        join = _Join(len(self._active), self._seq, self._loop.create_future())
+        exclude = caller._seq if caller is not None else 0
+        future = self._loop.create_future()
+        join = _Join(remaining, self._seq, future, exclude)
         self._joins.append(join)
         try:
             await join.future
@@ -828,7 +844,7 @@ class AsyncTaskQueue:
             pending=len(self._ready),
             waiting_retry=self._waiting,
             delayed=self._delayed,
-            running=self._running,
+            running=self._running - self._abandoned_running,
             succeeded=self._succeeded,
             failed=self._failed,
             cancelled=self._cancelled,
@@ -912,7 +928,7 @@ class AsyncTaskQueue:
                 worker.current = worker.deadline = None
                 self._running -= 1
                 self._run_time.add(clock() - started_at)
-                if self._on_attempt_error(worker, handle, exc):
+                if self._settle_error(worker, handle, exc):
                     raise
             else:
                 worker.current = worker.deadline = None
@@ -925,7 +941,7 @@ class AsyncTaskQueue:
                     self._finish(handle)
                     if succeeded_hooks:
                         self._emit("on_succeeded", handle)
-                elif self._on_attempt_error(worker, handle, None):
+                elif self._settle_error(worker, handle, None):
                     raise asyncio.CancelledError from None
 
     async def _wait_for_work(self, worker: _Worker) -> None:
@@ -981,6 +997,46 @@ class AsyncTaskQueue:
                 waiter.set_result(None)
                 return
 
+    def _settle_error(
+        self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
+    ) -> bool:
+        """Settle a failed or interrupted attempt without letting the worker die.
+
+        Returns whether the worker must re-raise and exit. An exception from
+        the settling itself, such as a ``retry_on`` predicate that raises,
+        fails the task with that exception instead.
+        """
+        try:
+            return self._on_attempt_error(worker, handle, exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._fail_unsettled(handle, error)
+            return False
+
+    def _fail_unsettled(self, handle: TaskHandle[Any], error: Exception) -> None:
+        with contextlib.suppress(Exception):
+            logger.error(
+                "settling an attempt of task %r failed; the task fails with this error",
+                handle._id,
+                exc_info=error,
+            )
+
+        if handle._state in (SUCCEEDED, FAILED, CANCELLED):
+            return  # it was settled before the error; the hooks or log failed
+
+        parked_in = handle._state
+        handle._exception = error
+        handle._traceback = error.__traceback__
+        handle._state = FAILED
+        if parked_in is WAITING_RETRY:
+            self._waiting -= 1
+        elif parked_in is PENDING:
+            self._ready.mark_stale(handle)  # requeued before the error
+
+        self._failed += 1
+        self._finish(handle)
+
     def _on_attempt_error(
         self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
     ) -> bool:
@@ -1027,13 +1083,18 @@ class AsyncTaskQueue:
             worker.cancels -= 1
 
         handle._cancel_reason = None
+        if worker in self._stuck:
+            # The abandoned coroutine has ended at last.
+            self._stuck.remove(worker)
+            self._abandoned_running -= 1
+
         if handle._state is RUNNING:
             if reason is CancelReason.TIMEOUT:
                 error = TimeoutError(
                     f"task {handle._id!r} timed out after {handle._timeout} s "
                     f"on attempt {handle._attempts}"
                 )
-                error.__cause__ = exc
+                error.__cause__ = _strip_worker_frames(exc)
                 self._emit("on_timed_out", handle, exception=error)
                 self._retry_or_fail(handle, error)
             else:
@@ -1092,12 +1153,12 @@ class AsyncTaskQueue:
         msg: str | None,
     ) -> None:
         """Deliver ``CancelledError`` into the running task of ``worker``."""
-        if handle._cancel_reason is not None:
-            # Already interrupted: an explicit cancel overrides a timeout.
-            if reason is CancelReason.CANCEL:
-                handle._cancel_reason = reason
+        if handle._cancel_reason is not None and reason is not CancelReason.CANCEL:
+            return  # a timeout adds nothing to an interruption in progress
 
-            return
+        # An explicit cancel overrides a timeout, and a repeated one is
+        # delivered again to cut short a cleanup that still runs, as
+        # Task.cancel() does.
 
         handle._cancel_reason = reason
         task = worker.task
@@ -1145,7 +1206,7 @@ class AsyncTaskQueue:
             self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
-        handle._exception = exc
+        handle._exception = _strip_worker_frames(exc)
         handle._traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
@@ -1304,7 +1365,7 @@ class AsyncTaskQueue:
 
     def _count_join(self, seq: int) -> None:
         for join in self._joins:
-            if seq <= join.last_seq:
+            if seq <= join.last_seq and seq != join.exclude_seq:
                 join.remaining -= 1
                 if join.remaining == 0 and not join.future.done():
                     join.future.set_result(None)
@@ -1321,11 +1382,22 @@ class AsyncTaskQueue:
         deadline = None if timeout is None else self._loop.time() + timeout
         escalated = False
 
+        # A task of this queue that called stop() waits for the stop, so the
+        # stop must not wait for it.
+        caller = self._stop_caller
+
+        def drained() -> bool:
+            return len(self._active) <= (caller is not None and not caller.done())
+
+        def finished_running() -> bool:
+            running = self._running - self._abandoned_running
+            return running <= (caller is not None and caller._state is RUNNING)
+
         if mode is ShutdownMode.DRAIN:
-            escalated = not await self._wait_until(lambda: not self._active, deadline)
+            escalated = not await self._wait_until(drained, deadline)
 
         if mode is ShutdownMode.FINISH_RUNNING:
-            escalated = not await self._wait_until(lambda: self._running == 0, deadline)
+            escalated = not await self._wait_until(finished_running, deadline)
 
         interrupted: list[TaskHandle[Any]] = []
         abandoned: list[TaskHandle[Any]] = []
@@ -1334,7 +1406,11 @@ class AsyncTaskQueue:
             dropped += self._cancel_queued()
             interrupted = self._cancel_running()
             grace_deadline = self._loop.time() + grace
-            await self._wait_until(lambda: self._running == 0, grace_deadline)
+            await self._wait_until(
+                lambda: self._running <= self._abandoned_running,
+                grace_deadline,
+                escalate=False,
+            )
             abandoned = self._abandon_running()
 
         await self._stop_workers()
@@ -1351,7 +1427,11 @@ class AsyncTaskQueue:
         )
 
     async def _wait_until(
-        self, condition: Callable[[], bool], deadline: float | None
+        self,
+        condition: Callable[[], bool],
+        deadline: float | None,
+        *,
+        escalate: bool = True,
     ) -> bool:
         """Wait until ``condition()`` holds, re-checked as each task finishes.
 
@@ -1359,7 +1439,7 @@ class AsyncTaskQueue:
         ``CANCEL`` is requested while the condition does not hold.
         """
         while not condition():
-            if self._escalate:
+            if escalate and self._escalate:
                 return False
 
             watcher = self._loop.create_future()
@@ -1418,6 +1498,7 @@ class AsyncTaskQueue:
                     "past the grace period",
                 )
                 self._stuck.append(worker)
+                self._abandoned_running += 1
                 self._set_cancelled(handle)
                 abandoned.append(handle)
 
@@ -1443,9 +1524,12 @@ class AsyncTaskQueue:
             if worker.waiter is not None and not worker.waiter.done():
                 worker.waiter.set_result(None)
 
-        tasks = [
-            w.task for w in self._workers if w.task is not None and w not in self._stuck
-        ]
+        caller = self._stop_caller
+        skip = [*self._stuck]
+        if caller is not None and not caller.done():
+            skip.append(caller._worker)  # it awaits this very stop
+
+        tasks = [w.task for w in self._workers if w.task is not None and w not in skip]
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # Helpers
@@ -1453,6 +1537,15 @@ class AsyncTaskQueue:
     def _evict_expired(self) -> None:
         if self._results._max_age is not None:
             self._results.evict_expired(self._now())
+
+    def _calling_task(self) -> TaskHandle[Any] | None:
+        """Return the task of this queue that the current coroutine runs."""
+        current = asyncio.current_task()
+        for worker in self._workers:
+            if worker.task is current:
+                return worker.current
+
+        return None
 
     def _now(self) -> float:
         if self._lifecycle is _Lifecycle.NEW:
@@ -1518,6 +1611,23 @@ class AsyncTaskQueue:
         )
 
 
+def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
+    """Drop the worker's own frames from the front of ``exc``'s traceback.
+
+    Those frames hold the queue, so a caller keeping a failed handle would
+    otherwise keep the whole stopped queue alive.
+    """
+    if exc is None:
+        return None
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is _WORKER_CODE:
+        tb = tb.tb_next
+
+    exc.__traceback__ = tb
+    return exc
+
+
 def _settle_from_handle(
     future: concurrent.futures.Future[Any], handle: TaskHandle[Any]
 ) -> None:
@@ -1549,8 +1659,12 @@ def _check_hooks(hooks: object) -> Sequence[object]:
 
 
 def _is_fatal(exc: BaseException | None) -> bool:
-    """Return whether ``exc`` must end the worker, like ``KeyboardInterrupt``."""
-    return not isinstance(exc, (Exception, asyncio.CancelledError, type(None)))
+    """Return whether ``exc`` must end the worker and the event loop.
+
+    As in ``asyncio.Task``, only ``KeyboardInterrupt`` and ``SystemExit`` do;
+    any other ``BaseException`` fails its task like an ordinary exception.
+    """
+    return isinstance(exc, (KeyboardInterrupt, SystemExit))
 
 
 def _check_mode(mode: object) -> ShutdownMode:
@@ -1584,3 +1698,6 @@ def _check_coroutine_object(
             "runs only once; submit the coroutine function and its arguments, "
             "or pass retry=RetryPolicy(max_retries=0)"
         )
+
+
+_WORKER_CODE = AsyncTaskQueue._run_worker.__code__

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -175,11 +176,14 @@ def call_hooks(
         try:
             callback(event)
         except Exception:
-            logger.exception(
-                "hook %r failed on task %r; the task is not affected",
-                callback,
-                event.task_id,
-            )
+            # The logging itself can fail, for an exception that cannot be
+            # formatted; the task must not suffer for it either.
+            with contextlib.suppress(Exception):
+                logger.exception(
+                    "hook %r failed on task %r; the task is not affected",
+                    callback,
+                    event.task_id,
+                )
 
 
 def make_event(handle: Any, time: float, **extra: Any) -> TaskEvent:

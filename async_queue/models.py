@@ -290,6 +290,13 @@ class TaskHandle(Generic[T]):
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._state not in _FINAL:
+            worker = self._worker
+            if worker is not None and worker.task is asyncio.current_task():
+                raise RuntimeError(
+                    f"task {self._id!r} cannot await its own handle: it would "
+                    "wait for itself forever"
+                )
+
             queue = self._queue
             assert queue is not None
             waiter: asyncio.Future[None] = queue._loop.create_future()
@@ -311,7 +318,7 @@ class TaskHandle(Generic[T]):
     def __repr__(self) -> str:
         return (
             f"<TaskHandle id={self._id!r} {self.name} state={self._state.value} "
-            f"priority={self._priority} attempts={self._attempts}>"
+            f"priority={_format_int(self._priority)} attempts={self._attempts}>"
         )
 
     def _cancelled_error(self) -> TaskCancelledError:
@@ -320,6 +327,14 @@ class TaskHandle(Generic[T]):
             message += f": {self._cancel_message}"
 
         return TaskCancelledError(message)
+
+
+def _format_int(value: int) -> str:
+    # str() raises ValueError past sys.get_int_max_str_digits() digits.
+    try:
+        return str(value)
+    except ValueError:
+        return f"<{value.bit_length()}-bit int>"
 
 
 def _discard(

@@ -198,6 +198,14 @@ class RetryPolicy:
         ``previous`` is the delay before the preceding retry; only decorrelated
         jitter reads it, and treats ``None`` as ``base_delay``.
         """
+        delay = self._jittered(retry, previous)
+        if math.isnan(delay):
+            # Only a broken random source gets here; fall back to no jitter.
+            return self.backoff(retry)
+
+        return min(max(delay, 0.0), self.max_delay)
+
+    def _jittered(self, retry: int, previous: float | None) -> float:
         jitter = self.jitter
         if jitter is Jitter.DECORRELATED:
             low = self.base_delay
