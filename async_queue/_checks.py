@@ -62,8 +62,8 @@ def check_coroutine_function(fn: object) -> None:
     if callable(fn):
         raise TypeError(
             f"expected a coroutine function, got the plain function {_name(fn)}; "
-            "define it with 'async def', or submit "
-            "bind(asyncio.to_thread, fn, ...) to run it in a thread"
+            "define it with 'async def', or submit threaded(fn, ...) "
+            "to run it in a thread"
         )
 
     raise TypeError(

@@ -1052,6 +1052,12 @@ class AsyncTaskQueue:
         self._failed += 1
         self._finish(handle)
 
+        # Like any failed task: a hook and a dead letter, unless those are
+        # what failed.
+        with contextlib.suppress(Exception):
+            self._emit("on_failed", handle, exception=error)
+            self._add_dead_letter(handle, error)
+
     def _on_attempt_error(
         self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
     ) -> bool:

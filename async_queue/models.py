@@ -404,8 +404,9 @@ def threaded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> BoundC
     """Bind a plain function to run in a thread, as a task.
 
     The task calls ``asyncio.to_thread(fn, *args, **kwargs)``, which runs
-    ``fn`` in the event loop's default thread pool; that pool, not the
-    queue's ``max_workers``, caps how many such functions run at once.
+    ``fn`` in the event loop's default thread pool. The task holds a worker
+    while it waits, so both the pool's size and ``max_workers`` cap how many
+    such functions run at once.
 
     A thread cannot be cancelled. When such a task times out or is cancelled,
     the queue stops waiting for it at once (the task fails with
