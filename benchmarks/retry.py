@@ -1,0 +1,122 @@
+"""Retry path: every task fails on its first attempt and succeeds on its second."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from time import perf_counter
+from typing import Any
+
+from async_queue import RetryPolicy
+
+from .contenders import POOL, Contender, HandPool, QueuePool
+from .harness import (
+    WARMUP_MAX_SIZE,
+    Record,
+    describe_ratios,
+    format_table,
+    interleave,
+    paired_ratios,
+    print_heading,
+    run_on_loop,
+)
+
+SCENARIO = "retry"
+
+# Zero backoff, so that the figures measure the retry path and not the wait.
+ZERO_BACKOFF = RetryPolicy(max_retries=3, base_delay=0, jitter="none")
+
+CONTENDERS = (
+    Contender(
+        POOL, "hand-written pool, re-push on failure", partial(HandPool, max_retries=3)
+    ),
+    Contender(
+        "aq",
+        "async_queue RetryPolicy(base_delay=0)",
+        partial(QueuePool, retry=ZERO_BACKOFF),
+    ),
+)
+
+
+class TransientError(Exception):
+    """The failure of a task's first attempt."""
+
+
+async def time_retries(contender: Contender, n: int) -> float:
+    """Time a pool running ``n`` tasks that each fail once, then succeed."""
+    failed: set[int] = set()
+
+    # A plain coroutine function, as callers submit. The queue checks a
+    # callable object on a slower path.
+    async def fail_once(key: int) -> None:
+        if key not in failed:
+            failed.add(key)
+            raise TransientError(key)
+
+    pool = contender.factory()
+    handles: list[Any] = [None] * n
+    start = perf_counter()
+    await pool.open()
+    submit = pool.submit
+    for index in range(n):
+        handles[index] = submit(fail_once, index)
+
+    await pool.wait_all(handles)
+    await pool.close()
+    elapsed = perf_counter() - start
+    assert len(failed) == n, "every task failed exactly once"
+    return elapsed
+
+
+def measure(loop: str, n: int, key: str) -> float:
+    contender = {c.key: c for c in CONTENDERS}[key]
+    return run_on_loop(loop, time_retries(contender, n))
+
+
+def run(loop: str, sizes: Sequence[int], repeat: int) -> list[Record]:
+    keys = [c.key for c in CONTENDERS]
+    records = []
+    for size in sizes:
+        interleave(keys, 1, partial(measure, loop, min(size, WARMUP_MAX_SIZE)))
+        samples = interleave(keys, repeat, partial(measure, loop, size))
+        for contender in CONTENDERS:
+            records.append(
+                Record(
+                    SCENARIO,
+                    loop,
+                    size,
+                    contender.key,
+                    "seconds",
+                    samples[contender.key],
+                    {"label": contender.label},
+                )
+            )
+
+    return records
+
+
+def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None:
+    print_heading("5. Retry path: each task fails once, then succeeds (zero backoff)")
+    print(
+        "tasks/s counts tasks, not attempts (two attempts per task). The\n"
+        "async_queue logger is set to ERROR, so the WARNING logged per retry is\n"
+        "never formatted. vs pool: paired by repeat, median (min-max)."
+    )
+    for loop in loops:
+        for size in sorted({r.size for r in records if r.loop == loop}):
+            rows = [r for r in records if r.loop == loop and r.size == size]
+            pool = next(r for r in rows if r.contender == POOL)
+            table = [
+                [
+                    r.extra["label"],
+                    f"{r.size / r.median:,.0f}",
+                    f"{r.median / r.size * 1e6:.2f}",
+                    f"{r.spread:.1%}",
+                    describe_ratios(paired_ratios(pool.samples, r.samples)),
+                ]
+                for r in rows
+            ]
+            print()
+            print(f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)")
+            headers = ["contender", "tasks/s", "us/task", "spread", "vs pool"]
+            print(format_table(headers, table))

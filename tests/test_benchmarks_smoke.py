@@ -1,0 +1,273 @@
+"""The benchmark suite: its smoke run, its CLI checks and its baseline pools.
+
+These tests check that the suite runs and that its baselines compute the right
+results. They never assert a speed: the figures belong in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from benchmarks import cli, retry
+from benchmarks.contenders import POOLS, THROUGHPUT_POOLS, WORKERS, Contender
+from benchmarks.harness import format_table, interleave, paired_ratios
+
+ROOT = Path(__file__).resolve().parent.parent
+
+HEADINGS = (
+    "1. No-op throughput",
+    "2. Memory per pending task",
+    "3. Scaling",
+    "4. Priority latency",
+    "5. Retry path",
+    "Targets (measured, not enforced)",
+)
+
+SCENARIO_NAMES = ("throughput", "memory", "scaling", "priority", "retry")
+
+# The smoke run takes a few seconds. This limit only stops a run that hangs.
+SMOKE_TIMEOUT = 120
+
+
+def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SMOKE_TIMEOUT,
+        check=False,
+    )
+
+
+# The finished smoke run and the JSON document it wrote.
+SmokeRun = tuple[subprocess.CompletedProcess[str], dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """Run ``python -m benchmarks --smoke --json FILE`` once for the module."""
+    path = tmp_path_factory.mktemp("bench") / "smoke.json"
+    completed = run_benchmarks("--smoke", "--json", str(path))
+    document = json.loads(path.read_text()) if path.exists() else {}
+    return completed, document
+
+
+# The smoke run
+
+
+def test_smoke_exit_code(smoke: SmokeRun) -> None:
+    completed, _ = smoke
+    assert completed.returncode == 0, completed.stderr
+
+
+def test_smoke_stderr_clean(smoke: SmokeRun) -> None:
+    completed, _ = smoke
+    assert "Traceback" not in completed.stderr
+    assert "Warning" not in completed.stderr
+
+
+@pytest.mark.parametrize("heading", HEADINGS)
+def test_smoke_prints_scenario(smoke: SmokeRun, heading: str) -> None:
+    completed, _ = smoke
+    assert heading in completed.stdout
+
+
+def test_smoke_prints_contenders(
+    smoke: SmokeRun,
+) -> None:
+    completed, _ = smoke
+    for contender in THROUGHPUT_POOLS:
+        if contender.available():
+            assert contender.label in completed.stdout
+        else:
+            assert f"{contender.label}: skipped" in completed.stdout
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_smoke_json_scenario(smoke: SmokeRun, scenario: str) -> None:
+    _, document = smoke
+    records = [r for r in document["records"] if r["scenario"] == scenario]
+    sizes = {r["size"] for r in records}
+    assert records
+    assert sizes <= set(cli.SMOKE_SIZES)
+    for record in records:
+        assert record["samples"], record
+        assert all(sample >= 0 for sample in record["samples"]), record
+
+
+def test_smoke_json_repeats(
+    smoke: SmokeRun,
+) -> None:
+    _, document = smoke
+    throughput = [r for r in document["records"] if r["scenario"] == "throughput"]
+    assert document["settings"]["repeat"] == 1
+    assert document["settings"]["sizes"] == list(cli.SMOKE_SIZES)
+    assert all(len(r["samples"]) == 1 for r in throughput)
+
+
+def test_smoke_json_machine(
+    smoke: SmokeRun,
+) -> None:
+    _, document = smoke
+    machine = document["machine"]
+    assert machine["cores"].isdigit()
+    assert machine["python"].endswith(platform.python_version())
+    assert machine["cpu"]
+
+
+def test_smoke_json_targets(
+    smoke: SmokeRun,
+) -> None:
+    _, document = smoke
+    targets = document["targets"]
+    assert targets
+    assert {t["met"] for t in targets} <= {True, False, None}
+
+
+def test_scaling_alone_measures_basics(tmp_path: Path) -> None:
+    path = tmp_path / "scaling.json"
+    completed = run_benchmarks(
+        "--smoke", "--loop", "asyncio", "--scenarios", "scaling", "--json", str(path)
+    )
+    document = json.loads(path.read_text())
+    scaling = [r for r in document["records"] if r["scenario"] == "scaling"]
+    assert completed.returncode == 0, completed.stderr
+    assert "3. Scaling" in completed.stdout
+    assert "1. No-op throughput" not in completed.stdout
+    assert {r["contender"] for r in scaling} == {"pool", "aq"}
+
+
+def test_unknown_scenario_rejected() -> None:
+    completed = run_benchmarks("--scenarios", "throughput,bogus")
+    assert completed.returncode == 2
+    assert "invalid --scenarios" in completed.stderr
+
+
+# CLI parsing
+
+
+def test_sizes_parsed_sorted() -> None:
+    assert cli.parse_sizes("100000,10_000,100000") == (10_000, 100_000)
+
+
+@pytest.mark.parametrize("text", ["", "ten", "10000,x", "50"])
+def test_sizes_invalid(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_sizes(text)
+
+
+@given(st.sets(st.integers(cli.MIN_SIZE, 10**7), min_size=1, max_size=5))
+def test_sizes_round_trip(sizes: set[int]) -> None:
+    text = ",".join(str(size) for size in sizes)
+    assert cli.parse_sizes(text) == tuple(sorted(sizes))
+
+
+def test_scenarios_parsed() -> None:
+    assert cli.parse_scenarios("retry, memory") == ("retry", "memory")
+
+
+@pytest.mark.parametrize("text", ["", ",", "speed", "memory,speed"])
+def test_scenarios_invalid(text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli.parse_scenarios(text)
+
+
+# Harness
+
+
+@given(
+    st.lists(st.text(min_size=1, max_size=3), min_size=1, max_size=6, unique=True),
+    st.integers(1, 8),
+)
+def test_interleave_rotates(keys: list[str], repeat: int) -> None:
+    calls: list[str] = []
+
+    def measure(key: str) -> float:
+        calls.append(key)
+        return float(len(calls))
+
+    samples = interleave(keys, repeat, measure)
+    width = len(keys)
+    assert len(calls) == width * repeat
+    for index in range(repeat):
+        block = calls[index * width : (index + 1) * width]
+        shift = index % width
+        assert block == keys[shift:] + keys[:shift]
+    assert all(len(samples[key]) == repeat for key in keys)
+
+
+def test_paired_ratios_values() -> None:
+    assert paired_ratios([2.0, 3.0], [1.0, 6.0]) == [2.0, 0.5]
+
+
+def test_paired_ratios_length_mismatch() -> None:
+    with pytest.raises(ValueError):
+        paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_format_table_aligns() -> None:
+    text = format_table(["name", "value"], [["a", "1"], ["longer", "12345"]])
+    lines = text.splitlines()
+    assert lines[0] == "name    value"
+    assert lines[1] == "------  -----"
+    assert lines[2] == "a           1"
+    assert lines[3] == "longer  12345"
+
+
+# Baseline pools: each must compute what async_queue computes.
+
+
+async def double(value: int) -> int:
+    return value * 2
+
+
+def installed(contenders: tuple[Contender, ...]) -> list[Contender]:
+    return [c for c in contenders if c.available()]
+
+
+@pytest.mark.parametrize("contender", installed(THROUGHPUT_POOLS), ids=lambda c: c.key)
+async def test_pool_results(contender: Contender) -> None:
+    pool = contender.factory()
+    await pool.open()
+    handles = [await pool.asubmit(double, value) for value in range(100)]
+    results = []
+    for handle in handles:
+        if contender.key == "aiojobs":
+            results.append(await handle.wait())
+        else:
+            results.append(await handle)
+    await pool.close()
+    assert results == [value * 2 for value in range(100)]
+
+
+@pytest.mark.parametrize("contender", installed(POOLS), ids=lambda c: c.key)
+async def test_pool_wait_all(contender: Contender) -> None:
+    done: list[int] = []
+
+    async def record(value: int) -> None:
+        done.append(value)
+
+    pool = contender.factory()
+    await pool.open()
+    handles = [await pool.asubmit(record, value) for value in range(3 * WORKERS)]
+    await pool.wait_all(handles)
+    await pool.close()
+    assert sorted(done) == list(range(3 * WORKERS))
+
+
+@pytest.mark.parametrize("contender", retry.CONTENDERS, ids=lambda c: c.key)
+async def test_retry_pool_recovers(contender: Contender) -> None:
+    # time_retries() raises if a task fails for good or never failed at all.
+    elapsed = await retry.time_retries(contender, 50)
+    assert elapsed > 0
