@@ -31,12 +31,11 @@ class ReadyHeap:
     the loop thread gains nothing from it, since no method awaits.
     """
 
-    __slots__ = ("_entries", "_levels", "_lock", "_order", "_stale", "_stale_by_level")
+    __slots__ = ("_levels", "_lock", "_order", "_stale", "_stale_by_level")
 
     def __init__(self) -> None:
         self._levels: dict[int, deque[TaskHandle[Any]]] = {}
         self._order: list[int] = []  # negated priorities, one per level
-        self._entries = 0  # live and stale entries together
         self._stale = 0  # entries whose task is no longer pending
         self._stale_by_level: dict[int, int] = {}  # the same, per priority
         self._lock = threading.Lock()
@@ -44,7 +43,7 @@ class ReadyHeap:
     def __len__(self) -> int:
         """Return the number of tasks that are still pending."""
         with self._lock:
-            return self._entries - self._stale
+            return self._count_entries() - self._stale
 
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task behind the tasks of its priority."""
@@ -56,22 +55,18 @@ class ReadyHeap:
                 heapq.heappush(self._order, -priority)
 
             level.append(handle)
-            self._entries += 1
 
     def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the next pending task, or ``None`` if there is none."""
         with self._lock:
-            order = self._order
-            levels = self._levels
-            while order:
-                priority = -order[0]
-                level = levels[priority]
+            while self._order:
+                priority = -self._order[0]
+                level = self._levels[priority]
                 handle = level.popleft()
                 if not level:
-                    heapq.heappop(order)
-                    del levels[priority]
+                    heapq.heappop(self._order)
+                    del self._levels[priority]
 
-                self._entries -= 1
                 if handle._state is PENDING:
                     return handle
 
@@ -94,7 +89,8 @@ class ReadyHeap:
             self._stale += 1
             stale = self._stale_by_level
             stale[priority] = stale.get(priority, 0) + 1
-            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
+            count = self._stale
+            if count >= _COMPACT_MIN_STALE and count * 2 > self._count_entries():
                 self._compact()
 
     def drain(self) -> list[TaskHandle[Any]]:
@@ -147,9 +143,13 @@ class ReadyHeap:
 
         self._order = [-priority for priority in self._levels]
         heapq.heapify(self._order)
-        self._entries -= self._stale
         self._stale = 0
         self._stale_by_level.clear()
+
+    def _count_entries(self) -> int:
+        # Called with the lock held. Live and stale entries together: O(L)
+        # for L levels, which keeps a counter off the push and pop paths.
+        return sum(map(len, self._levels.values()))
 
 
 class TimerHeap:
@@ -218,12 +218,8 @@ class ResultStore:
     def add(self, handle: TaskHandle[Any], now: float) -> None:
         """Keep a finished task, evicting the oldest ones past the bounds."""
         entries = self._entries
-        if self._max_count == 0:
-            self.evicted += 1
-            return
-
         entries[handle._id] = handle
-        if len(entries) > self._max_count:
+        if len(entries) > self._max_count:  # with max_count 0, evicts `handle`
             entries.popitem(last=False)
             self.evicted += 1
 

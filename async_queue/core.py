@@ -8,6 +8,7 @@ import contextlib
 import enum
 import inspect
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
@@ -253,7 +254,7 @@ class AsyncTaskQueue:
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
-        self._watchdog_at = 0.0
+        self._watchdog_at = math.inf  # when `_watchdog` fires; inf without one
 
         self._joins: list[_Join] = []
         self._watchers: list[asyncio.Future[None]] = []  # woken on every finished task
@@ -926,7 +927,11 @@ class AsyncTaskQueue:
             if started_hooks:
                 self._emit("on_started", handle)
             if handle._timeout is not None:
-                self._arm_deadline(worker, handle._timeout)
+                # Inlined: one comparison per task, and a new timer only when
+                # this deadline comes before every other running task's.
+                deadline = worker.deadline = started_at + handle._timeout
+                if deadline < self._watchdog_at:
+                    self._set_watchdog(deadline)
 
             try:
                 args = handle._args
@@ -964,6 +969,7 @@ class AsyncTaskQueue:
             # Nothing runs, so no deadline is left: an idle queue keeps no timer.
             self._watchdog.cancel()
             self._watchdog = None
+            self._watchdog_at = math.inf
 
         waiter = self._loop.create_future()
         worker.waiter = waiter
@@ -1133,12 +1139,6 @@ class AsyncTaskQueue:
     # deadline. Starting a task only stores its deadline, unless that deadline
     # is earlier than the watchdog's, which is cheaper than a timer per task.
 
-    def _arm_deadline(self, worker: _Worker, timeout: float) -> None:
-        deadline = self._loop.time() + timeout
-        worker.deadline = deadline
-        if self._watchdog is None or deadline < self._watchdog_at:
-            self._set_watchdog(deadline)
-
     def _set_watchdog(self, when: float) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -1148,6 +1148,7 @@ class AsyncTaskQueue:
 
     def _on_watchdog(self) -> None:
         self._watchdog = None
+        self._watchdog_at = math.inf
         now = self._loop.time() + _CLOCK_RESOLUTION
         earliest: float | None = None
         for worker in self._workers:
@@ -1354,29 +1355,33 @@ class AsyncTaskQueue:
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
         del self._active[handle._id]
+        handle._queue = handle._worker = None
+        if handle._waiters is not None:
+            self._release_waiters(handle)
         if handle._dedup_key is not None:
             del self._dedup[handle._dedup_key]
-        handle._queue = None
-        handle._worker = None
-        waiters = handle._waiters
-        if waiters is not None:
-            handle._waiters = None
-            for waiter in waiters:
-                if isinstance(waiter, asyncio.Future):
-                    if not waiter.done():
-                        waiter.set_result(None)
-                else:
-                    self._loop.call_soon(waiter, handle)
 
-        if self._results._max_age is not None:
+        results = self._results
+        if results._max_age is not None:
             handle._finished_at = self._loop.time()
+        results.add(handle, handle._finished_at)
 
-        self._results.add(handle, handle._finished_at)
         if self._joins:
             self._count_join(handle._seq)
 
         if self._watchers:
             self._wake_watchers()
+
+    def _release_waiters(self, handle: TaskHandle[Any]) -> None:
+        waiters = handle._waiters
+        assert waiters is not None
+        handle._waiters = None
+        for waiter in waiters:
+            if isinstance(waiter, asyncio.Future):
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                self._loop.call_soon(waiter, handle)
 
     def _wake_watchers(self) -> None:
         watchers, self._watchers = self._watchers, []
@@ -1535,6 +1540,7 @@ class AsyncTaskQueue:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+            self._watchdog_at = math.inf
 
         if self._token_timer is not None:
             self._token_timer.cancel()

@@ -60,6 +60,11 @@ class TaskState(enum.Enum):
     CANCELLED = "cancelled"
     """Cancelled by ``cancel()`` or by ``stop()`` before it could finish."""
 
+    # Members are singletons compared by identity, so identity can hash them
+    # too. Enum's own hash is a Python call, and the queue tests a state's
+    # membership in a set of states several times per task.
+    __hash__ = object.__hash__
+
     @property
     def is_final(self) -> bool:
         """Whether the state never changes again."""
@@ -289,6 +294,9 @@ class TaskHandle(Generic[T]):
         )
 
     def __await__(self) -> Generator[Any, None, T]:
+        if self._state is SUCCEEDED:
+            return self._result  # type: ignore[no-any-return]
+
         if self._state not in _FINAL:
             worker = self._worker
             if worker is not None and worker.task is asyncio.current_task():
