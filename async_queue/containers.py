@@ -37,6 +37,7 @@ class ReadyHeap:
 
     __slots__ = (
         "_acquire",
+        "_entries",
         "_levels",
         "_lock",
         "_order",
@@ -48,6 +49,7 @@ class ReadyHeap:
     def __init__(self) -> None:
         self._levels: dict[int, deque[TaskHandle[Any]]] = {}
         self._order: list[int] = []  # negated priorities, one per level
+        self._entries = 0  # live and stale entries together
         self._stale = 0  # entries whose task is no longer pending
         self._stale_by_level: dict[int, int] = {}  # the same, per priority
         self._lock = threading.Lock()
@@ -57,7 +59,7 @@ class ReadyHeap:
     def __len__(self) -> int:
         """Return the number of tasks that are still pending."""
         with self._lock:
-            return self._count_entries() - self._stale
+            return self._entries - self._stale
 
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task behind the tasks of its priority."""
@@ -70,6 +72,7 @@ class ReadyHeap:
                 heapq.heappush(self._order, -priority)
 
             level.append(handle)
+            self._entries += 1
         finally:
             self._release()
 
@@ -85,6 +88,7 @@ class ReadyHeap:
                     heapq.heappop(self._order)
                     del self._levels[priority]
 
+                self._entries -= 1
                 if handle._state is PENDING:
                     return handle
 
@@ -109,8 +113,7 @@ class ReadyHeap:
             self._stale += 1
             stale = self._stale_by_level
             stale[priority] = stale.get(priority, 0) + 1
-            count = self._stale
-            if count >= _COMPACT_MIN_STALE and count * 2 > self._count_entries():
+            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
                 self._compact()
 
     def drain(self) -> list[TaskHandle[Any]]:
@@ -163,13 +166,9 @@ class ReadyHeap:
 
         self._order = [-priority for priority in self._levels]
         heapq.heapify(self._order)
+        self._entries -= self._stale
         self._stale = 0
         self._stale_by_level.clear()
-
-    def _count_entries(self) -> int:
-        # Called with the lock held. Live and stale entries together: O(L)
-        # for L levels, which keeps a counter off the push and pop paths.
-        return sum(map(len, self._levels.values()))
 
 
 class TimerHeap:

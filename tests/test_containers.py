@@ -165,7 +165,7 @@ def test_ready_compaction() -> None:
 
     assert len(cancelled) == 2000
     assert len(heap) == 1000
-    assert heap._count_entries() < 3000  # the rebuild dropped stale entries
+    assert heap._entries < 3000  # the rebuild dropped stale entries
     assert pop_all(heap) == live
     assert len(heap) == 0
 
@@ -226,7 +226,7 @@ def test_ready_cancel_model(
         expected = sorted(pending, key=lambda i: (-pending[i].priority, i))
 
         assert pop_all(heap) == expected
-        assert heap._count_entries() == 0
+        assert heap._entries == 0
         assert heap._stale == 0
 
 
