@@ -30,6 +30,7 @@ from .hooks import (
     Hook,
     LoggingHook,
     QueueHook,
+    TaskEvent,
     call_hooks,
     collect_callbacks,
     make_event,
@@ -115,6 +116,10 @@ class _Summary:
 
     def snapshot(self) -> TimeSummary:
         return TimeSummary(self.count, self.total, self.max)
+
+
+# An event that a hook caused, with the callbacks still to see it.
+_PendingEvent = tuple[list[Callable[[TaskEvent], object]], TaskEvent]
 
 
 class _Join:
@@ -204,6 +209,8 @@ class AsyncTaskQueue:
         self._max_pending = max_pending
         self._hooks = collect_callbacks([LoggingHook(), *_check_hooks(hooks)])
         self._submitted_hooks = self._hooks["on_submitted"]
+        # Events that hooks caused while the hooks were being called.
+        self._emitting: deque[_PendingEvent] | None = None
         _checks.check_count("max_dead_letters", max_dead_letters, 0)
         if on_dead_letter is not None and not callable(on_dead_letter):
             raise TypeError(
@@ -1237,10 +1244,30 @@ class AsyncTaskQueue:
         self._add_dead_letter(handle, exc)
 
     def _emit(self, event: str, handle: TaskHandle[Any], **extra: Any) -> None:
-        """Call the hooks that observe ``event``, if any."""
+        """Call the hooks that observe ``event``, if any.
+
+        An event caused by a hook, such as ``on_cancelled`` when a hook
+        cancels the task it is told about, waits until every hook has seen the
+        event in progress. Each hook thus sees a task's events in the order
+        they happened.
+        """
         callbacks = self._hooks[event]
-        if callbacks:
-            call_hooks(callbacks, make_event(handle, self._loop.time(), **extra))
+        if not callbacks:
+            return
+
+        record = make_event(handle, self._clock(), **extra)
+        if self._emitting is not None:
+            self._emitting.append((callbacks, record))
+            return
+
+        later: deque[_PendingEvent] = deque()
+        self._emitting = later
+        try:
+            call_hooks(callbacks, record)
+            while later:
+                call_hooks(*later.popleft())
+        finally:
+            self._emitting = None
 
     def _add_dead_letter(self, handle: TaskHandle[Any], exc: BaseException) -> None:
         letter = DeadLetter(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .models import TaskId, TaskState
 
@@ -27,9 +26,12 @@ EVENTS = (
 """The hook methods, in the order a task can meet them."""
 
 
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """What a hook receives: a snapshot of one task at one event."""
+class TaskEvent(NamedTuple):
+    """What a hook receives: a snapshot of one task at one event.
+
+    A named tuple, so that building one per event costs little: the queue
+    builds one for every event that a hook observes.
+    """
 
     task_id: TaskId
     """The task's id."""
@@ -186,14 +188,20 @@ def call_hooks(
                 )
 
 
-def make_event(handle: Any, time: float, **extra: Any) -> TaskEvent:
+def make_event(
+    handle: Any,
+    time: float,
+    delay: float | None = None,
+    exception: BaseException | None = None,
+) -> TaskEvent:
     """Return the event record of ``handle`` at ``time``."""
     return TaskEvent(
-        task_id=handle._id,
-        name=handle.name,
-        priority=handle._priority,
-        attempts=handle._attempts,
-        state=handle._state,
-        time=time,
-        **extra,
+        handle._id,
+        handle.name,
+        handle._priority,
+        handle._attempts,
+        handle._state,
+        time,
+        delay,
+        exception,
     )

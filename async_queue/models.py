@@ -6,6 +6,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from .errors import TaskCancelledError
@@ -189,6 +190,9 @@ class TaskHandle(Generic[T]):
     def name(self) -> str:
         """The qualified name of the task's coroutine function."""
         fn = self._fn
+        if type(fn) is FunctionType:  # the common case, first: hooks read it
+            return fn.__qualname__
+
         if isinstance(fn, BoundCall):
             return fn.name
 

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import cli, retry
+from benchmarks import cli, hooks, retry
 from benchmarks.contenders import POOLS, THROUGHPUT_POOLS, WORKERS, Contender
 from benchmarks.harness import format_table, interleave, paired_ratios
 
@@ -30,10 +30,11 @@ HEADINGS = (
     "3. Scaling",
     "4. Priority latency",
     "5. Retry path",
+    "6. Hook overhead",
     "Targets (measured, not enforced)",
 )
 
-SCENARIO_NAMES = ("throughput", "memory", "scaling", "priority", "retry")
+SCENARIO_NAMES = ("throughput", "memory", "scaling", "priority", "retry", "hooks")
 
 # The smoke run takes a few seconds. This limit only stops a run that hangs.
 SMOKE_TIMEOUT = 120
@@ -264,6 +265,25 @@ async def test_pool_wait_all(contender: Contender) -> None:
     await pool.wait_all(handles)
     await pool.close()
     assert sorted(done) == list(range(3 * WORKERS))
+
+
+@pytest.mark.parametrize("contender", installed(hooks.CONTENDERS), ids=lambda c: c.key)
+async def test_hooks_pool_results(contender: Contender) -> None:
+    pool = contender.factory()
+    await pool.open()
+    handles = [pool.submit(double, value) for value in range(100)]
+    results = [await handle for handle in handles]
+    await pool.close()
+    assert results == [value * 2 for value in range(100)]
+
+
+def test_smoke_prints_hook_contenders(smoke: SmokeRun) -> None:
+    completed, _ = smoke
+    for contender in hooks.CONTENDERS:
+        if contender.available():
+            assert contender.label in completed.stdout
+        else:
+            assert f"{contender.label}: skipped" in completed.stdout
 
 
 @pytest.mark.parametrize("contender", retry.CONTENDERS, ids=lambda c: c.key)

@@ -181,3 +181,32 @@ async def test_no_user_hook_means_no_hot_path_calls() -> None:
     assert queue._hooks["on_succeeded"] == []
     assert queue._hooks["on_submitted"] == []
     assert len(queue._hooks["on_failed"]) == 1
+
+
+class CancelOnSubmit(Hook):
+    """Cancels every task as soon as it is submitted."""
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        self.queue.cancel(event.task_id, "refused by a hook")
+
+    queue: AsyncTaskQueue
+
+
+@pytest.mark.parametrize("canceller_first", [True, False])
+async def test_hook_caused_event_follows_current_one(canceller_first: bool) -> None:
+    """Every hook sees on_submitted before the on_cancelled that a hook caused."""
+    canceller, before, after = CancelOnSubmit(), Recorder(), Recorder()
+    hooks = (
+        [canceller, before, after] if canceller_first else [before, canceller, after]
+    )
+    async with AsyncTaskQueue(1, hooks=hooks) as queue:
+        canceller.queue = queue
+        handle = queue.submit_nowait(asyncio.sleep, 0)
+
+    assert handle.state is TaskState.CANCELLED
+    expected = [
+        ("submitted", handle.id, TaskState.PENDING),
+        ("cancelled", handle.id, TaskState.CANCELLED),
+    ]
+    assert before.events == expected
+    assert after.events == expected

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import random
 
 import pytest
@@ -80,3 +82,53 @@ def test_set_testing_call_and_restore() -> None:
 def test_set_testing_rejects_non_bool() -> None:
     with pytest.raises(TypeError, match="'yes'"):
         testing.set_testing("yes")  # type: ignore[arg-type]
+
+
+def test_virtual_clock_stands_still_between_advances() -> None:
+    """Only advance() moves the clock, however long the loop's work takes."""
+
+    async def main(loop: testing.VirtualClockLoop) -> list[float]:
+        start = loop.time()
+        readings = []
+        for _ in range(3):
+            # Real time passes here: a thread runs and the loop waits for it.
+            await asyncio.to_thread(sum, range(100_000))
+            readings.append(loop.time() - start)
+
+        loop.advance(1.5)
+        readings.append(loop.time() - start)
+        return readings
+
+    assert testing.run_virtual(main) == [0.0, 0.0, 0.0, 1.5]
+
+
+def test_virtual_clock_fires_timers_only_when_due() -> None:
+    """A timer fires on the first iteration after the clock reaches it."""
+
+    async def main(loop: testing.VirtualClockLoop) -> list[str]:
+        fired: list[str] = []
+        loop.call_later(2, fired.append, "two")
+        loop.advance(1.999)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        fired.append("checked")
+        loop.advance(0.001)
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return fired
+
+    assert testing.run_virtual(main) == ["checked", "two"]
+
+
+@pytest.mark.parametrize("seconds", [-1.0, math.nan])
+def test_virtual_clock_rejects_bad_advance(seconds: float) -> None:
+    """advance() refuses to move the clock backwards or by NaN."""
+    loop = testing.VirtualClockLoop()
+    try:
+        before = loop.time()
+        with pytest.raises(ValueError, match="seconds must be >= 0"):
+            loop.advance(seconds)
+        assert loop.time() == before
+        assert loop.slow_callback_duration == math.inf
+    finally:
+        loop.close()

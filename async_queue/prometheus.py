@@ -1,0 +1,206 @@
+"""A hook that exports the queue's task events as Prometheus metrics.
+
+Install the extra first: ``pip install "async_queue[prometheus]"``. With the
+default namespace the hook maintains:
+
+- ``async_queue_tasks_submitted_total``: tasks accepted by ``submit()``;
+- ``async_queue_attempts_started_total``: attempts started, retries included;
+- ``async_queue_retries_scheduled_total``: failed attempts that will be retried;
+- ``async_queue_attempts_timed_out_total``: attempts that ran past their timeout;
+- ``async_queue_tasks_finished_total``: tasks that reached a final state, by
+  ``outcome`` (``succeeded``, ``failed``, ``cancelled``, ``dropped``);
+- ``async_queue_task_wait_seconds``: a histogram of the seconds from the moment
+  a task could start to the start of its attempt;
+- ``async_queue_task_run_seconds``: a histogram of the seconds each attempt ran.
+
+Every metric has a ``queue`` label, so that the hooks of several queues can
+share one registry.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+except ImportError as error:
+    raise ImportError(
+        "async_queue.prometheus needs the prometheus-client package; install it "
+        'with: pip install "async_queue[prometheus]"',
+        name=error.name,
+    ) from error
+
+from ._metrics import (
+    DEFAULT_BUCKETS,
+    OUTCOMES,
+    MetricsHook,
+    check_buckets,
+    check_queue_name,
+)
+
+__all__ = ("DEFAULT_BUCKETS", "PrometheusHook")
+
+
+@dataclass(frozen=True)
+class _Families:
+    """The metric families of one namespace in one registry."""
+
+    submitted: Counter
+    started: Counter
+    retries: Counter
+    timeouts: Counter
+    finished: Counter
+    wait: Histogram
+    run: Histogram
+    buckets: tuple[float, ...]
+
+
+# prometheus_client rejects a second metric of the same name in a registry, so
+# the hooks of several queues share the families created by the first one.
+_families: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, _Families]] = (
+    weakref.WeakKeyDictionary()
+)
+_families_lock = threading.Lock()
+
+
+def _create_families(
+    registry: CollectorRegistry, namespace: str, buckets: tuple[float, ...]
+) -> _Families:
+    def counter(name: str, documentation: str, *labels: str) -> Counter:
+        return Counter(
+            name,
+            documentation,
+            ["queue", *labels],
+            namespace=namespace,
+            registry=registry,
+        )
+
+    def histogram(name: str, documentation: str) -> Histogram:
+        return Histogram(
+            name,
+            documentation,
+            ["queue"],
+            namespace=namespace,
+            registry=registry,
+            buckets=buckets,
+        )
+
+    return _Families(
+        submitted=counter("tasks_submitted", "Tasks accepted by submit()."),
+        started=counter("attempts_started", "Attempts started, retries included."),
+        retries=counter("retries_scheduled", "Failed attempts that will be retried."),
+        timeouts=counter("attempts_timed_out", "Attempts that ran past their timeout."),
+        finished=counter(
+            "tasks_finished", "Tasks that reached a final state, by outcome.", "outcome"
+        ),
+        wait=histogram(
+            "task_wait_seconds",
+            "Seconds from the moment a task could start to the start of its attempt.",
+        ),
+        run=histogram("task_run_seconds", "Seconds each attempt ran."),
+        buckets=buckets,
+    )
+
+
+def _get_families(
+    registry: CollectorRegistry, namespace: str, buckets: tuple[float, ...] | None
+) -> _Families:
+    with _families_lock:
+        by_namespace = _families.setdefault(registry, {})
+        families = by_namespace.get(namespace)
+        if families is None:
+            families = _create_families(registry, namespace, buckets or DEFAULT_BUCKETS)
+            by_namespace[namespace] = families
+        elif buckets is not None and buckets != families.buckets:
+            raise ValueError(
+                f"the histograms of namespace {namespace!r} in this registry "
+                f"already have the buckets {families.buckets}, not {buckets}; "
+                "pass the same buckets or none"
+            )
+
+        return families
+
+
+class PrometheusHook(MetricsHook):
+    """Count task events and time attempts in a Prometheus registry.
+
+    Args:
+        registry: the ``CollectorRegistry`` to register the metrics in;
+            ``None`` uses ``prometheus_client.REGISTRY``.
+        namespace: the prefix of every metric name.
+        queue_name: the value of the ``queue`` label. Hooks of different
+            queues that share a registry need different names, or their counts
+            add up.
+        buckets: upper bounds in seconds of the wait and run time histogram
+            buckets, by default ``DEFAULT_BUCKETS`` (0.005 s to 300 s).
+            All hooks of one namespace in one registry share the histograms,
+            so the first hook sets them.
+
+    One hook observes one queue. ``in_flight`` is the number of unfinished
+    tasks it keeps a start time for, 0 once the queue has stopped.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "async_queue",
+        queue_name: str = "default",
+        *,
+        buckets: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__()
+        if registry is None:
+            registry = REGISTRY
+        elif not isinstance(registry, CollectorRegistry):
+            raise TypeError(
+                "registry must be a prometheus_client.CollectorRegistry or None, "
+                f"got {registry!r}"
+            )
+
+        if not isinstance(namespace, str):
+            raise TypeError(f"namespace must be a str, got {namespace!r}")
+
+        self.queue_name = check_queue_name(queue_name)
+        bounds = None if buckets is None else check_buckets(buckets)
+        families = _get_families(registry, namespace, bounds)
+
+        # The children of this queue's label values, bound once: the event
+        # methods then cost one dict operation and one increment each.
+        queue = self.queue_name
+        self._submitted = families.submitted.labels(queue=queue)
+        self._started = families.started.labels(queue=queue)
+        self._retries = families.retries.labels(queue=queue)
+        self._timeouts = families.timeouts.labels(queue=queue)
+        self._finished = {
+            outcome: families.finished.labels(queue=queue, outcome=outcome)
+            for outcome in OUTCOMES
+        }
+        self._wait = families.wait.labels(queue=queue)
+        self._run = families.run.labels(queue=queue)
+
+    def __repr__(self) -> str:
+        return f"PrometheusHook(queue_name={self.queue_name!r})"
+
+    def _record_submitted(self) -> None:
+        self._submitted.inc()
+
+    def _record_started(self, wait: float | None) -> None:
+        self._started.inc()
+        if wait is not None:
+            self._wait.observe(wait)
+
+    def _record_retry_scheduled(self, run: float | None) -> None:
+        self._retries.inc()
+        if run is not None:
+            self._run.observe(run)
+
+    def _record_timed_out(self) -> None:
+        self._timeouts.inc()
+
+    def _record_finished(self, outcome: str, run: float | None) -> None:
+        self._finished[outcome].inc()
+        if run is not None:
+            self._run.observe(run)

@@ -1,0 +1,167 @@
+"""Hook overhead: the no-op throughput run of async_queue with each kind of hook."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+from async_queue import Hook, LoggingHook, TaskEvent
+
+from .contenders import Contender, QueuePool
+from .harness import (
+    WARMUP_MAX_SIZE,
+    Record,
+    describe_ratios,
+    format_table,
+    interleave,
+    paired_ratios,
+    print_heading,
+    run_on_loop,
+)
+from .throughput import time_pool
+
+SCENARIO = "hooks"
+
+NO_HOOKS = "aq"
+
+
+def skip_emit(event: str, handle: Any, **extra: Any) -> None:
+    pass
+
+
+class NoDispatchPool(QueuePool):
+    """A queue whose hook dispatch ``_emit`` is patched to a no-op.
+
+    Only the queue's checks of its (empty) callback lists remain.
+    ``AsyncTaskQueue`` is final, so the pool patches the instance instead of
+    subclassing it.
+    """
+
+    async def open(self) -> None:
+        await super().open()
+        self.queue._emit = skip_emit  # type: ignore[method-assign]
+
+
+class EmptyHook(Hook):
+    """A ``Hook`` subclass that overrides nothing."""
+
+
+class StartedSucceededHook(Hook):
+    """A hook with a no-op ``on_started`` and ``on_succeeded``."""
+
+    def on_started(self, event: TaskEvent) -> None:
+        pass
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        pass
+
+
+def with_hook(make_hook: Callable[[], object]) -> QueuePool:
+    """Return a pool whose queue has one hook, made before the clock starts."""
+    return QueuePool(hooks=[make_hook()])
+
+
+def prometheus_hook() -> object:
+    # Imported here: prometheus_client is optional, and each pool gets a
+    # registry of its own, so that no run adds to the counters of another.
+    prometheus_client = importlib.import_module("prometheus_client")
+    module = importlib.import_module("async_queue.prometheus")
+    return module.PrometheusHook(prometheus_client.CollectorRegistry())
+
+
+CONTENDERS = (
+    Contender(NO_HOOKS, "async_queue, no hooks", QueuePool),
+    Contender("aq-no-dispatch", "async_queue, hook dispatch removed", NoDispatchPool),
+    Contender(
+        "aq-empty-hook",
+        "Hook subclass overriding nothing",
+        partial(with_hook, EmptyHook),
+    ),
+    Contender(
+        "aq-noop-hook",
+        "no-op on_started + on_succeeded",
+        partial(with_hook, StartedSucceededHook),
+    ),
+    Contender(
+        "aq-logging", "LoggingHook, logger at ERROR", partial(with_hook, LoggingHook)
+    ),
+    Contender(
+        "aq-prometheus",
+        "PrometheusHook",
+        partial(with_hook, prometheus_hook),
+        needs="prometheus_client",
+    ),
+)
+
+
+def measure(loop: str, contenders: dict[str, Contender], n: int, key: str) -> float:
+    return run_on_loop(loop, time_pool(contenders[key], n))
+
+
+def run(loop: str, sizes: Sequence[int], repeat: int) -> list[Record]:
+    """Measure every installed contender ``repeat`` times at each size, interleaved."""
+    by_key = {c.key: c for c in CONTENDERS if c.available()}
+    keys = list(by_key)
+    records = []
+    for size in sizes:
+        warmup_size = min(size, WARMUP_MAX_SIZE)
+        interleave(keys, 1, partial(measure, loop, by_key, warmup_size))
+        samples = interleave(keys, repeat, partial(measure, loop, by_key, size))
+        for key in keys:
+            records.append(
+                Record(
+                    SCENARIO,
+                    loop,
+                    size,
+                    key,
+                    "seconds",
+                    samples[key],
+                    {"label": by_key[key].label},
+                )
+            )
+
+    return records
+
+
+def print_table(records: Sequence[Record], loop: str, size: int, repeat: int) -> None:
+    rows = [r for r in records if r.loop == loop and r.size == size]
+    base = next(r for r in rows if r.contender == NO_HOOKS)
+    table = []
+    for record in rows:
+        extra_us = (record.median - base.median) / record.size * 1e6
+        table.append(
+            [
+                record.extra["label"],
+                f"{record.size / record.median:,.0f}",
+                f"{record.median / record.size * 1e6:.2f}",
+                f"{extra_us:+.2f}",
+                f"{record.spread:.1%}",
+                describe_ratios(paired_ratios(base.samples, record.samples)),
+            ]
+        )
+
+    print()
+    print(f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)")
+    headers = ["contender", "tasks/s", "us/task", "extra us", "spread", "vs no hooks"]
+    print(format_table(headers, table))
+
+
+def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None:
+    print_heading("6. Hook overhead: no-op tasks through async_queue with each hook")
+    print(
+        "extra us: us/task minus that of the queue without hooks, from the\n"
+        "medians. vs no hooks: time(no hooks) / time(contender) paired by\n"
+        "repeat, median (min-max); below 1.00x the hook costs time."
+    )
+    for contender in CONTENDERS:
+        if not contender.available():
+            print(
+                f"{contender.label}: skipped, {contender.needs} is not installed "
+                "(pip install -e .[prometheus])"
+            )
+
+    for loop in loops:
+        for size in sorted({r.size for r in records if r.loop == loop}):
+            print_table(records, loop, size, repeat)
