@@ -1,8 +1,9 @@
 """The bookkeeping shared by the metrics hooks: wait and run times per attempt.
 
-``MetricsHook`` turns the stream of task events into calls of five recording
-methods, which ``PrometheusHook`` and ``OpenTelemetryHook`` implement. It keeps
-one entry per unfinished task and removes it at the task's final event, on
+``MetricsHook`` turns the stream of task events into counts and durations, and
+passes them to the ``Recorders`` that ``PrometheusHook`` and
+``OpenTelemetryHook`` bind to their instruments. It keeps one entry per
+unfinished task and removes it at the task's final event, on
 every path: success, failure, cancellation while queued, backing off or
 running, and tasks dropped by ``stop()``.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from .hooks import Hook, TaskEvent
 from .models import TaskId, TaskState
@@ -20,6 +22,7 @@ __all__ = (
     "DEFAULT_BUCKETS",
     "OUTCOMES",
     "MetricsHook",
+    "Recorders",
     "check_buckets",
     "check_queue_name",
 )
@@ -78,6 +81,23 @@ def check_buckets(buckets: object) -> tuple[float, ...]:
     return tuple(bounds)
 
 
+@dataclass(frozen=True, slots=True)
+class Recorders:
+    """The instruments of one queue's metrics, as functions bound to its labels.
+
+    Each counter function adds 1. ``finished`` has one counter function per
+    outcome of ``OUTCOMES``. ``wait`` and ``run`` record a duration in seconds.
+    """
+
+    submitted: Callable[[], object]
+    started: Callable[[], object]
+    retry_scheduled: Callable[[], object]
+    timed_out: Callable[[], object]
+    finished: Mapping[str, Callable[[], object]]
+    wait: Callable[[float], object]
+    run: Callable[[float], object]
+
+
 class MetricsHook(Hook):
     """A hook that measures wait and run times and passes them on to record.
 
@@ -89,19 +109,19 @@ class MetricsHook(Hook):
     being scheduled, or the task's final event.
 
     One instance observes one queue: task ids from different queues can be
-    equal.
+    equal. ``queue_name`` is the label value of that queue's metrics, checked
+    by ``check_queue_name``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queue_name: str, recorders: Recorders) -> None:
+        self.queue_name = queue_name
+        self._recorders = recorders
+
         # Unfinished tasks that are not running: the loop time from which the
         # task could start, or None for a delayed task not yet due.
         self._ready_since: dict[TaskId, float | None] = {}
         # Running tasks: the loop time the current attempt started.
         self._running_since: dict[TaskId, float] = {}
-        # Tasks whose final event came before their ``on_submitted``, which
-        # happens when a hook listed earlier cancels the task in its own
-        # ``on_submitted``.
-        self._ended_early: set[TaskId] = set()
 
     @property
     def in_flight(self) -> int:
@@ -110,56 +130,43 @@ class MetricsHook(Hook):
         It is the number of unfinished tasks of the queue, and 0 once the
         queue has stopped.
         """
-        waiting = len(self._ready_since) + len(self._ended_early)
-        return waiting + len(self._running_since)
+        return len(self._ready_since) + len(self._running_since)
 
-    # Recording, implemented by each metrics backend.
-
-    def _record_submitted(self) -> None:
-        raise NotImplementedError
-
-    def _record_started(self, wait: float | None) -> None:
-        raise NotImplementedError
-
-    def _record_retry_scheduled(self, run: float | None) -> None:
-        raise NotImplementedError
-
-    def _record_timed_out(self) -> None:
-        raise NotImplementedError
-
-    def _record_finished(self, outcome: str, run: float | None) -> None:
-        raise NotImplementedError
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(queue_name={self.queue_name!r})"
 
     # Events. Each updates the bookkeeping before it records, so that a
-    # failing metrics backend cannot leave an entry behind.
+    # failing metrics backend cannot leave an entry behind. The queue delivers
+    # a task's events in order even when a hook cancels the task inside its
+    # own ``on_submitted``, so a final event never comes before that task's
+    # ``on_submitted``.
 
     def on_submitted(self, event: TaskEvent) -> None:
-        task_id = event.task_id
-        if task_id in self._ended_early:
-            self._ended_early.discard(task_id)
-        elif event.state is TaskState.DELAYED:
-            self._ready_since[task_id] = None
+        if event.state is TaskState.DELAYED:
+            self._ready_since[event.task_id] = None
         else:
-            self._ready_since[task_id] = event.time
+            self._ready_since[event.task_id] = event.time
 
-        self._record_submitted()
+        self._recorders.submitted()
 
     def on_started(self, event: TaskEvent) -> None:
         ready_since = self._ready_since.pop(event.task_id, None)
         self._running_since[event.task_id] = event.time
-        wait = None if ready_since is None else _elapsed(ready_since, event.time)
-        self._record_started(wait)
+        self._recorders.started()
+        if ready_since is not None:
+            self._recorders.wait(_elapsed(ready_since, event.time))
 
     def on_retry_scheduled(self, event: TaskEvent) -> None:
         started = self._running_since.pop(event.task_id, None)
         self._ready_since[event.task_id] = event.time + (event.delay or 0.0)
-        run = None if started is None else _elapsed(started, event.time)
-        self._record_retry_scheduled(run)
+        self._recorders.retry_scheduled()
+        if started is not None:
+            self._recorders.run(_elapsed(started, event.time))
 
     def on_timed_out(self, event: TaskEvent) -> None:
         # The on_retry_scheduled or on_failed of the same attempt follows and
         # ends the attempt.
-        self._record_timed_out()
+        self._recorders.timed_out()
 
     def on_succeeded(self, event: TaskEvent) -> None:
         self._finish(event, "succeeded")
@@ -176,13 +183,10 @@ class MetricsHook(Hook):
     def _finish(self, event: TaskEvent, outcome: str) -> None:
         task_id = event.task_id
         started = self._running_since.pop(task_id, None)
-        queued = task_id in self._ready_since
         self._ready_since.pop(task_id, None)
-        if started is None and not queued:
-            self._ended_early.add(task_id)
-
-        run = None if started is None else _elapsed(started, event.time)
-        self._record_finished(outcome, run)
+        self._recorders.finished[outcome]()
+        if started is not None:
+            self._recorders.run(_elapsed(started, event.time))
 
 
 def _elapsed(since: float, now: float) -> float:

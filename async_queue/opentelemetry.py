@@ -22,6 +22,7 @@ queues can share one meter provider.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 try:
     from opentelemetry.metrics import MeterProvider, get_meter_provider
@@ -37,6 +38,7 @@ from ._metrics import (
     DEFAULT_BUCKETS,
     OUTCOMES,
     MetricsHook,
+    Recorders,
     check_buckets,
     check_queue_name,
 )
@@ -74,7 +76,6 @@ class OpenTelemetryHook(MetricsHook):
         *,
         buckets: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
         if meter_provider is None:
             meter_provider = get_meter_provider()
         elif not isinstance(meter_provider, MeterProvider):
@@ -83,73 +84,62 @@ class OpenTelemetryHook(MetricsHook):
                 f"or None, got {meter_provider!r}"
             )
 
-        self.queue_name = check_queue_name(queue_name)
+        queue_name = check_queue_name(queue_name)
         bounds = DEFAULT_BUCKETS if buckets is None else check_buckets(buckets)
+        super().__init__(queue_name, _bind(meter_provider, queue_name, bounds))
 
-        meter = meter_provider.get_meter(METER_NAME, __version__)
-        self._submitted = meter.create_counter(
-            "async_queue.tasks.submitted", "{task}", "Tasks accepted by submit()."
-        )
-        self._started = meter.create_counter(
-            "async_queue.attempts.started",
-            "{attempt}",
-            "Attempts started, retries included.",
-        )
-        self._retries = meter.create_counter(
-            "async_queue.retries.scheduled",
-            "{attempt}",
-            "Failed attempts that will be retried.",
-        )
-        self._timeouts = meter.create_counter(
-            "async_queue.attempts.timed_out",
-            "{attempt}",
-            "Attempts that ran past their timeout.",
-        )
-        self._finished = meter.create_counter(
-            "async_queue.tasks.finished",
-            "{task}",
-            "Tasks that reached a final state, by outcome.",
-        )
-        self._wait = meter.create_histogram(
-            "async_queue.task.wait.duration",
-            "s",
-            "Time from the moment a task could start to the start of its attempt.",
-            explicit_bucket_boundaries_advisory=bounds,
-        )
-        self._run = meter.create_histogram(
-            "async_queue.task.run.duration",
-            "s",
-            "Time each attempt ran.",
-            explicit_bucket_boundaries_advisory=bounds,
-        )
 
-        # Built once: each measurement passes the same mapping.
-        self._attributes = {"queue": self.queue_name}
-        self._outcome_attributes = {
-            outcome: {"queue": self.queue_name, "outcome": outcome}
+def _bind(
+    meter_provider: MeterProvider, queue_name: str, bounds: tuple[float, ...]
+) -> Recorders:
+    meter = meter_provider.get_meter(METER_NAME, __version__)
+    submitted = meter.create_counter(
+        "async_queue.tasks.submitted", "{task}", "Tasks accepted by submit()."
+    )
+    started = meter.create_counter(
+        "async_queue.attempts.started",
+        "{attempt}",
+        "Attempts started, retries included.",
+    )
+    retries = meter.create_counter(
+        "async_queue.retries.scheduled",
+        "{attempt}",
+        "Failed attempts that will be retried.",
+    )
+    timeouts = meter.create_counter(
+        "async_queue.attempts.timed_out",
+        "{attempt}",
+        "Attempts that ran past their timeout.",
+    )
+    finished = meter.create_counter(
+        "async_queue.tasks.finished",
+        "{task}",
+        "Tasks that reached a final state, by outcome.",
+    )
+    wait = meter.create_histogram(
+        "async_queue.task.wait.duration",
+        "s",
+        "Time from the moment a task could start to the start of its attempt.",
+        explicit_bucket_boundaries_advisory=bounds,
+    )
+    run = meter.create_histogram(
+        "async_queue.task.run.duration",
+        "s",
+        "Time each attempt ran.",
+        explicit_bucket_boundaries_advisory=bounds,
+    )
+
+    # Built once: each measurement passes the same mapping.
+    attributes = {"queue": queue_name}
+    return Recorders(
+        submitted=partial(submitted.add, 1, attributes),
+        started=partial(started.add, 1, attributes),
+        retry_scheduled=partial(retries.add, 1, attributes),
+        timed_out=partial(timeouts.add, 1, attributes),
+        finished={
+            outcome: partial(finished.add, 1, {"queue": queue_name, "outcome": outcome})
             for outcome in OUTCOMES
-        }
-
-    def __repr__(self) -> str:
-        return f"OpenTelemetryHook(queue_name={self.queue_name!r})"
-
-    def _record_submitted(self) -> None:
-        self._submitted.add(1, self._attributes)
-
-    def _record_started(self, wait: float | None) -> None:
-        self._started.add(1, self._attributes)
-        if wait is not None:
-            self._wait.record(wait, self._attributes)
-
-    def _record_retry_scheduled(self, run: float | None) -> None:
-        self._retries.add(1, self._attributes)
-        if run is not None:
-            self._run.record(run, self._attributes)
-
-    def _record_timed_out(self) -> None:
-        self._timeouts.add(1, self._attributes)
-
-    def _record_finished(self, outcome: str, run: float | None) -> None:
-        self._finished.add(1, self._outcome_attributes[outcome])
-        if run is not None:
-            self._run.record(run, self._attributes)
+        },
+        wait=partial(wait.record, attributes=attributes),
+        run=partial(run.record, attributes=attributes),
+    )

@@ -37,6 +37,7 @@ from ._metrics import (
     DEFAULT_BUCKETS,
     OUTCOMES,
     MetricsHook,
+    Recorders,
     check_buckets,
     check_queue_name,
 )
@@ -151,7 +152,6 @@ class PrometheusHook(MetricsHook):
         *,
         buckets: Sequence[float] | None = None,
     ) -> None:
-        super().__init__()
         if registry is None:
             registry = REGISTRY
         elif not isinstance(registry, CollectorRegistry):
@@ -163,44 +163,24 @@ class PrometheusHook(MetricsHook):
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, got {namespace!r}")
 
-        self.queue_name = check_queue_name(queue_name)
+        queue_name = check_queue_name(queue_name)
         bounds = None if buckets is None else check_buckets(buckets)
         families = _get_families(registry, namespace, bounds)
+        super().__init__(queue_name, _bind(families, queue_name))
 
-        # The children of this queue's label values, bound once: the event
-        # methods then cost one dict operation and one increment each.
-        queue = self.queue_name
-        self._submitted = families.submitted.labels(queue=queue)
-        self._started = families.started.labels(queue=queue)
-        self._retries = families.retries.labels(queue=queue)
-        self._timeouts = families.timeouts.labels(queue=queue)
-        self._finished = {
-            outcome: families.finished.labels(queue=queue, outcome=outcome)
+
+def _bind(families: _Families, queue: str) -> Recorders:
+    # The children are bound to this queue's label values once, so that each
+    # event costs one increment or observation per metric.
+    return Recorders(
+        submitted=families.submitted.labels(queue=queue).inc,
+        started=families.started.labels(queue=queue).inc,
+        retry_scheduled=families.retries.labels(queue=queue).inc,
+        timed_out=families.timeouts.labels(queue=queue).inc,
+        finished={
+            outcome: families.finished.labels(queue=queue, outcome=outcome).inc
             for outcome in OUTCOMES
-        }
-        self._wait = families.wait.labels(queue=queue)
-        self._run = families.run.labels(queue=queue)
-
-    def __repr__(self) -> str:
-        return f"PrometheusHook(queue_name={self.queue_name!r})"
-
-    def _record_submitted(self) -> None:
-        self._submitted.inc()
-
-    def _record_started(self, wait: float | None) -> None:
-        self._started.inc()
-        if wait is not None:
-            self._wait.observe(wait)
-
-    def _record_retry_scheduled(self, run: float | None) -> None:
-        self._retries.inc()
-        if run is not None:
-            self._run.observe(run)
-
-    def _record_timed_out(self) -> None:
-        self._timeouts.inc()
-
-    def _record_finished(self, outcome: str, run: float | None) -> None:
-        self._finished[outcome].inc()
-        if run is not None:
-            self._run.observe(run)
+        },
+        wait=families.wait.labels(queue=queue).observe,
+        run=families.run.labels(queue=queue).observe,
+    )

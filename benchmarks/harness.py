@@ -9,8 +9,9 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -108,6 +109,57 @@ class Record:
         return (max(self.samples) - min(self.samples)) / median
 
 
+def time_interleaved(
+    scenario: str,
+    loop: str,
+    sizes: Sequence[int],
+    repeat: int,
+    labels: Mapping[str, str],
+    measure: Callable[[int, str], float],
+) -> list[Record]:
+    """Time each key of ``labels`` ``repeat`` times at each size, interleaved.
+
+    ``measure(size, key)`` returns the seconds of one run. One untimed round
+    at each size comes first; see ``WARMUP_MAX_SIZE``.
+    """
+    keys = list(labels)
+    records = []
+    for size in sizes:
+        interleave(keys, 1, partial(measure, min(size, WARMUP_MAX_SIZE)))
+        samples = interleave(keys, repeat, partial(measure, size))
+        for key in keys:
+            extra = {"label": labels[key]}
+            records.append(
+                Record(scenario, loop, size, key, "seconds", samples[key], extra)
+            )
+
+    return records
+
+
+def measure_once_each(
+    scenario: str,
+    loop: str,
+    sizes: Sequence[int],
+    labels: Mapping[str, str],
+    metric: str,
+    measure: Callable[[str, int], tuple[float, dict[str, Any]]],
+) -> list[Record]:
+    """Measure each key of ``labels`` once at each size, in that order.
+
+    For figures that repeat exactly, such as counts and allocations.
+    ``measure(key, size)`` returns the value of ``metric`` and the figures to
+    keep beside it in ``Record.extra``.
+    """
+    records = []
+    for size in sizes:
+        for key, label in labels.items():
+            value, figures = measure(key, size)
+            extra = {"label": label, **figures}
+            records.append(Record(scenario, loop, size, key, metric, [value], extra))
+
+    return records
+
+
 def paired_ratios(baseline: Sequence[float], contender: Sequence[float]) -> list[float]:
     """Return ``baseline[i] / contender[i]`` for each repeat ``i``.
 
@@ -182,6 +234,32 @@ def machine_info() -> dict[str, str]:
     async_queue = importlib.import_module("async_queue")
     info["async_queue"] = str(async_queue.__version__)
     return info
+
+
+def measured_sizes(records: Sequence[Record], loop: str) -> list[int]:
+    """Return the sizes measured on ``loop``, smallest first."""
+    return sorted({r.size for r in records if r.loop == loop})
+
+
+def rate_cells(record: Record) -> list[str]:
+    """Format the median rate of a timed record as tasks/s and us/task cells."""
+    return [
+        f"{record.size / record.median:,.0f}",
+        f"{record.median / record.size * 1e6:.2f}",
+    ]
+
+
+def interleaved_caption(loop: str, size: int, repeat: int) -> str:
+    return f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)"
+
+
+def print_captioned_table(
+    caption: str, headers: Sequence[str], rows: Sequence[Sequence[str]]
+) -> None:
+    """Print a blank line, ``caption`` and the table under it."""
+    print()
+    print(caption)
+    print(format_table(headers, rows))
 
 
 def print_heading(text: str) -> None:

@@ -11,14 +11,16 @@ from async_queue import Hook, LoggingHook, TaskEvent
 
 from .contenders import Contender, QueuePool
 from .harness import (
-    WARMUP_MAX_SIZE,
     Record,
     describe_ratios,
-    format_table,
-    interleave,
+    interleaved_caption,
+    measured_sizes,
     paired_ratios,
+    print_captioned_table,
     print_heading,
+    rate_cells,
     run_on_loop,
+    time_interleaved,
 )
 from .throughput import time_pool
 
@@ -103,26 +105,9 @@ def measure(loop: str, contenders: dict[str, Contender], n: int, key: str) -> fl
 def run(loop: str, sizes: Sequence[int], repeat: int) -> list[Record]:
     """Measure every installed contender ``repeat`` times at each size, interleaved."""
     by_key = {c.key: c for c in CONTENDERS if c.available()}
-    keys = list(by_key)
-    records = []
-    for size in sizes:
-        warmup_size = min(size, WARMUP_MAX_SIZE)
-        interleave(keys, 1, partial(measure, loop, by_key, warmup_size))
-        samples = interleave(keys, repeat, partial(measure, loop, by_key, size))
-        for key in keys:
-            records.append(
-                Record(
-                    SCENARIO,
-                    loop,
-                    size,
-                    key,
-                    "seconds",
-                    samples[key],
-                    {"label": by_key[key].label},
-                )
-            )
-
-    return records
+    labels = {key: contender.label for key, contender in by_key.items()}
+    measure_size = partial(measure, loop, by_key)
+    return time_interleaved(SCENARIO, loop, sizes, repeat, labels, measure_size)
 
 
 def print_table(records: Sequence[Record], loop: str, size: int, repeat: int) -> None:
@@ -134,18 +119,15 @@ def print_table(records: Sequence[Record], loop: str, size: int, repeat: int) ->
         table.append(
             [
                 record.extra["label"],
-                f"{record.size / record.median:,.0f}",
-                f"{record.median / record.size * 1e6:.2f}",
+                *rate_cells(record),
                 f"{extra_us:+.2f}",
                 f"{record.spread:.1%}",
                 describe_ratios(paired_ratios(base.samples, record.samples)),
             ]
         )
 
-    print()
-    print(f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)")
     headers = ["contender", "tasks/s", "us/task", "extra us", "spread", "vs no hooks"]
-    print(format_table(headers, table))
+    print_captioned_table(interleaved_caption(loop, size, repeat), headers, table)
 
 
 def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None:
@@ -163,5 +145,5 @@ def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None
             )
 
     for loop in loops:
-        for size in sorted({r.size for r in records if r.loop == loop}):
+        for size in measured_sizes(records, loop):
             print_table(records, loop, size, repeat)

@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from .contenders import POOLS, WORKERS, Contender
-from .harness import Record, format_table, print_heading, run_on_loop
+from .harness import (
+    Record,
+    measure_once_each,
+    print_captioned_table,
+    print_heading,
+    run_on_loop,
+)
 
 SCENARIO = "memory"
 
@@ -129,23 +135,12 @@ def run_probe(key: str, n: int, loop: str) -> dict[str, float]:
 def run(
     loop: str, sizes: Sequence[int], contenders: Sequence[Contender]
 ) -> list[Record]:
-    records = []
-    for size in sizes:
-        for contender in contenders:
-            figures = run_probe(contender.key, size, loop)
-            records.append(
-                Record(
-                    SCENARIO,
-                    loop,
-                    size,
-                    contender.key,
-                    "bytes per task",
-                    [figures["traced_per_task"]],
-                    {"label": contender.label, "rss_per_task": figures["rss_per_task"]},
-                )
-            )
+    def measure(key: str, size: int) -> tuple[float, dict[str, Any]]:
+        figures = run_probe(key, size, loop)
+        return figures["traced_per_task"], {"rss_per_task": figures["rss_per_task"]}
 
-    return records
+    labels = {c.key: c.label for c in contenders}
+    return measure_once_each(SCENARIO, loop, sizes, labels, "bytes per task", measure)
 
 
 def report(records: Sequence[Record], loops: Sequence[str]) -> None:
@@ -167,10 +162,8 @@ def report(records: Sequence[Record], loops: Sequence[str]) -> None:
             ]
             for r in rows
         ]
-        print()
-        print(f"loop={loop}")
         headers = ["contender", "N", "tracemalloc B/task", "RSS B/task"]
-        print(format_table(headers, table))
+        print_captioned_table(f"loop={loop}", headers, table)
 
 
 def main(argv: Sequence[str]) -> int:

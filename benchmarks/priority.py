@@ -8,7 +8,13 @@ from time import perf_counter
 from typing import Any
 
 from .contenders import WORKERS, Contender
-from .harness import Record, format_table, print_heading, run_on_loop
+from .harness import (
+    Record,
+    measure_once_each,
+    print_captioned_table,
+    print_heading,
+    run_on_loop,
+)
 
 SCENARIO = "priority"
 
@@ -75,23 +81,15 @@ async def measure_latency(contender: Contender, n: int) -> dict[str, float]:
 def run(
     loop: str, sizes: Sequence[int], contenders: Sequence[Contender]
 ) -> list[Record]:
-    records = []
-    for size in sizes:
-        for contender in contenders:
-            figures = run_on_loop(loop, measure_latency(contender, size))
-            records.append(
-                Record(
-                    SCENARIO,
-                    loop,
-                    size,
-                    contender.key,
-                    "completions before start",
-                    [figures["completions_before_start"]],
-                    {"label": contender.label} | figures,
-                )
-            )
+    by_key = {c.key: c for c in contenders}
 
-    return records
+    def measure(key: str, size: int) -> tuple[float, dict[str, Any]]:
+        figures = run_on_loop(loop, measure_latency(by_key[key], size))
+        return figures["completions_before_start"], figures
+
+    labels = {c.key: c.label for c in contenders}
+    metric = "completions before start"
+    return measure_once_each(SCENARIO, loop, sizes, labels, metric, measure)
 
 
 def report(records: Sequence[Record], loops: Sequence[str]) -> None:
@@ -116,7 +114,5 @@ def report(records: Sequence[Record], loops: Sequence[str]) -> None:
             ]
             for r in rows
         ]
-        print()
-        print(f"loop={loop}")
         headers = ["contender", "N", "backlog", "completions", "latency ms"]
-        print(format_table(headers, table))
+        print_captioned_table(f"loop={loop}", headers, table)

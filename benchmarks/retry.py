@@ -11,14 +11,16 @@ from async_queue import RetryPolicy
 
 from .contenders import POOL, Contender, HandPool, QueuePool
 from .harness import (
-    WARMUP_MAX_SIZE,
     Record,
     describe_ratios,
-    format_table,
-    interleave,
+    interleaved_caption,
+    measured_sizes,
     paired_ratios,
+    print_captioned_table,
     print_heading,
+    rate_cells,
     run_on_loop,
+    time_interleaved,
 )
 
 SCENARIO = "retry"
@@ -74,25 +76,9 @@ def measure(loop: str, n: int, key: str) -> float:
 
 
 def run(loop: str, sizes: Sequence[int], repeat: int) -> list[Record]:
-    keys = [c.key for c in CONTENDERS]
-    records = []
-    for size in sizes:
-        interleave(keys, 1, partial(measure, loop, min(size, WARMUP_MAX_SIZE)))
-        samples = interleave(keys, repeat, partial(measure, loop, size))
-        for contender in CONTENDERS:
-            records.append(
-                Record(
-                    SCENARIO,
-                    loop,
-                    size,
-                    contender.key,
-                    "seconds",
-                    samples[contender.key],
-                    {"label": contender.label},
-                )
-            )
-
-    return records
+    labels = {c.key: c.label for c in CONTENDERS}
+    measure_size = partial(measure, loop)
+    return time_interleaved(SCENARIO, loop, sizes, repeat, labels, measure_size)
 
 
 def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None:
@@ -103,20 +89,18 @@ def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None
         "never formatted. vs pool: paired by repeat, median (min-max)."
     )
     for loop in loops:
-        for size in sorted({r.size for r in records if r.loop == loop}):
+        for size in measured_sizes(records, loop):
             rows = [r for r in records if r.loop == loop and r.size == size]
             pool = next(r for r in rows if r.contender == POOL)
             table = [
                 [
                     r.extra["label"],
-                    f"{r.size / r.median:,.0f}",
-                    f"{r.median / r.size * 1e6:.2f}",
+                    *rate_cells(r),
                     f"{r.spread:.1%}",
                     describe_ratios(paired_ratios(pool.samples, r.samples)),
                 ]
                 for r in rows
             ]
-            print()
-            print(f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)")
             headers = ["contender", "tasks/s", "us/task", "spread", "vs pool"]
-            print(format_table(headers, table))
+            caption = interleaved_caption(loop, size, repeat)
+            print_captioned_table(caption, headers, table)

@@ -11,14 +11,16 @@ from typing import Any
 
 from .contenders import FLOOR, POOL, Contender
 from .harness import (
-    WARMUP_MAX_SIZE,
     Record,
     describe_ratios,
-    format_table,
-    interleave,
+    interleaved_caption,
+    measured_sizes,
     paired_ratios,
+    print_captioned_table,
     print_heading,
+    rate_cells,
     run_on_loop,
+    time_interleaved,
 )
 
 SCENARIO = "throughput"
@@ -83,29 +85,10 @@ def run(
     One untimed round at each size comes first; see ``WARMUP_MAX_SIZE``.
     """
     by_key = {c.key: c for c in contenders}
-    keys = ([FLOOR] if with_floor else []) + list(by_key)
-    labels = {c.key: c.label for c in contenders} | {FLOOR: FLOOR_LABEL}
-
-    records = []
-    for size in sizes:
-        warmup_size = min(size, WARMUP_MAX_SIZE)
-        interleave(keys, 1, partial(measure, loop, by_key, warmup_size))
-        samples = interleave(keys, repeat, partial(measure, loop, by_key, size))
-
-        for key in keys:
-            records.append(
-                Record(
-                    SCENARIO,
-                    loop,
-                    size,
-                    key,
-                    "seconds",
-                    samples[key],
-                    {"label": labels[key]},
-                )
-            )
-
-    return records
+    labels = {FLOOR: FLOOR_LABEL} if with_floor else {}
+    labels |= {c.key: c.label for c in contenders}
+    measure_size = partial(measure, loop, by_key)
+    return time_interleaved(SCENARIO, loop, sizes, repeat, labels, measure_size)
 
 
 def print_table(records: Sequence[Record], loop: str, size: int, repeat: int) -> None:
@@ -113,25 +96,15 @@ def print_table(records: Sequence[Record], loop: str, size: int, repeat: int) ->
     pool = next((r for r in rows if r.contender == POOL), None)
     table = []
     for record in rows:
-        rate = record.size / record.median
         ratio = "-"
         if pool is not None:
             ratio = describe_ratios(paired_ratios(pool.samples, record.samples))
 
-        table.append(
-            [
-                record.extra["label"],
-                f"{rate:,.0f}",
-                f"{record.median / record.size * 1e6:.2f}",
-                f"{record.spread:.1%}",
-                ratio,
-            ]
-        )
+        spread = f"{record.spread:.1%}"
+        table.append([record.extra["label"], *rate_cells(record), spread, ratio])
 
-    print()
-    print(f"loop={loop}  N={size:,}  repeats={repeat} (interleaved)")
     headers = ["contender", "tasks/s", "us/task", "spread", "vs hand-written pool"]
-    print(format_table(headers, table))
+    print_captioned_table(interleaved_caption(loop, size, repeat), headers, table)
 
 
 def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None:
@@ -142,7 +115,7 @@ def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None
         "median (min-max); above 1.00x is faster than the pool."
     )
     for loop in loops:
-        for size in sorted({r.size for r in records if r.loop == loop}):
+        for size in measured_sizes(records, loop):
             print_table(records, loop, size, repeat)
 
 
@@ -203,7 +176,5 @@ def report_scaling(derived: Sequence[Record], loops: Sequence[str]) -> None:
                 ]
             )
 
-        print()
-        print(f"loop={loop}")
         headers = ["contender", "N", "time ratio", "ideal", "per-task cost growth"]
-        print(format_table(headers, table))
+        print_captioned_table(f"loop={loop}", headers, table)

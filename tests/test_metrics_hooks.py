@@ -11,7 +11,7 @@ import importlib
 import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -22,8 +22,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry
 
-from async_queue import AsyncTaskQueue, Hook, RetryPolicy, TaskEvent, TaskState
-from async_queue._metrics import DEFAULT_BUCKETS, OUTCOMES, MetricsHook
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    RetryPolicy,
+    TaskEvent,
+    TaskHandle,
+    TaskState,
+)
+from async_queue._metrics import DEFAULT_BUCKETS, OUTCOMES, MetricsHook, Recorders
 from async_queue.opentelemetry import OpenTelemetryHook
 from async_queue.prometheus import PrometheusHook
 from tests.clock import VirtualClockLoop, run_virtual
@@ -53,8 +60,14 @@ class PrometheusBackend:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
 
+    def make_hook(self, **options: Any) -> MetricsHook:
+        return PrometheusHook(self.registry, **options)
+
     def hook(self, queue_name: str = "q") -> MetricsHook:
-        return PrometheusHook(self.registry, queue_name=queue_name)
+        return self.make_hook(queue_name=queue_name)
+
+    def close(self) -> None:
+        pass
 
     def value(self, name: str, **labels: str) -> float:
         value = self.registry.get_sample_value(f"async_queue_{name}", labels)
@@ -87,8 +100,14 @@ class OpenTelemetryBackend:
             metric_readers=[self.reader], shutdown_on_exit=False
         )
 
+    def make_hook(self, **options: Any) -> MetricsHook:
+        return OpenTelemetryHook(self.provider, **options)
+
     def hook(self, queue_name: str = "q") -> MetricsHook:
-        return OpenTelemetryHook(self.provider, queue_name=queue_name)
+        return self.make_hook(queue_name=queue_name)
+
+    def close(self) -> None:
+        self.provider.shutdown()
 
     def points(self) -> dict[str, list[Any]]:
         """Return the data points of each instrument, by instrument name."""
@@ -133,48 +152,117 @@ class OpenTelemetryBackend:
 
 
 Backend = PrometheusBackend | OpenTelemetryBackend
+BACKENDS = (PrometheusBackend, OpenTelemetryBackend)
 
 
-@pytest.fixture(params=[PrometheusBackend, OpenTelemetryBackend], ids=["prom", "otel"])
+@pytest.fixture(params=BACKENDS, ids=["prom", "otel"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     made: Backend = request.param()
     yield made
-    if isinstance(made, OpenTelemetryBackend):
-        made.provider.shutdown()
+    made.close()
+
+
+# Scenarios: a queue driven on the virtual clock, with one hook of a backend
+
+Scenario = Callable[[VirtualClockLoop, MetricsHook], Awaitable[None]]
+
+
+def run_scenario(
+    backend: Backend, scenario: Scenario, hook: MetricsHook | None = None
+) -> Snapshot:
+    """Run ``scenario`` with ``hook``, by default a new one, and return the metrics.
+
+    Afterwards the hook must keep no entry, because every task has ended.
+    """
+    if hook is None:
+        hook = backend.hook()
+
+    run_virtual(lambda loop: scenario(loop, hook))
+    assert hook.in_flight == 0
+    return backend.snapshot()
 
 
 def finished(**counts: int) -> dict[str, int]:
     return dict.fromkeys(OUTCOMES, 0) | counts
 
 
+def one_attempt(outcome: str, run_sum: float = 0.0, **counts: int) -> Snapshot:
+    """Return the metrics of one task that ran one attempt and ended in ``outcome``."""
+    return Snapshot(
+        submitted=1,
+        started=1,
+        finished=finished(**{outcome: 1}),
+        wait_count=1,
+        run_count=1,
+        run_sum=run_sum,
+        **counts,
+    )
+
+
+async def reach(handle: TaskHandle[Any], state: TaskState) -> None:
+    await until(lambda: handle.state is state)
+
+
+async def start(
+    queue: AsyncTaskQueue, fn: Callable[..., Awaitable[T]], *args: Any, **options: Any
+) -> TaskHandle[T]:
+    """Submit ``fn(*args)`` and wait until its first attempt runs."""
+    handle = await queue.submit(fn, *args, **options)
+    await reach(handle, TaskState.RUNNING)
+    return handle
+
+
+async def job() -> str:
+    return "done"
+
+
+async def sleeps(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def hangs() -> None:
+    await asyncio.Event().wait()
+
+
+async def refused() -> None:
+    raise ConnectionError("refused")
+
+
+def fails_once() -> Callable[[], Awaitable[str]]:
+    """Return a task function that raises on its first call and returns "ok"."""
+    calls = 0
+
+    async def flaky() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("refused")
+        return "ok"
+
+    return flaky
+
+
 NO_RETRY = RetryPolicy(max_retries=0)
+# Three retries after a fixed 10 s backoff, long enough to act during it.
+LONG_BACKOFF = RetryPolicy(max_retries=3, base_delay=10, jitter="none")
 
 
 # Every path to a final state
 
 
 def test_success_records_wait_and_run(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def sleeps(seconds: float) -> None:
-            await asyncio.sleep(seconds)
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         async with AsyncTaskQueue(1, hooks=[hook]) as queue:
-            first = await queue.submit(sleeps, 2)
+            first = await start(queue, sleeps, 2)
             second = await queue.submit(sleeps, 3)
-            await until(lambda: first.state is TaskState.RUNNING)
             assert hook.in_flight == 2
             loop.advance(2)
             await first
-            await until(lambda: second.state is TaskState.RUNNING)
+            await reach(second, TaskState.RUNNING)
             loop.advance(3)
             await second
 
-        assert hook.in_flight == 0
-
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=2,
         started=2,
         finished=finished(succeeded=2),
@@ -186,58 +274,32 @@ def test_success_records_wait_and_run(backend: Backend) -> None:
 
 
 def test_failure_records_run(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
+    async def fails_later() -> None:
+        await asyncio.sleep(1.5)
+        raise ValueError("bad input")
 
-        async def fails_later() -> None:
-            await asyncio.sleep(1.5)
-            raise ValueError("bad input")
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         async with AsyncTaskQueue(1, retry=NO_RETRY, hooks=[hook]) as queue:
-            handle = await queue.submit(fails_later)
-            await until(lambda: handle.state is TaskState.RUNNING)
+            handle = await start(queue, fails_later)
             loop.advance(1.5)
             with pytest.raises(ValueError, match="bad input"):
                 await handle
 
-        assert hook.in_flight == 0
-
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
-        submitted=1,
-        started=1,
-        finished=finished(failed=1),
-        wait_count=1,
-        run_count=1,
-        run_sum=1.5,
-    )
+    assert run_scenario(backend, scenario) == one_attempt("failed", run_sum=1.5)
 
 
 def test_retry_wait_counts_from_backoff_end(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-        calls = 0
-
-        async def flaky() -> str:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise ConnectionError("refused")
-            return "ok"
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         policy = RetryPolicy(max_retries=1, base_delay=4, jitter="none")
         async with AsyncTaskQueue(1, retry=policy, hooks=[hook]) as queue:
-            handle = await queue.submit(flaky)
-            await until(lambda: handle.state is TaskState.WAITING_RETRY)
+            handle = await queue.submit(fails_once())
+            await reach(handle, TaskState.WAITING_RETRY)
             assert hook.in_flight == 1
             # The backoff ends at 4 s; the attempt starts at 5 s, so it waited 1 s.
             loop.advance(5)
             assert await handle == "ok"
 
-        assert hook.in_flight == 0
-
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=1,
         started=2,
         retries=1,
@@ -250,45 +312,23 @@ def test_retry_wait_counts_from_backoff_end(backend: Backend) -> None:
 
 
 def test_timeout_counts_then_fails(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def hangs() -> None:
-            await asyncio.Event().wait()
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         async with AsyncTaskQueue(1, retry=NO_RETRY, hooks=[hook]) as queue:
-            handle = await queue.submit(hangs, timeout=2)
-            await until(lambda: handle.state is TaskState.RUNNING)
+            handle = await start(queue, hangs, timeout=2)
             loop.advance(2)
             with pytest.raises(TimeoutError):
                 await handle
 
-        assert hook.in_flight == 0
-
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
-        submitted=1,
-        started=1,
-        timeouts=1,
-        finished=finished(failed=1),
-        wait_count=1,
-        run_count=1,
-        run_sum=2.0,
-    )
+    expected = one_attempt("failed", run_sum=2.0, timeouts=1)
+    assert run_scenario(backend, scenario) == expected
 
 
 def test_cancel_while_queued(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         release = asyncio.Event()
-
-        async def blocker() -> None:
-            await release.wait()
-
         async with AsyncTaskQueue(1, hooks=[hook]) as queue:
-            running = await queue.submit(blocker)
-            queued = await queue.submit(blocker)
-            await until(lambda: running.state is TaskState.RUNNING)
+            running = await start(queue, release.wait)
+            queued = await queue.submit(release.wait)
             assert queued.cancel()
             assert hook.in_flight == 1
             loop.advance(1)
@@ -296,10 +336,8 @@ def test_cancel_while_queued(backend: Backend) -> None:
             await running
 
         assert queued.state is TaskState.CANCELLED
-        assert hook.in_flight == 0
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=2,
         started=1,
         finished=finished(succeeded=1, cancelled=1),
@@ -310,74 +348,36 @@ def test_cancel_while_queued(backend: Backend) -> None:
 
 
 def test_cancel_while_running(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def hangs() -> None:
-            await asyncio.Event().wait()
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         async with AsyncTaskQueue(1, hooks=[hook]) as queue:
-            handle = await queue.submit(hangs)
-            await until(lambda: handle.state is TaskState.RUNNING)
+            handle = await start(queue, hangs)
             loop.advance(3)
             assert handle.cancel()
             await queue.join()
 
         assert handle.state is TaskState.CANCELLED
-        assert hook.in_flight == 0
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
-        submitted=1,
-        started=1,
-        finished=finished(cancelled=1),
-        wait_count=1,
-        run_count=1,
-        run_sum=3.0,
-    )
+    assert run_scenario(backend, scenario) == one_attempt("cancelled", run_sum=3.0)
 
 
 def test_cancel_during_backoff(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def fails() -> None:
-            raise ConnectionError("refused")
-
-        policy = RetryPolicy(max_retries=3, base_delay=10, jitter="none")
-        async with AsyncTaskQueue(1, retry=policy, hooks=[hook]) as queue:
-            handle = await queue.submit(fails)
-            await until(lambda: handle.state is TaskState.WAITING_RETRY)
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
+        async with AsyncTaskQueue(1, retry=LONG_BACKOFF, hooks=[hook]) as queue:
+            handle = await queue.submit(refused)
+            await reach(handle, TaskState.WAITING_RETRY)
             assert handle.cancel()
 
-        assert hook.in_flight == 0
+        assert handle.state is TaskState.CANCELLED
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
-        submitted=1,
-        started=1,
-        retries=1,
-        finished=finished(cancelled=1),
-        wait_count=1,
-        run_count=1,
-    )
+    assert run_scenario(backend, scenario) == one_attempt("cancelled", retries=1)
 
 
 def test_dropped_at_stop(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def job() -> None:
-            pass
-
-        async def fails() -> None:
-            raise ConnectionError("refused")
-
-        policy = RetryPolicy(max_retries=3, base_delay=10, jitter="none")
-        queue = AsyncTaskQueue(1, retry=policy, hooks=[hook])
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
+        queue = AsyncTaskQueue(1, retry=LONG_BACKOFF, hooks=[hook])
         await queue.start()
-        backing_off = await queue.submit(fails)
-        await until(lambda: backing_off.state is TaskState.WAITING_RETRY)
+        backing_off = await queue.submit(refused)
+        await reach(backing_off, TaskState.WAITING_RETRY)
         queue.pause()
         pending = await queue.submit(job)
         delayed = await queue.submit(job, delay=60)
@@ -386,10 +386,8 @@ def test_dropped_at_stop(backend: Backend) -> None:
 
         assert report.never_started == (pending, delayed)
         assert report.retries_cancelled == (backing_off,)
-        assert hook.in_flight == 0
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=3,
         started=1,
         retries=1,
@@ -400,8 +398,7 @@ def test_dropped_at_stop(backend: Backend) -> None:
 
 
 def test_abandoned_at_stop(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         release = asyncio.Event()
         cancels = 0
 
@@ -415,8 +412,7 @@ def test_abandoned_at_stop(backend: Backend) -> None:
 
         queue = AsyncTaskQueue(1, hooks=[hook])
         await queue.start()
-        handle = await queue.submit(ignores_cancel)
-        await until(lambda: handle.state is TaskState.RUNNING)
+        handle = await start(queue, ignores_cancel)
         stopping = asyncio.create_task(queue.stop(grace=2))
         # The stop arms its grace timer in the step that cancels the task.
         await until(lambda: cancels == 1)
@@ -429,33 +425,17 @@ def test_abandoned_at_stop(backend: Backend) -> None:
         release.set()
         await until(lambda: len(asyncio.all_tasks()) == 1)
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
-        submitted=1,
-        started=1,
-        finished=finished(cancelled=1),
-        wait_count=1,
-        run_count=1,
-        run_sum=2.0,
-    )
+    assert run_scenario(backend, scenario) == one_attempt("cancelled", run_sum=2.0)
 
 
 def test_delayed_task_records_no_first_wait(backend: Backend) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-
-        async def job() -> str:
-            return "done"
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         async with AsyncTaskQueue(1, hooks=[hook]) as queue:
             handle = await queue.submit(job, delay=10)
             loop.advance(10)
             assert await handle == "done"
 
-        assert hook.in_flight == 0
-
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=1,
         started=1,
         finished=finished(succeeded=1),
@@ -475,13 +455,8 @@ def test_cancel_inside_on_submitted(backend: Backend) -> None:
             assert self.queue is not None
             self.queue.cancel(event.task_id)
 
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         canceller = CancelsAll()
-
-        async def job() -> None:
-            pass
-
         async with AsyncTaskQueue(1, hooks=[canceller, hook]) as queue:
             canceller.queue = queue
             handles = [await queue.submit(job) for _ in range(3)]
@@ -489,8 +464,7 @@ def test_cancel_inside_on_submitted(backend: Backend) -> None:
 
         assert [h.state for h in handles] == [TaskState.CANCELLED] * 3
 
-    run_virtual(main)
-    assert backend.snapshot() == Snapshot(
+    assert run_scenario(backend, scenario) == Snapshot(
         submitted=3,
         finished=finished(cancelled=3),
     )
@@ -499,52 +473,30 @@ def test_cancel_inside_on_submitted(backend: Backend) -> None:
 # Failing backends, sharing and naming
 
 
-class BrokenInstrument:
-    """A metric whose every update raises, like a backend that is down."""
-
-    def __getattr__(self, name: str) -> Callable[..., None]:
-        def fail(*args: object) -> None:
-            raise RuntimeError("metrics backend down")
-
-        return fail
+def fail(*args: object) -> None:
+    raise RuntimeError("metrics backend down")
 
 
-def break_instruments(hook: MetricsHook) -> None:
-    for name in ("_submitted", "_started", "_retries", "_timeouts", "_wait", "_run"):
-        setattr(hook, name, BrokenInstrument())
-
-    hook._finished = (  # type: ignore[attr-defined]
-        dict.fromkeys(OUTCOMES, BrokenInstrument())
-        if isinstance(hook, PrometheusHook)
-        else BrokenInstrument()
-    )
+# Instruments whose every update raises, like those of a backend that is down.
+BROKEN = Recorders(fail, fail, fail, fail, dict.fromkeys(OUTCOMES, fail), fail, fail)
 
 
 def test_broken_backend_loses_no_task(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def main(loop: VirtualClockLoop) -> None:
-        hook = backend.hook()
-        break_instruments(hook)
-        calls = 0
+    hook = backend.hook()
+    hook._recorders = BROKEN
 
-        async def flaky() -> str:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise ConnectionError("refused")
-            return "ok"
-
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         policy = RetryPolicy(max_retries=1, base_delay=0)
         async with AsyncTaskQueue(1, retry=policy, hooks=[hook]) as queue:
-            handle = await queue.submit(flaky)
+            handle = await queue.submit(fails_once())
             assert await handle == "ok"
 
         assert handle.attempts == 2
-        assert hook.in_flight == 0
 
     caplog.set_level(logging.ERROR, logger="async_queue")
-    run_virtual(main)
+    assert run_scenario(backend, scenario, hook) == Snapshot()
     failures = [r for r in caplog.records if "hook" in r.getMessage()]
     # submitted, started, retry scheduled, started, succeeded
     assert len(failures) == 5
@@ -554,12 +506,9 @@ def test_broken_backend_loses_no_task(
 
 
 def test_queues_share_one_backend(backend: Backend) -> None:
+    emails, reports = backend.hook("emails"), backend.hook("reports")
+
     async def main(loop: VirtualClockLoop) -> None:
-        emails, reports = backend.hook("emails"), backend.hook("reports")
-
-        async def job() -> None:
-            pass
-
         async with (
             AsyncTaskQueue(1, hooks=[emails]) as first,
             AsyncTaskQueue(1, hooks=[reports]) as second,
@@ -570,10 +519,10 @@ def test_queues_share_one_backend(backend: Backend) -> None:
                 await second.submit(job)
 
     run_virtual(main)
-    emails = backend.snapshot("emails")
-    reports = backend.snapshot("reports")
-    assert (emails.submitted, emails.finished["succeeded"]) == (2, 2)
-    assert (reports.submitted, reports.finished["succeeded"]) == (5, 5)
+    assert backend.snapshot("emails").submitted == 2
+    assert backend.snapshot("emails").finished == finished(succeeded=2)
+    assert backend.snapshot("reports").submitted == 5
+    assert backend.snapshot("reports").finished == finished(succeeded=5)
 
 
 def test_prometheus_same_name_adds_up() -> None:
@@ -581,9 +530,6 @@ def test_prometheus_same_name_adds_up() -> None:
     first, second = backend.hook(), backend.hook()
 
     async def main(loop: VirtualClockLoop) -> None:
-        async def job() -> None:
-            pass
-
         for hook in (first, second):
             async with AsyncTaskQueue(1, hooks=[hook]) as queue:
                 await queue.submit(job)
@@ -597,12 +543,8 @@ def test_prometheus_custom_buckets_and_namespace() -> None:
     hook = PrometheusHook(registry, "jobs", "q", buckets=[1, 10])
 
     async def main(loop: VirtualClockLoop) -> None:
-        async def sleeps() -> None:
-            await asyncio.sleep(5)
-
         async with AsyncTaskQueue(1, hooks=[hook]) as queue:
-            handle = await queue.submit(sleeps)
-            await until(lambda: handle.state is TaskState.RUNNING)
+            handle = await start(queue, sleeps, 5)
             loop.advance(5)
             await handle
 
@@ -658,8 +600,8 @@ def test_opentelemetry_histogram_buckets() -> None:
     assert tuple(custom_point.bucket_counts) == (0, 1, 0)
     assert custom_point.sum == 1.25
     assert repr(hooks[1]) == "OpenTelemetryHook(queue_name='custom')"
-    default.provider.shutdown()
-    custom.provider.shutdown()
+    default.close()
+    custom.close()
 
 
 def test_events_without_start_record_no_run(backend: Backend) -> None:
@@ -714,14 +656,8 @@ def test_opentelemetry_global_provider_is_default() -> None:
 def test_bad_arguments_rejected(
     backend: Backend, kwargs: dict[str, Any], error: type[Exception], match: str
 ) -> None:
-    if isinstance(backend, PrometheusBackend):
-        make: Callable[..., MetricsHook] = PrometheusHook
-        first: object = backend.registry
-    else:
-        make, first = OpenTelemetryHook, backend.provider
-
     with pytest.raises(error, match=match):
-        make(first, **kwargs)
+        backend.make_hook(**kwargs)
 
 
 def test_prometheus_bad_registry_and_namespace() -> None:
@@ -772,20 +708,19 @@ Behaviour = str  # "ok", "fail", "flaky", "cancel"
 
 @settings(max_examples=30, deadline=None)
 @given(
+    make_backend=st.sampled_from(BACKENDS),
     behaviours=st.lists(
         st.sampled_from(["ok", "fail", "flaky", "cancel"]), min_size=1, max_size=12
     ),
     workers=st.integers(1, 4),
 )
-def test_counts_match_outcomes(behaviours: list[Behaviour], workers: int) -> None:
+def test_counts_match_outcomes(
+    make_backend: Callable[[], Backend], behaviours: list[Behaviour], workers: int
+) -> None:
     """Counters agree with the handles, and the hook keeps nothing afterwards."""
-    backend = PrometheusBackend()
-    hook = backend.hook()
-    states: list[TaskState] = []
-    attempts = retries = 0
+    handles: list[TaskHandle[None]] = []
 
-    async def main(loop: VirtualClockLoop) -> None:
-        nonlocal attempts, retries
+    async def scenario(loop: VirtualClockLoop, hook: MetricsHook) -> None:
         failed_once: set[int] = set()
         release = asyncio.Event()
 
@@ -800,23 +735,22 @@ def test_counts_match_outcomes(behaviours: list[Behaviour], workers: int) -> Non
 
         policy = RetryPolicy(max_retries=1, base_delay=0, retry_on=ConnectionError)
         async with AsyncTaskQueue(workers, retry=policy, hooks=[hook]) as queue:
-            handles = [
-                await queue.submit(task, index, behaviour)
-                for index, behaviour in enumerate(behaviours)
-            ]
+            for index, behaviour in enumerate(behaviours):
+                handles.append(await queue.submit(task, index, behaviour))
             for handle, behaviour in zip(handles, behaviours, strict=True):
                 if behaviour == "cancel":
                     handle.cancel()
             release.set()
             await queue.join()
 
-        states.extend(h.state for h in handles)
-        attempts = sum(h.attempts for h in handles)
-        retries = sum(max(h.attempts - 1, 0) for h in handles)
-        assert hook.in_flight == 0
+    backend = make_backend()
+    try:
+        snapshot = run_scenario(backend, scenario)
+    finally:
+        backend.close()
 
-    run_virtual(main)
-    snapshot = backend.snapshot()
+    states = [h.state for h in handles]
+    attempts = sum(h.attempts for h in handles)
     by_state = {
         "succeeded": states.count(TaskState.SUCCEEDED),
         "failed": states.count(TaskState.FAILED),
@@ -828,4 +762,4 @@ def test_counts_match_outcomes(behaviours: list[Behaviour], workers: int) -> Non
     assert snapshot.started == attempts
     assert snapshot.wait_count == attempts
     assert snapshot.run_count == attempts
-    assert snapshot.retries == retries
+    assert snapshot.retries == sum(max(h.attempts - 1, 0) for h in handles)
