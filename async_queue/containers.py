@@ -12,9 +12,11 @@ from .models import PENDING, TaskHandle, TaskId
 
 __all__ = ("AgingHeap", "ReadyHeap", "ResultStore", "TimerHeap")
 
-# Stale entries (tasks cancelled while pending) are dropped lazily by pop().
-# Past this many, and past half of all entries, the heap is rebuilt so that a
-# queue whose pending tasks are cancelled in bulk does not keep their memory.
+# Stale entries (tasks cancelled while pending) are dropped lazily by pop(),
+# and all at once when no entry is pending any more. Past this many, and past
+# half of all entries, the heap is rebuilt so that a queue whose pending tasks
+# are cancelled in bulk does not keep their memory. A stale handle has
+# already let go of its arguments (see AsyncTaskQueue._finish).
 _COMPACT_MIN_STALE = 1024
 
 
@@ -113,7 +115,13 @@ class ReadyHeap:
             self._stale += 1
             stale = self._stale_by_level
             stale[priority] = stale.get(priority, 0) + 1
-            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
+            if self._stale == self._entries:
+                # Nothing is pending: an idle queue lets go of the tasks now.
+                self._levels.clear()
+                self._order.clear()
+                stale.clear()
+                self._entries = self._stale = 0
+            elif self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
                 self._compact()
 
     def drain(self) -> list[TaskHandle[Any]]:
@@ -317,7 +325,10 @@ class AgingHeap:
         """Record that ``handle``, still in the heap, left the pending state."""
         with self._lock:
             self._stale += 1
-            if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
+            if self._stale == self._entries:
+                self._heap.clear()  # nothing is pending, as in ReadyHeap
+                self._entries = self._stale = 0
+            elif self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > self._entries:
                 self._heap = [e for e in self._heap if e[2]._state is PENDING]
                 heapq.heapify(self._heap)
                 self._entries = len(self._heap)

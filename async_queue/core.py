@@ -1281,6 +1281,7 @@ class AsyncTaskQueue:
             exception=exc,
             attempts=handle._attempts,
         )
+        handle._args = None  # the letter holds them for requeue()
         self._dead_letters.add(letter)
         if self._on_dead_letter is None:
             return
@@ -1383,6 +1384,11 @@ class AsyncTaskQueue:
         """Record a task that has just reached its final state."""
         del self._active[handle._id]
         handle._queue = handle._worker = None
+        if handle._state is not FAILED:
+            # The arguments are freed now, not when the handle goes: the
+            # result store and a stale heap entry keep handles for a while.
+            # A failed task's go into its dead letter first.
+            handle._args = None
         if handle._waiters is not None:
             self._release_waiters(handle)
         if handle._dedup_key is not None:

@@ -23,6 +23,9 @@ from async_queue import (
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
+# The async tests run on asyncio's event loop and on uvloop.
+pytestmark = pytest.mark.every_loop
+
 NO_RETRY = RetryPolicy(max_retries=0)
 
 

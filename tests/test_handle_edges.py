@@ -1,0 +1,138 @@
+"""Edges of the handle, bind() and threaded(), hooks and input checks."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from async_queue import (
+    AsyncTaskQueue,
+    RetryPolicy,
+    TaskHandle,
+    TaskState,
+    bind,
+    threaded,
+)
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def echo(value: object, *, suffix: str = "") -> str:
+    return f"{value}{suffix}"
+
+
+@pytest.mark.parametrize(
+    ("state", "final"),
+    [
+        (TaskState.DELAYED, False),
+        (TaskState.PENDING, False),
+        (TaskState.WAITING_RETRY, False),
+        (TaskState.RUNNING, False),
+        (TaskState.SUCCEEDED, True),
+        (TaskState.FAILED, True),
+        (TaskState.CANCELLED, True),
+    ],
+)
+def test_state_is_final(state: TaskState, final: bool) -> None:
+    assert state.is_final is final
+
+
+async def test_unfinished_handle_has_no_outcome() -> None:
+    """result() and exception() of a task that is not final raise at once."""
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        queue.pause()
+        handle = await queue.submit(echo, 1)
+
+        with pytest.raises(asyncio.InvalidStateError, match="is pending, not final"):
+            handle.result()
+        with pytest.raises(asyncio.InvalidStateError, match="is pending, not final"):
+            handle.exception()
+
+        queue.resume()
+
+        assert await handle == "1"
+        assert handle.exception() is None
+
+
+async def test_remove_done_callback_never_added() -> None:
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        queue.pause()
+        handle: TaskHandle[str] = await queue.submit(echo, 1)
+        seen: list[TaskHandle[str]] = []
+
+        assert handle.remove_done_callback(seen.append) == 0
+
+        handle.add_done_callback(seen.append)
+
+        assert handle.remove_done_callback(print) == 0  # type: ignore[arg-type]
+
+        queue.resume()
+        await handle
+        await asyncio.sleep(0)
+
+    assert seen == [handle]
+
+
+async def test_awaiter_timeout_leaves_others_waiting() -> None:
+    """An awaiter that gives up leaves the other awaiters of the task waiting."""
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        queue.pause()
+        handle = await queue.submit(echo, 2)
+        patient = asyncio.ensure_future(handle)
+        await asyncio.sleep(0)
+        impatient = asyncio.ensure_future(handle)
+        await asyncio.sleep(0)
+        impatient.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+
+        queue.resume()
+
+        assert await patient == "2"
+        assert handle.state is TaskState.SUCCEEDED
+
+
+def test_bind_repr_shows_call() -> None:
+    bound = bind(echo, 1, suffix="!")
+
+    assert repr(bound) == "bind(echo, 1, suffix='!')"
+    assert bound.name == "echo"
+
+
+def test_bind_rejects_coroutine_object() -> None:
+    coroutine = echo(1)
+    try:
+        with pytest.raises(TypeError, match="got the coroutine object"):
+            bind(coroutine)  # type: ignore[arg-type]
+    finally:
+        coroutine.close()
+
+
+def test_threaded_rejects_non_callable() -> None:
+    with pytest.raises(TypeError, match="expected a callable, got 5 of type int"):
+        threaded(5)  # type: ignore[arg-type]
+
+
+def test_hook_with_non_callable_event_rejected() -> None:
+    class NotAHook:
+        on_failed = "log it"
+
+    with pytest.raises(TypeError, match="has a non-callable on_failed"):
+        AsyncTaskQueue(hooks=[NotAHook()])  # type: ignore[list-item]
+
+
+def test_on_dead_letter_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="on_dead_letter must be callable or None"):
+        AsyncTaskQueue(on_dead_letter="print")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("option", ["timeout", "at"])
+async def test_huge_int_time_rejected(option: str) -> None:
+    """An int too large for a float is an invalid time, not an OverflowError."""
+    huge = 10**400
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        with pytest.raises(ValueError, match="finite"):
+            await queue.submit(echo, 1, **{option: huge})
+
+        assert queue.stats().submitted == 0
