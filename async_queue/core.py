@@ -1002,6 +1002,11 @@ class AsyncTaskQueue:
         self._tokens_at = now
         if self._tokens >= 1:
             self._tokens -= 1
+            if self._idle and len(self._ready) > 1:
+                # The token timer wakes one worker. Pass the wake-up on, so
+                # that the next idle worker takes a token or sets the timer.
+                self._wake_worker()
+
             return True
 
         if self._token_timer is None:
