@@ -1041,8 +1041,21 @@ class AsyncTaskQueue:
         """
         try:
             return self._on_attempt_error(worker, handle, exc)
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as error:
+            assert worker.task is not None
+            if worker.task.cancelling():
+                raise  # the worker itself is being cancelled
+
+            # Raised by a callback such as a retry_on predicate, not by a
+            # cancellation: fail the task instead of ending the worker.
+            wrapped = RuntimeError(
+                f"settling an attempt of task {handle._id!r} raised "
+                f"CancelledError({error}); a retry_on predicate or callback "
+                "must not raise it"
+            )
+            wrapped.__cause__ = error
+            self._fail_unsettled(handle, wrapped)
+            return False
         except Exception as error:
             self._fail_unsettled(handle, error)
             return False
@@ -1293,7 +1306,9 @@ class AsyncTaskQueue:
 
         try:
             self._on_dead_letter(letter)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # CancelledError too, as for hooks
             logger.exception(
                 "on_dead_letter hook %r failed for task %r",
                 self._on_dead_letter,

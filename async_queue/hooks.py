@@ -173,11 +173,18 @@ def collect_callbacks(hooks: Sequence[object]) -> HookCallbacks:
 def call_hooks(
     callbacks: list[Callable[[TaskEvent], object]], event: TaskEvent
 ) -> None:
-    """Call each callback with ``event``, logging and ignoring failures."""
+    """Call each callback with ``event``, logging and ignoring failures.
+
+    Only ``KeyboardInterrupt`` and ``SystemExit`` propagate. A plain function
+    cannot be cancelled, so a ``CancelledError`` from one is its own bug and is
+    ignored too: raised into a worker, it would end the worker.
+    """
     for callback in callbacks:
         try:
             callback(event)
-        except Exception:
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
             # The logging itself can fail, for an exception that cannot be
             # formatted; the task must not suffer for it either.
             with contextlib.suppress(Exception):

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    DeadLetter,
+    Hook,
+    RetryPolicy,
+    TaskEvent,
+    TaskState,
+)
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -92,3 +100,104 @@ def test_rate_limit_bounds_and_progress(
         assert len(starts) == tasks
 
     run_virtual(main)
+
+
+class RaisingHook(Hook):
+    """A hook whose chosen event raises ``CancelledError``, a BaseException."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+
+    def _maybe_raise(self, event: TaskEvent, name: str) -> None:
+        if name == self.event:
+            raise asyncio.CancelledError(f"{name} of task {event.task_id!r}")
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_submitted")
+
+    def on_started(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_started")
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_succeeded")
+
+    def on_failed(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_failed")
+
+
+async def _one() -> int:
+    return 1
+
+
+async def _fail() -> int:
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize(
+    "event", ["on_submitted", "on_started", "on_succeeded", "on_failed"]
+)
+async def test_hook_cancelled_error_keeps_worker(event: str) -> None:
+    """A hook that raises CancelledError is ignored like any other hook error."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[RaisingHook(event)])
+    await queue.start()
+    failing = await queue.submit(_fail)
+    first = await queue.submit(_one)
+    second = await queue.submit(_one)
+    await until(lambda: second.done())
+
+    assert failing.state is TaskState.FAILED
+    assert first.state is TaskState.SUCCEEDED
+    assert second.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+    assert queue.stats().running == 0
+
+    report = await queue.stop()
+    assert report.abandoned == ()
+
+
+async def test_dead_letter_callback_cancelled_error_keeps_worker() -> None:
+    """on_dead_letter raising CancelledError must not end the worker."""
+
+    def callback(letter: DeadLetter) -> None:
+        raise asyncio.CancelledError(f"dead letter {letter.task_id!r}")
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, on_dead_letter=callback)
+    await queue.start()
+    failing = await queue.submit(_fail)
+    after = await queue.submit(_one)
+    await until(lambda: after.done())
+
+    assert failing.state is TaskState.FAILED
+    assert len(queue.dead_letters()) == 1
+    assert after.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+
+    report = await queue.stop()
+    assert report.abandoned == ()
+
+
+async def test_retry_predicate_cancelled_error_fails_task() -> None:
+    """A retry_on predicate raising CancelledError fails its task, once."""
+
+    def predicate(exc: BaseException) -> bool:
+        raise asyncio.CancelledError("predicate")
+
+    policy = RetryPolicy(max_retries=2, retry_on=predicate)
+    queue = AsyncTaskQueue(1, retry=policy)
+    await queue.start()
+    failing = await queue.submit(_fail)
+    after = await queue.submit(_one)
+    await until(lambda: after.done())
+
+    assert failing.state is TaskState.FAILED
+    assert failing.attempts == 1
+    error = failing.exception()
+    assert isinstance(error, RuntimeError)
+    assert "CancelledError" in str(error)
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+    assert after.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+    assert queue.stats().failed == 1
+
+    report = await queue.stop()
+    assert report.abandoned == ()
