@@ -9,6 +9,7 @@ import enum
 import inspect
 import logging
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
@@ -71,6 +72,7 @@ class _Unset(enum.Enum):
 
 
 _UNSET = _Unset.UNSET
+_FLOAT_MAX = sys.float_info.max
 _CO_COROUTINE = inspect.CO_COROUTINE
 
 
@@ -237,6 +239,7 @@ class AsyncTaskQueue:
         # Task bookkeeping. Only the event loop thread reads or writes these,
         # so they need no lock; `_ready` has its own (see ReadyHeap).
         self._ready: ReadyHeap | AgingHeap
+        self._aging = aging_rate is not None
         if aging_rate is None:
             self._ready = ReadyHeap()
         else:
@@ -557,6 +560,8 @@ class AsyncTaskQueue:
 
         if type(priority) is not int:
             priority = _checks.check_priority(priority)
+        if self._aging and not -_FLOAT_MAX <= priority <= _FLOAT_MAX:
+            self._reject_aging_priority(priority)
 
         if timeout is _UNSET:
             timeout = self._timeout
@@ -1677,6 +1682,14 @@ class AsyncTaskQueue:
             raise ValueError(f"at must be a finite loop time, got {at!r}")
 
         return float(at)
+
+    def _reject_aging_priority(self, priority: int) -> None:
+        # The aging heap keys tasks by a float, which such an int overflows.
+        raise ValueError(
+            f"priority of {priority.bit_length()} bits is out of range for a "
+            f"queue with aging_rate: it must be within +-{_FLOAT_MAX:g}, the "
+            "float range; use a smaller priority"
+        )
 
     def _raise_not_running(self) -> None:
         if self._lifecycle is _Lifecycle.NEW:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -201,3 +202,47 @@ async def test_retry_predicate_cancelled_error_fails_task() -> None:
 
     report = await queue.stop()
     assert report.abandoned == ()
+
+
+@pytest.mark.parametrize(
+    "priority", [10**400, -(10**400), 2**1024], ids=["1e400", "-1e400", "2**1024"]
+)
+async def test_aging_huge_priority_changes_nothing(priority: int) -> None:
+    """A priority beyond the float range is rejected before anything is queued."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=1.0)
+    await queue.start()
+    queue.pause()
+
+    with pytest.raises(ValueError, match=r"priority of \d+ bits is out of range"):
+        await queue.submit(_one, priority=priority, dedup_key="job", task_id="job")
+
+    stats = queue.stats()
+    assert stats.submitted == 0
+    assert stats.pending == 0
+    join = asyncio.create_task(queue.join())
+    await until(join.done)
+
+    # The id and the dedup key are still free.
+    handle = await queue.submit(_one, task_id="job", dedup_key="job")
+    queue.resume()
+    assert await handle == 1
+    assert (await queue.stop("drain")).never_started == ()
+
+
+async def test_aging_float_max_priority_runs() -> None:
+    """The largest priority the aging heap can key still runs first."""
+    started: list[str] = []
+
+    async def record(name: str) -> None:
+        started.append(name)
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=1.0)
+    await queue.start()
+    queue.pause()
+    low = await queue.submit(record, "low", priority=0)
+    await queue.submit(record, "high", priority=int(sys.float_info.max))
+    queue.resume()
+    await until(lambda: low.done())
+
+    assert started == ["high", "low"]
+    await queue.stop()
