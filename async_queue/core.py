@@ -349,7 +349,7 @@ class AsyncTaskQueue:
         """
         count = _checks.check_count("max_workers", max_workers, 1)
         if self.closed:
-            self._raise_not_running()
+            self._raise_pool_closed("resize")
 
         old = self._max_workers
         self._max_workers = count
@@ -372,7 +372,15 @@ class AsyncTaskQueue:
         logger.debug("resized the pool from %d to %d workers", old, count)
 
     def pause(self) -> None:
-        """Stop starting new tasks; running tasks go on. Timers keep running."""
+        """Stop starting new tasks; running tasks go on. Timers keep running.
+
+        Raises:
+            QueueClosedError: ``stop()`` has begun; a paused drain could
+                never finish.
+        """
+        if self.closed:
+            self._raise_pool_closed("pause")
+
         self._paused = True
 
     def resume(self) -> None:
@@ -1689,6 +1697,13 @@ class AsyncTaskQueue:
             f"priority of {priority.bit_length()} bits is out of range for a "
             f"queue with aging_rate: it must be within +-{_FLOAT_MAX:g}, the "
             "float range; use a smaller priority"
+        )
+
+    def _raise_pool_closed(self, action: str) -> None:
+        raise QueueClosedError(
+            f"cannot {action} a queue that is {self._lifecycle.value}: stop() "
+            "has begun and runs the workers until it returns; call "
+            f"{action}() before stop()"
         )
 
     def _raise_not_running(self) -> None:

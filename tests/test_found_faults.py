@@ -13,6 +13,7 @@ from async_queue import (
     AsyncTaskQueue,
     DeadLetter,
     Hook,
+    QueueClosedError,
     RetryPolicy,
     TaskEvent,
     TaskState,
@@ -246,3 +247,43 @@ async def test_aging_float_max_priority_runs() -> None:
 
     assert started == ["high", "low"]
     await queue.stop()
+
+
+async def test_pause_during_drain_raises() -> None:
+    """pause() once stop() has begun raises, so a drain cannot hang paused."""
+    gate = asyncio.Event()
+
+    async def hold() -> str:
+        await gate.wait()
+        return "held"
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    running = await queue.submit(hold)
+    queued = await queue.submit(_one)
+    await until(lambda: running.state is TaskState.RUNNING)
+    stop = asyncio.create_task(queue.stop("drain"))
+    await until(lambda: queue.closed)
+
+    with pytest.raises(QueueClosedError, match="cannot pause a queue that is stopping"):
+        queue.pause()
+
+    assert not queue.paused
+    gate.set()
+    await until(stop.done)
+    assert await running == "held"
+    assert await queued == 1
+    assert stop.result().never_started == ()
+
+    with pytest.raises(QueueClosedError, match="cannot pause a queue that is stopped"):
+        queue.pause()
+
+
+async def test_resize_after_stop_message() -> None:
+    """resize() after stop() names the call, not task submission."""
+    queue = AsyncTaskQueue(2)
+    await queue.start()
+    await queue.stop()
+
+    with pytest.raises(QueueClosedError, match=r"cannot resize .* call resize\(\)"):
+        queue.resize(3)
