@@ -367,6 +367,8 @@ class AsyncTaskQueue:
         for worker in sorted(staying, key=lambda w: w.current is not None)[:excess]:
             worker.retire = True
             if worker.waiter is not None and not worker.waiter.done():
+                # Leave the idle list too: a wake-up from it would be lost.
+                self._idle.remove(worker)
                 worker.waiter.set_result(None)
 
         logger.debug("resized the pool from %d to %d workers", old, count)

@@ -287,3 +287,22 @@ async def test_resize_after_stop_message() -> None:
 
     with pytest.raises(QueueClosedError, match=r"cannot resize .* call resize\(\)"):
         queue.resize(3)
+
+
+async def test_resize_cycles_keep_idle_list_bounded() -> None:
+    """Growing and shrinking an idle pool leaves no retired worker listed idle."""
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    await settle()
+    for _ in range(200):
+        queue.resize(10)
+        await settle(3)
+        queue.resize(1)
+        await settle(3)
+
+    assert queue.stats().workers == 1
+    assert len(queue._idle) == 1  # the only live worker
+
+    handle = await queue.submit(_one)
+    assert await handle == 1
+    await queue.stop()
