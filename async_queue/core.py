@@ -529,7 +529,12 @@ class AsyncTaskQueue:
             DuplicateTaskIdError: ``task_id`` belongs to an active or retained task.
             TypeError, ValueError: an argument is invalid; nothing was queued.
         """
-        if self._max_pending is not None and self._must_wait_for_room():
+        # A submission answered by dedup_key queues nothing, so needs no room.
+        if (
+            self._max_pending is not None
+            and self._must_wait_for_room()
+            and (dedup_key is None or self._find_duplicate(dedup_key) is None)
+        ):
             await self._wait_for_room()
 
         try:
@@ -595,8 +600,11 @@ class AsyncTaskQueue:
             start_at = self._check_start_time(delay, at)
 
         if dedup_key is not None:
-            existing = self._dedup.get(dedup_key)
+            existing = self._find_duplicate(dedup_key)
             if existing is not None:
+                if task_id is not None:
+                    _check_task_id_value(task_id)  # invalid even when unused
+
                 self._deduplicated += 1
                 if call_args is None:
                     fn.close()  # type: ignore[union-attr]  # a coroutine never to run
@@ -1648,19 +1656,18 @@ class AsyncTaskQueue:
 
         return self._loop.time()
 
-    def _check_task_id(self, task_id: object) -> str:
-        if not isinstance(task_id, str):
+    def _find_duplicate(self, dedup_key: object) -> TaskHandle[Any] | None:
+        """Return the unfinished task submitted with ``dedup_key``, or ``None``."""
+        try:
+            return self._dedup.get(dedup_key)
+        except TypeError:
             raise TypeError(
-                f"task_id must be a non-empty str, got {task_id!r}; "
-                "omit it to get an int id from the queue"
-            )
+                f"dedup_key must be hashable, got {dedup_key!r} of type "
+                f"{type(dedup_key).__name__}; use a str, an int or a tuple"
+            ) from None
 
-        if not task_id:
-            raise ValueError(
-                "task_id must be a non-empty str, got ''; "
-                "omit it to get an int id from the queue"
-            )
-
+    def _check_task_id(self, task_id: object) -> str:
+        task_id = _check_task_id_value(task_id)
         self._evict_expired()
         if task_id in self._active or task_id in self._results:
             raise DuplicateTaskIdError(
@@ -1769,6 +1776,22 @@ def _settle_future(
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+def _check_task_id_value(task_id: object) -> str:
+    if not isinstance(task_id, str):
+        raise TypeError(
+            f"task_id must be a non-empty str, got {task_id!r}; "
+            "omit it to get an int id from the queue"
+        )
+
+    if not task_id:
+        raise ValueError(
+            "task_id must be a non-empty str, got ''; "
+            "omit it to get an int id from the queue"
+        )
+
+    return task_id
 
 
 def _check_hooks(hooks: object) -> Sequence[object]:

@@ -306,3 +306,58 @@ async def test_resize_cycles_keep_idle_list_bounded() -> None:
     handle = await queue.submit(_one)
     assert await handle == 1
     await queue.stop()
+
+
+async def test_dedup_hit_while_full_returns_at_once() -> None:
+    """submit() of a queued dedup key needs no room, like submit_nowait()."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    first = await queue.submit(_one, dedup_key="job")
+
+    again = asyncio.create_task(queue.submit(_one, dedup_key="job"))
+    await until(again.done)
+
+    assert again.result() is first
+    assert queue.submit_nowait(_one, dedup_key="job") is first
+    assert queue.stats().deduplicated == 2
+    assert queue.stats().pending == 1
+
+    queue.resume()
+    assert await first == 1
+    await queue.stop()
+
+
+@pytest.mark.parametrize("key", [["a"], {"a": 1}, {1}])
+async def test_unhashable_dedup_key_message(key: object) -> None:
+    """An unhashable dedup_key raises a TypeError that names the option."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    await queue.submit(_one)
+
+    # The queue is full, so submit() looks the key up before it waits.
+    with pytest.raises(TypeError, match="dedup_key must be hashable"):
+        await queue.submit(_one, dedup_key=key)
+
+    with pytest.raises(TypeError, match="dedup_key must be hashable"):
+        queue.submit_nowait(_one, dedup_key=key)
+
+    assert queue.stats().submitted == 1
+    await queue.stop()
+
+
+async def test_dedup_hit_still_checks_task_id() -> None:
+    """An invalid task_id raises even when the dedup key matches a task."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    queue.pause()
+    first = await queue.submit(_one, dedup_key="job", task_id="job")
+
+    with pytest.raises(TypeError, match="task_id must be a non-empty str"):
+        await queue.submit(_one, dedup_key="job", task_id=7)  # type: ignore[arg-type]
+
+    # The same valid id with the same key is the idempotent resubmission.
+    assert await queue.submit(_one, dedup_key="job", task_id="job") is first
+    assert queue.stats().deduplicated == 1
+    await queue.stop()
