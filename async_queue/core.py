@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from types import FunctionType, TracebackType
-from typing import Any, Literal, TypeVar, TypeVarTuple, final
+from typing import Any, Literal, NoReturn, TypeVar, TypeVarTuple, final
 
 from . import _checks
 from .containers import AgingHeap, ReadyHeap, ResultStore, TimerHeap
@@ -535,6 +535,8 @@ class AsyncTaskQueue:
             and self._must_wait_for_room()
             and (dedup_key is None or self._find_duplicate(dedup_key) is None)
         ):
+            # Reject invalid arguments now, not after waiting for room.
+            self._check_options(fn, args, priority, timeout, retry, task_id, delay, at)
             await self._wait_for_room()
 
         try:
@@ -586,7 +588,7 @@ class AsyncTaskQueue:
         if retry is None:
             retry = self._retry
         elif not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+            _reject_retry(retry)
 
         call_args: tuple[Any, ...] | None = args
         if type(fn) is FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
@@ -644,6 +646,40 @@ class AsyncTaskQueue:
             self._emit("on_submitted", handle)
 
         return handle
+
+    def _check_options(
+        self,
+        fn: object,
+        args: tuple[Any, ...],
+        priority: object,
+        timeout: object,
+        retry: object,
+        task_id: object,
+        delay: object,
+        at: object,
+    ) -> None:
+        """Raise as ``submit_nowait()`` would for an invalid argument.
+
+        Changes nothing; ``submit()`` calls it before it waits for room.
+        """
+        checked_priority = _checks.check_priority(priority)
+        if self._aging and not -_FLOAT_MAX <= checked_priority <= _FLOAT_MAX:
+            self._reject_aging_priority(checked_priority)
+
+        if timeout is not _UNSET:
+            _checks.check_timeout("timeout", timeout)
+
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            _reject_retry(retry)
+
+        if not _checks.is_coroutine_function(fn):
+            _check_coroutine_object(fn, args, retry or self._retry)
+
+        if delay is not None or at is not None:
+            self._check_start_time(delay, at)
+
+        if task_id is not None:
+            _check_task_id_value(task_id)
 
     def submit_threadsafe(
         self,
@@ -1776,6 +1812,10 @@ def _settle_future(
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+def _reject_retry(retry: object) -> NoReturn:
+    raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
 
 
 def _check_task_id_value(task_id: object) -> str:

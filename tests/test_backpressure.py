@@ -8,6 +8,7 @@ import pytest
 
 from async_queue import (
     AsyncTaskQueue,
+    DuplicateTaskIdError,
     QueueClosedError,
     QueueFullError,
     RetryPolicy,
@@ -154,13 +155,18 @@ async def test_woken_then_cancelled_passes_room_on() -> None:
 
 async def test_rejected_submission_frees_its_room() -> None:
     gate = Gate()
-    queue = await full_queue(gate, 1)
-    bad = asyncio.create_task(queue.submit(gate, 1, priority="high"))  # type: ignore[arg-type]
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    await queue.submit(gate, -1, task_id="busy")
+    await until(lambda: queue.stats().running == 1)
+    queue.submit_nowait(gate, 0)
+    # A taken id is found only once the submission has its room.
+    bad = asyncio.create_task(queue.submit(gate, 1, task_id="busy"))
     good = asyncio.create_task(queue.submit(gate, 2))
     await until(lambda: len(queue._space_waiters) == 2)
 
     gate.event.set()
-    with pytest.raises(TypeError, match="priority"):
+    with pytest.raises(DuplicateTaskIdError, match="busy"):
         await bad
     assert await (await good) == 2
     await queue.stop("drain")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -360,4 +362,62 @@ async def test_dedup_hit_still_checks_task_id() -> None:
     # The same valid id with the same key is the idempotent resubmission.
     assert await queue.submit(_one, dedup_key="job", task_id="job") is first
     assert queue.stats().deduplicated == 1
+    await queue.stop()
+
+
+def _plain() -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("fn", "options", "error"),
+    [
+        (_plain, {}, TypeError),
+        (_one, {"priority": "high"}, TypeError),
+        (_one, {"timeout": -1}, ValueError),
+        (_one, {"retry": 3}, TypeError),
+        (_one, {"delay": float("nan")}, ValueError),
+        (_one, {"delay": 1, "at": 2}, TypeError),
+        (_one, {"task_id": ""}, ValueError),
+    ],
+    ids=["plain", "priority", "timeout", "retry", "delay", "delay-and-at", "task-id"],
+)
+async def test_full_queue_rejects_bad_input_at_once(
+    fn: Callable[[], Any], options: dict[str, Any], error: type[Exception]
+) -> None:
+    """On a full queue, await submit() raises for bad input instead of waiting."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    queued = await queue.submit(_one)
+
+    attempt = asyncio.create_task(queue.submit(fn, **options))
+    await until(attempt.done)
+
+    with pytest.raises(error):
+        attempt.result()
+
+    assert queue.stats().submitted == 1
+    queue.resume()
+    assert await queued == 1
+    # No room stayed reserved for the rejected call.
+    assert await queue.submit_nowait(_one) == 1
+    await queue.stop()
+
+
+async def test_full_queue_rejects_coroutine_with_retries_at_once() -> None:
+    """A coroutine object with retries is rejected before waiting, and not closed."""
+    queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=1), max_pending=1)
+    await queue.start()
+    queue.pause()
+    await queue.submit(_one)
+    coroutine = _one()
+
+    attempt = asyncio.create_task(queue.submit(coroutine))
+    await until(attempt.done)
+
+    with pytest.raises(ValueError, match="cannot be retried"):
+        attempt.result()
+
+    assert await coroutine == 1  # still the caller's to run
     await queue.stop()
