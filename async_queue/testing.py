@@ -100,10 +100,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         """Move the loop clock forward by ``seconds``."""
-        if not seconds >= 0:  # NaN too
-            raise ValueError(f"seconds must be >= 0, got {seconds!r}")
+        from ._checks import check_seconds
 
-        self.offset += seconds
+        checked = check_seconds("seconds", seconds)
+        assert checked is not None
+        self.offset += checked
 
 
 def run_virtual(main: Callable[[VirtualClockLoop], Awaitable[T]]) -> T:

@@ -421,3 +421,30 @@ async def test_full_queue_rejects_coroutine_with_retries_at_once() -> None:
 
     assert await coroutine == 1  # still the caller's to run
     await queue.stop()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "error"),
+    [
+        (float("nan"), ValueError),
+        (float("inf"), ValueError),
+        (-1, ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+    ],
+)
+def test_virtual_clock_rejects_bad_advance(
+    seconds: object, error: type[Exception]
+) -> None:
+    """advance() rejects what would leave the clock NaN, infinite or broken."""
+    loop = VirtualClockLoop()
+    try:
+        loop.advance(1.5)
+        before = loop.offset
+        with pytest.raises(error, match="seconds must be"):
+            loop.advance(seconds)  # type: ignore[arg-type]
+
+        assert loop.offset == before
+        assert loop.offset == 1.5
+    finally:
+        loop.close()
