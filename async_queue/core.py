@@ -708,6 +708,13 @@ class AsyncTaskQueue:
             self._raise_not_running()
 
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        if self._lifecycle is _Lifecycle.STOPPED:
+            # The loop may never run another callback once stop() has
+            # returned, so settle the future here. A stop that is still under
+            # way is left to submit_nowait() on the loop.
+            future.set_exception(self._closed_error())
+            return future
+
         options = {
             "priority": priority,
             "timeout": timeout,
@@ -1758,7 +1765,10 @@ class AsyncTaskQueue:
                 "first, or use 'async with AsyncTaskQueue() as queue'"
             )
 
-        raise QueueClosedError(
+        raise self._closed_error()
+
+    def _closed_error(self) -> QueueClosedError:
+        return QueueClosedError(
             f"the queue is {self._lifecycle.value} and accepts no new tasks; "
             "submit before calling stop(), or create a new queue"
         )

@@ -448,3 +448,24 @@ def test_virtual_clock_rejects_bad_advance(
         assert loop.offset == 1.5
     finally:
         loop.close()
+
+
+def test_threadsafe_after_stop_settles_future() -> None:
+    """submit_threadsafe() after stop() fails its future even if the loop idles."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+
+    async def start_and_stop() -> None:
+        await queue.start()
+        await queue.stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(start_and_stop())
+        # The loop is not running now, so a callback sent to it would wait.
+        future = queue.submit_threadsafe(_one)
+
+        assert future.done()
+        with pytest.raises(QueueClosedError, match="stopped"):
+            future.result()
+    finally:
+        loop.close()
