@@ -28,9 +28,8 @@ from .errors import (
     TaskNotFoundError,
 )
 from .hooks import (
-    Hook,
+    AnyHook,
     LoggingHook,
-    QueueHook,
     TaskEvent,
     call_hooks,
     collect_callbacks,
@@ -195,7 +194,7 @@ class AsyncTaskQueue:
         aging_rate: float | None = None,
         rate_limit: float | None = None,
         rate_burst: int = 1,
-        hooks: Sequence[QueueHook | Hook] = (),
+        hooks: Sequence[AnyHook] = (),
     ) -> None:
         self._max_workers = _checks.check_count("max_workers", max_workers, 1)
         if retry is not None and not isinstance(retry, RetryPolicy):

@@ -70,6 +70,56 @@ class QueueHook(Protocol):
     def on_dropped(self, event: TaskEvent) -> None: ...
 
 
+# One protocol per event, so that a class defining any one of the methods
+# type-checks as a hook; QueueHook requires all of them.
+
+
+class _OnSubmitted(Protocol):
+    def on_submitted(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnStarted(Protocol):
+    def on_started(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnRetryScheduled(Protocol):
+    def on_retry_scheduled(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnSucceeded(Protocol):
+    def on_succeeded(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnFailed(Protocol):
+    def on_failed(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnTimedOut(Protocol):
+    def on_timed_out(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnCancelled(Protocol):
+    def on_cancelled(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnDropped(Protocol):
+    def on_dropped(self, event: TaskEvent, /) -> object: ...
+
+
+AnyHook = (
+    _OnSubmitted
+    | _OnStarted
+    | _OnRetryScheduled
+    | _OnSucceeded
+    | _OnFailed
+    | _OnTimedOut
+    | _OnCancelled
+    | _OnDropped
+)
+"""What ``AsyncTaskQueue(hooks=...)`` accepts: an object with at least one
+hook method, such as a ``Hook`` subclass."""
+
+
 class Hook:
     """A base class for hooks, with a no-op method for every event.
 

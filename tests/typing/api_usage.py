@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, bind
+from async_queue import AsyncTaskQueue, Hook, RetryPolicy, TaskEvent, TaskHandle, bind
 
 
 async def fetch(url: str, *, timeout: float = 1.0, priority: str = "") -> bytes:
@@ -37,3 +37,21 @@ async def usage(queue: AsyncTaskQueue) -> None:
     await queue.submit(add, 1)  # type: ignore[arg-type]
     bind(fetch, "u", timeout="slow")  # type: ignore[arg-type]
     bind(fetch, "u", retries=3)  # type: ignore[call-arg]
+
+
+class OnlyFailures:
+    """A hook that is no Hook subclass and defines a single event."""
+
+    def on_failed(self, event: TaskEvent) -> None:
+        print(event.task_id)
+
+
+class CountStarts(Hook):
+    def on_started(self, event: TaskEvent) -> None:
+        print(event.attempts)
+
+
+def hooks_usage() -> None:
+    AsyncTaskQueue(hooks=[OnlyFailures(), CountStarts()])
+    AsyncTaskQueue(hooks=(CountStarts(),))
+    AsyncTaskQueue(hooks=[object()])  # type: ignore[list-item]
