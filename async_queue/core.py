@@ -855,7 +855,10 @@ class AsyncTaskQueue:
             TaskNotFoundError: no dead letter has this id.
             ValueError: the task was a coroutine object, which cannot rerun.
         """
-        letter = self._dead_letters.pop(task_id)
+        # Check everything that can fail at once before taking the letter
+        # out, so that a rejected call leaves the store and its order as they
+        # were.
+        letter = self._dead_letters.get(task_id)
         if letter is None:
             raise TaskNotFoundError(
                 f"no dead letter for task {task_id!r}: it did not fail, was "
@@ -863,12 +866,20 @@ class AsyncTaskQueue:
             )
 
         if letter.args is None:
-            self._dead_letters.add(letter)
             raise ValueError(
                 f"task {task_id!r} was a coroutine object, which cannot run "
                 "twice; submit its coroutine function again instead"
             )
 
+        if priority is not None:
+            self._check_options(letter.fn, (), priority, _UNSET, None, None, None, None)
+
+        if self._lifecycle is not _ACCEPTING:
+            self._raise_not_running()
+
+        # Taken out before any wait, so that a concurrent requeue of the same
+        # letter raises TaskNotFoundError instead of running it twice.
+        self._dead_letters.pop(task_id)
         try:
             return await self.submit(
                 letter.fn,
@@ -878,7 +889,9 @@ class AsyncTaskQueue:
                 retry=letter.retry,
             )
         except BaseException:
-            self._dead_letters.add(letter)  # nothing was queued: keep it
+            # Nothing was queued, so keep the letter.
+            # NOTE: it goes back as the newest letter, out of failure order.
+            self._dead_letters.add(letter)
             raise
 
     # Lookup and statistics

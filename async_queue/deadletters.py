@@ -64,10 +64,18 @@ class DeadLetterStore:
             self.evicted += 1
             return
 
+        # A str task id can fail again once its first task was evicted from
+        # the result store. The new letter replaces the old one and, being
+        # the newest, moves to the end.
+        self._entries.pop(letter.task_id, None)
         self._entries[letter.task_id] = letter
         if len(self._entries) > self._max_count:
             self._entries.popitem(last=False)
             self.evicted += 1
+
+    def get(self, task_id: TaskId) -> DeadLetter | None:
+        """Return the dead letter of ``task_id``, or ``None``."""
+        return self._entries.get(task_id)
 
     def pop(self, task_id: TaskId) -> DeadLetter | None:
         """Remove and return the dead letter of ``task_id``, or ``None``."""

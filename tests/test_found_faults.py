@@ -469,3 +469,72 @@ def test_threadsafe_after_stop_settles_future() -> None:
             future.result()
     finally:
         loop.close()
+
+
+async def test_failed_requeue_keeps_letter_order() -> None:
+    """A requeue rejected for its arguments leaves the dead letters as they were."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_dead_letters=3)
+    await queue.start()
+    for _ in range(3):
+        await queue.submit(_fail)
+    await queue.join()
+    before = [letter.task_id for letter in queue.dead_letters()]
+    assert before == [1, 2, 3]
+
+    with pytest.raises(TypeError, match="priority must be an int"):
+        await queue.requeue(1, priority="urgent")  # type: ignore[arg-type]
+
+    assert [letter.task_id for letter in queue.dead_letters()] == before
+
+    # The oldest letter is still the first evicted.
+    await queue.submit(_fail)
+    await queue.join()
+    assert [letter.task_id for letter in queue.dead_letters()] == [2, 3, 4]
+    await queue.stop()
+
+
+async def test_coroutine_letter_requeue_keeps_order() -> None:
+    """Requeueing a coroutine object's letter raises and moves no letter."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    coroutine_task = await queue.submit(_fail())
+    await queue.submit(_fail)
+    await queue.join()
+
+    with pytest.raises(ValueError, match="coroutine object"):
+        await queue.requeue(coroutine_task.id)
+
+    assert [letter.task_id for letter in queue.dead_letters()] == [1, 2]
+    await queue.stop()
+
+
+async def test_requeue_after_stop_keeps_letter() -> None:
+    """requeue() on a stopped queue raises and keeps the letter in place."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    await queue.submit(_fail)
+    await queue.submit(_fail)
+    await queue.join()
+    await queue.stop()
+
+    with pytest.raises(QueueClosedError):
+        await queue.requeue(1)
+
+    assert [letter.task_id for letter in queue.dead_letters()] == [1, 2]
+
+
+async def test_reused_task_id_letter_is_newest() -> None:
+    """A str id that fails again replaces its letter as the newest one."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0, max_dead_letters=2)
+    await queue.start()
+    for task_id in ("job", "other", "job"):
+        await queue.submit(_fail, task_id=task_id)
+        await queue.join()
+
+    assert [letter.task_id for letter in queue.dead_letters()] == ["other", "job"]
+
+    await queue.submit(_fail, task_id="third")
+    await queue.join()
+    # "other" is now the oldest, so it is the one evicted.
+    assert [letter.task_id for letter in queue.dead_letters()] == ["job", "third"]
+    await queue.stop()
