@@ -16,6 +16,7 @@ from async_queue import (
     DeadLetter,
     Hook,
     QueueClosedError,
+    QueueFullError,
     RetryPolicy,
     TaskEvent,
     TaskState,
@@ -538,3 +539,160 @@ async def test_reused_task_id_letter_is_newest() -> None:
     # "other" is now the oldest, so it is the one evicted.
     assert [letter.task_id for letter in queue.dead_letters()] == ["job", "third"]
     await queue.stop()
+
+
+# Random programs over the features that the adversarial programs leave out:
+# delays, priorities with aging, the rate limit, max_pending, dedup keys,
+# pause, resume and resize.
+FEATURE_ACTION = st.one_of(
+    st.tuples(
+        st.just("submit"),
+        st.sampled_from(["ok", "fail_once", "fail", "gate"]),
+        st.integers(-2, 2),
+        st.sampled_from([None, 0.5, 2.0]),
+        st.sampled_from([None, "a", "b"]),
+    ),
+    st.tuples(st.just("cancel"), st.integers(0, 40)),
+    st.tuples(st.just("release"), st.integers(0, 40)),
+    st.tuples(st.just("advance"), st.sampled_from([0.1, 0.5, 2.0])),
+    st.tuples(st.just("pause")),
+    st.tuples(st.just("resume")),
+    st.tuples(st.just("resize"), st.integers(1, 4)),
+)
+
+
+class FeatureProgram:
+    """Handles of one random program, with the attempts each task ran."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self.calls: dict[int, int] = {}
+        self.running: set[int] = set()
+        self.gates: dict[int, asyncio.Event] = {}
+        self.first_final: dict[int, TaskState] = {}
+        self.began = asyncio.get_running_loop().time()
+
+    def make(self, kind: str, index: int) -> Callable[[], Any]:
+        self.calls[index] = 0
+        self.gates[index] = asyncio.Event()
+
+        async def task() -> int:
+            assert index not in self.running, "two attempts of one task at once"
+            self.running.add(index)
+            self.calls[index] += 1
+            try:
+                if kind == "fail" or (kind == "fail_once" and self.calls[index] == 1):
+                    raise ValueError(f"task {index} failed")
+
+                if kind == "gate":
+                    await self.gates[index].wait()
+
+                return index
+            finally:
+                self.running.discard(index)
+
+        return task
+
+    def check(self, queue: AsyncTaskQueue, max_pending: int) -> None:
+        unique = list({id(h): h for h in self.handles}.values())
+        states = [h.state for h in unique]
+        stats = queue.stats()
+        assert stats.submitted == len(unique)
+        assert stats.pending == states.count(TaskState.PENDING)
+        assert stats.delayed == states.count(TaskState.DELAYED)
+        assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
+        assert stats.running == states.count(TaskState.RUNNING)
+        assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+        assert stats.failed == states.count(TaskState.FAILED)
+        assert stats.cancelled == states.count(TaskState.CANCELLED)
+        assert stats.running <= stats.workers
+        # A retry may exceed max_pending, a first attempt never.
+        waiting = (TaskState.PENDING, TaskState.DELAYED)
+        fresh = [h for h in unique if h.state in waiting and h.attempts == 0]
+        assert len(fresh) <= max_pending
+        # The rate limit: 4 starts per second, in bursts of up to 2.
+        elapsed = asyncio.get_running_loop().time() - self.began
+        assert sum(self.calls.values()) <= 2 + 4.0 * elapsed + 1e-3
+        for handle in unique:
+            assert handle.attempts == self.calls[handle.id]
+            assert handle.attempts <= 2
+            if handle.done():
+                first = self.first_final.setdefault(handle.id, handle.state)
+                assert handle.state is first
+
+
+async def _run_feature_program(
+    loop: VirtualClockLoop,
+    actions: list[tuple[Any, ...]],
+    aging: bool,
+    mode: str,
+) -> None:
+    policy = RetryPolicy(max_retries=1, base_delay=1.0, jitter="none")
+    queue = AsyncTaskQueue(
+        2,
+        retry=policy,
+        max_pending=4,
+        aging_rate=0.5 if aging else None,
+        rate_limit=4.0,
+        rate_burst=2,
+    )
+    await queue.start()
+    program = FeatureProgram()
+    for action in actions:
+        name = action[0]
+        if name == "submit":
+            _, kind, priority, delay, key = action
+            index = queue.stats().submitted + 1
+            task = program.make(kind, index)
+            try:
+                handle = queue.submit_nowait(
+                    task, priority=priority, delay=delay, dedup_key=key
+                )
+            except QueueFullError:
+                del program.calls[index]
+            else:
+                program.handles.append(handle)
+        elif name == "advance":
+            loop.advance(action[1])
+            await settle(5)
+        elif name == "pause":
+            queue.pause()
+        elif name == "resume":
+            queue.resume()
+        elif name == "resize":
+            queue.resize(action[1])
+        elif program.handles:
+            handle = program.handles[action[1] % len(program.handles)]
+            if name == "cancel":
+                was_final = handle.done()
+                assert handle.cancel() is (not was_final)
+            else:
+                program.gates[handle.id].set()
+
+        await settle(3)
+        program.check(queue, 4)
+
+    stop = asyncio.create_task(queue.stop(mode, timeout=50, grace=1))
+    while not stop.done():
+        for gate in program.gates.values():
+            gate.set()
+        loop.advance(1)
+        await settle(5)
+
+    stop.result()
+    program.check(queue, 4)
+    assert all(h.done() for h in program.handles)
+    assert queue.stats().workers == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(FEATURE_ACTION, max_size=40),
+    st.booleans(),
+    st.sampled_from(["drain", "finish_running", "cancel"]),
+)
+def test_random_feature_programs_consistent(
+    actions: list[tuple[Any, ...]], aging: bool, mode: str
+) -> None:
+    """Counts match handle states with every feature on, and no attempt repeats."""
+    run_virtual(lambda loop: _run_feature_program(loop, actions, aging, mode))
