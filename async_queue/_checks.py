@@ -62,8 +62,9 @@ def check_coroutine_function(fn: object) -> None:
     if callable(fn):
         raise TypeError(
             f"expected a coroutine function, got the plain function {_name(fn)}; "
-            "define it with 'async def', or submit threaded(fn, ...) "
-            "to run it in a thread"
+            "define it with 'async def', submit threaded(fn, ...) to run a "
+            "blocking function in a thread, or, if it only calls a coroutine "
+            "function, submit bind(coroutine_function, ...) instead"
         )
 
     raise TypeError(

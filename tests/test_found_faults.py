@@ -696,3 +696,15 @@ def test_random_feature_programs_consistent(
 ) -> None:
     """Counts match handle states with every feature on, and no attempt repeats."""
     run_virtual(lambda loop: _run_feature_program(loop, actions, aging, mode))
+
+
+async def test_lambda_of_coroutine_message_suggests_bind() -> None:
+    """A lambda that calls a coroutine function gets pointed to bind()."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+
+    with pytest.raises(TypeError, match=r"submit bind\(coroutine_function, \.\.\.\)"):
+        await queue.submit(lambda: _one())
+
+    assert queue.stats().submitted == 0
+    await queue.stop()
