@@ -1467,7 +1467,7 @@ class AsyncTaskQueue:
         else:
             self._waiting -= 1
 
-    def _set_cancelled(self, handle: TaskHandle[Any], *, dropped: bool = False) -> None:
+    def _set_cancelled(self, handle: TaskHandle[Any], *, emit: bool = True) -> None:
         handle._state = CANCELLED
         self._cancelled += 1
         if handle._args is None and handle._attempts == 0:
@@ -1476,7 +1476,8 @@ class AsyncTaskQueue:
             handle._fn.close()  # type: ignore[union-attr]
 
         self._finish(handle)
-        self._emit("on_dropped" if dropped else "on_cancelled", handle)
+        if emit:
+            self._emit("on_cancelled", handle)
 
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
@@ -1620,12 +1621,22 @@ class AsyncTaskQueue:
             h for h in self._timers.clear() if h._state in (WAITING_RETRY, DELAYED)
         ]
         self._dropped += len(queued)
+        # Every task is final before any user code runs: a hook or a result's
+        # finalizer that cancels a task further down the list then finds it
+        # final, instead of counting out of the heap a task already drained.
         for handle in queued:
             if handle._state is not PENDING:
                 self._unpark(handle)
 
+            handle._state = CANCELLED
             handle._cancel_message = "the queue was stopped"
-            self._set_cancelled(handle, dropped=True)
+
+        for handle in queued:
+            self._set_cancelled(handle, emit=False)
+
+        if self._hooks["on_dropped"]:
+            for handle in queued:
+                self._emit("on_dropped", handle)
 
         return queued
 

@@ -708,3 +708,41 @@ async def test_lambda_of_coroutine_message_suggests_bind() -> None:
 
     assert queue.stats().submitted == 0
     await queue.stop()
+
+
+class CancelEveryTask(Hook):
+    """A hook that cancels every task it knows whenever one is dropped."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self.dropped: list[object] = []
+
+    def on_dropped(self, event: TaskEvent) -> None:
+        self.dropped.append(event.task_id)
+        for handle in self.handles:
+            handle.cancel()
+
+
+@pytest.mark.parametrize("mode", ["cancel", "finish_running"])
+async def test_hook_cancel_during_stop_drop_settles_once(mode: str) -> None:
+    """A hook cancelling queued tasks while stop() drops them changes nothing."""
+    hook = CancelEveryTask()
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[hook])
+    await queue.start()
+    queue.pause()
+    hook.handles = [await queue.submit(_one) for _ in range(3)]
+    hook.handles.append(await queue.submit(_one, delay=10))
+
+    report = await queue.stop(mode)
+
+    assert report.never_started == tuple(hook.handles)
+    assert hook.dropped == [1, 2, 3, 4]
+    assert all(h.state is TaskState.CANCELLED for h in hook.handles)
+    stats = queue.stats()
+    assert stats.pending == 0
+    assert stats.delayed == 0
+    assert stats.waiting_retry == 0
+    assert stats.cancelled == 4
+    assert stats.dropped == 4
+    assert stats.workers == 0
+    assert queue.closed
