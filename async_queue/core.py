@@ -1317,6 +1317,13 @@ class AsyncTaskQueue:
         else:
             retry = policy.should_retry(exc, retries_done)
 
+        if handle._cancel_reason is CancelReason.CANCEL:
+            # Cancelled while this attempt was settled, by an on_timed_out
+            # hook or the retry_on predicate: the task must not run again.
+            handle._cancel_reason = None
+            self._set_cancelled(handle)
+            return
+
         if self._accept_retries and retry:
             if _TestMode.enabled:
                 delay = 0.0
