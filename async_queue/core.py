@@ -528,7 +528,7 @@ class AsyncTaskQueue:
             DuplicateTaskIdError: ``task_id`` belongs to an active or retained task.
             TypeError, ValueError: an argument is invalid; nothing was queued.
         """
-        # A submission answered by dedup_key queues nothing, so needs no room.
+        # A dedup_key of an unfinished task queues nothing, so it needs no room.
         if (
             self._max_pending is not None
             and self._must_wait_for_room()

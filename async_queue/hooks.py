@@ -116,8 +116,8 @@ AnyHook = (
     | _OnCancelled
     | _OnDropped
 )
-"""What ``AsyncTaskQueue(hooks=...)`` accepts: an object with at least one
-hook method, such as a ``Hook`` subclass."""
+"""The type of each hook in ``AsyncTaskQueue(hooks=...)``: an object with at
+least one hook method, such as a ``Hook`` subclass."""
 
 
 class Hook:

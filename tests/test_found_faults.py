@@ -711,7 +711,7 @@ async def test_lambda_of_coroutine_message_suggests_bind() -> None:
 
 
 class CancelEveryTask(Hook):
-    """A hook that cancels every task it knows whenever one is dropped."""
+    """A hook that cancels every task in ``handles`` whenever one is dropped."""
 
     def __init__(self) -> None:
         self.handles: list[Any] = []
