@@ -8,7 +8,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from .models import PENDING, TaskHandle, TaskId
+from .models import DELAYED, PENDING, WAITING_RETRY, TaskHandle, TaskId
 
 __all__ = ("AgingHeap", "ReadyHeap", "ResultStore", "TimerHeap")
 
@@ -183,14 +183,18 @@ class TimerHeap:
     """Tasks parked until a time on the event loop clock.
 
     Used only on the event loop thread, so it needs no lock. Entries of tasks
-    cancelled while parked stay until their time comes and are then skipped.
+    cancelled while parked stay until their time comes and are then skipped,
+    unless they pile up: past ``_COMPACT_MIN_STALE`` of them, and past half
+    of all entries, the heap is rebuilt without them, so that delayed tasks
+    cancelled in bulk do not keep their arguments for the whole delay.
     """
 
-    __slots__ = ("_counter", "_heap")
+    __slots__ = ("_counter", "_heap", "_stale")
 
     def __init__(self) -> None:
         self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
         self._counter = 0  # breaks ties between equal times without comparing tasks
+        self._stale = 0  # entries of tasks cancelled while parked
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -205,18 +209,35 @@ class TimerHeap:
         return self._heap[0][0] if self._heap else None
 
     def pop_due(self, now: float) -> list[TaskHandle[Any]]:
-        """Remove and return the tasks parked until ``now`` or earlier."""
+        """Remove and return the tasks parked until ``now`` or earlier.
+
+        The caller skips the tasks that are no longer parked.
+        """
         heap = self._heap
         due = []
         while heap and heap[0][0] <= now:
-            due.append(heapq.heappop(heap)[2])
+            handle = heapq.heappop(heap)[2]
+            if handle._state is not DELAYED and handle._state is not WAITING_RETRY:
+                self._stale -= 1
+
+            due.append(handle)
 
         return due
+
+    def mark_stale(self) -> None:
+        """Record that a parked task was cancelled; its entry is now stale."""
+        self._stale += 1
+        if self._stale >= _COMPACT_MIN_STALE and self._stale * 2 > len(self._heap):
+            parked = (DELAYED, WAITING_RETRY)
+            self._heap = [entry for entry in self._heap if entry[2]._state in parked]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def clear(self) -> list[TaskHandle[Any]]:
         """Remove and return every parked task, earliest first."""
         handles = [entry[2] for entry in sorted(self._heap)]
         self._heap.clear()
+        self._stale = 0
         return handles
 
 

@@ -1155,6 +1155,7 @@ class AsyncTaskQueue:
         handle._state = FAILED
         if parked_in is WAITING_RETRY:
             self._waiting -= 1
+            self._timers.mark_stale()
         elif parked_in is PENDING:
             self._ready.mark_stale(handle)  # requeued before the error
 
@@ -1460,6 +1461,8 @@ class AsyncTaskQueue:
             self._ready.mark_stale(handle)
         else:
             self._unpark(handle)
+            handle._state = CANCELLED  # before mark_stale(), which may compact
+            self._timers.mark_stale()
 
         self._set_cancelled(handle)
         if self._space_waiters:

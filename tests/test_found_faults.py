@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+import weakref
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +23,7 @@ from async_queue import (
     RetryPolicy,
     TaskEvent,
     TaskState,
+    containers,
 )
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
@@ -695,7 +699,9 @@ def test_random_feature_programs_consistent(
     actions: list[tuple[Any, ...]], aging: bool, mode: str
 ) -> None:
     """Counts match handle states with every feature on, and no attempt repeats."""
-    run_virtual(lambda loop: _run_feature_program(loop, actions, aging, mode))
+    # A tiny threshold makes both heaps compact their stale entries often.
+    with mock.patch.object(containers, "_COMPACT_MIN_STALE", 2):
+        run_virtual(lambda loop: _run_feature_program(loop, actions, aging, mode))
 
 
 async def test_lambda_of_coroutine_message_suggests_bind() -> None:
@@ -828,3 +834,54 @@ async def test_cancel_from_retry_predicate_stops_retry() -> None:
     assert calls == 1
     assert queue.stats().retries == 0
     await queue.stop()
+
+
+async def test_cancelled_delayed_tasks_are_released() -> None:
+    """Delayed tasks cancelled in bulk do not keep their arguments alive."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0)
+    await queue.start()
+    refs = []
+    for _ in range(3000):
+        handle = await queue.submit(_echo, bytearray(100), delay=3600)
+        assert handle.cancel()
+        refs.append(weakref.ref(handle))
+    del handle
+    gc.collect()
+
+    alive = sum(ref() is not None for ref in refs)
+    # Stale entries are dropped in batches of at least 1024.
+    assert alive < 1024
+    stats = queue.stats()
+    assert stats.delayed == 0
+    assert stats.cancelled == 3000
+    await queue.stop()
+
+
+def test_compaction_keeps_live_delayed_tasks() -> None:
+    """Compacting the timer heap keeps every delayed task that is not cancelled."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0)
+        await queue.start()
+        kept: list[tuple[int, Any]] = []
+        for index in range(2100):
+            handle = await queue.submit(_echo, index, delay=10 + index % 7)
+            if index % 3 == 0:
+                kept.append((index, handle))
+            else:
+                assert handle.cancel()
+
+        assert queue.stats().delayed == len(kept)
+        loop.advance(20)
+        await until(lambda: all(h.done() for _, h in kept))
+
+        assert [await h for _, h in kept] == [index for index, _ in kept]
+        assert queue.stats().succeeded == len(kept)
+        assert queue.stats().delayed == 0
+        await queue.stop()
+
+    run_virtual(main)
+
+
+async def _echo(value: object) -> object:
+    return value
