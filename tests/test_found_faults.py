@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import random
 import sys
 import weakref
 from collections.abc import Callable
@@ -20,11 +22,13 @@ from async_queue import (
     Hook,
     QueueClosedError,
     QueueFullError,
+    RetryAfter,
     RetryPolicy,
     TaskEvent,
     TaskState,
     containers,
 )
+from async_queue.hooks import EVENTS
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -885,3 +889,124 @@ def test_compaction_keeps_live_delayed_tasks() -> None:
 
 async def _echo(value: object) -> object:
     return value
+
+
+def _make_chaos_hook(rng: random.Random, record: Callable[[Any], None]) -> Hook:
+    """Return a hook that, at any event, may cancel a random task via ``record``."""
+
+    class Chaos(Hook):
+        pass
+
+    def observe(self: Hook, event: TaskEvent) -> None:
+        if rng.random() < 0.3:
+            record(None)
+
+    for name in EVENTS:
+        setattr(Chaos, name, observe)
+
+    return Chaos()
+
+
+async def _chaos_task(kind: str) -> int:
+    if kind == "fail":
+        raise ValueError("attempt failed")
+
+    if kind == "retry_after":
+        raise RetryAfter(0.3)
+
+    if kind == "hang":
+        await asyncio.sleep(5)
+
+    if kind == "suppress":
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+
+    return 1
+
+
+async def _run_chaos(loop: VirtualClockLoop, rng: random.Random) -> None:
+    handles: list[Any] = []
+    attempts_at_cancel: dict[object, int] = {}
+
+    def cancel_random(_: object) -> None:
+        if handles:
+            handle = rng.choice(handles)
+            before = handle.attempts
+            if handle.cancel("cancelled at random"):
+                attempts_at_cancel.setdefault(handle.id, before)
+
+    policy = RetryPolicy(max_retries=2, base_delay=0.5, jitter="none")
+    queue = AsyncTaskQueue(
+        rng.randint(1, 3),
+        retry=policy,
+        timeout=1.0,
+        hooks=[_make_chaos_hook(rng, cancel_random)],
+        max_pending=rng.choice([None, 3]),
+        aging_rate=rng.choice([None, 1.0]),
+        rate_limit=rng.choice([None, 5.0]),
+    )
+    await queue.start()
+    for _ in range(40):
+        roll = rng.random()
+        if roll < 0.45:
+            kind = rng.choice(["ok", "fail", "hang", "retry_after", "suppress"])
+            with contextlib.suppress(QueueFullError):
+                handles.append(
+                    queue.submit_nowait(
+                        _chaos_task,
+                        kind,
+                        priority=rng.randint(0, 2),
+                        delay=rng.choice([None, 0.2, 1.5]),
+                    )
+                )
+        elif roll < 0.6:
+            cancel_random(None)
+        else:
+            loop.advance(rng.choice([0.1, 0.5, 1.2]))
+
+        await settle(3)
+        _check_chaos(queue, handles, attempts_at_cancel)
+
+    mode = rng.choice(["drain", "cancel", "finish_running"])
+    stop = asyncio.create_task(queue.stop(mode, timeout=20, grace=1))
+    while not stop.done():
+        loop.advance(1)
+        await settle(5)
+
+    stop.result()
+    _check_chaos(queue, handles, attempts_at_cancel)
+    assert all(h.done() for h in handles)
+    assert queue.stats().workers == 0
+
+
+def _check_chaos(
+    queue: AsyncTaskQueue, handles: list[Any], attempts_at_cancel: dict[object, int]
+) -> None:
+    states = [h.state for h in handles]
+    stats = queue.stats()
+    assert stats.pending == states.count(TaskState.PENDING)
+    assert stats.delayed == states.count(TaskState.DELAYED)
+    assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
+    assert stats.running == states.count(TaskState.RUNNING)
+    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+    assert stats.failed == states.count(TaskState.FAILED)
+    assert stats.cancelled == states.count(TaskState.CANCELLED)
+    for handle in handles:
+        if handle.id not in attempts_at_cancel:
+            continue
+
+        # An accepted cancel lets at most the attempt running then go on.
+        assert handle.attempts <= max(attempts_at_cancel[handle.id], 1)
+        if handle.done():
+            assert handle.state is TaskState.CANCELLED
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_random_cancels_from_hooks_hold(seed: int) -> None:
+    """Tasks cancelled at any event, by hooks or callers, end CANCELLED once."""
+    # A seeded generator, because hypothesis's own random draws read files,
+    # which the blocking-call detector rejects inside the event loop.
+    rng = random.Random(seed)
+    with mock.patch.object(containers, "_COMPACT_MIN_STALE", 2):
+        run_virtual(lambda loop: _run_chaos(loop, rng))
