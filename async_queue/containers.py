@@ -183,10 +183,10 @@ class TimerHeap:
     """Tasks parked until a time on the event loop clock.
 
     Used only on the event loop thread, so it needs no lock. Entries of tasks
-    cancelled while parked stay until their time comes and are then skipped,
-    unless they pile up: past ``_COMPACT_MIN_STALE`` of them, and past half
-    of all entries, the heap is rebuilt without them, so that delayed tasks
-    cancelled in bulk do not keep their arguments for the whole delay.
+    cancelled while parked stay until their time comes and are then skipped.
+    Past ``_COMPACT_MIN_STALE`` such entries, and past half of all entries,
+    the heap is rebuilt without them. Delayed tasks cancelled in bulk then do
+    not keep their arguments for the whole delay.
     """
 
     __slots__ = ("_counter", "_heap", "_stale")

@@ -867,20 +867,20 @@ def test_compaction_keeps_live_delayed_tasks() -> None:
     async def main(loop: VirtualClockLoop) -> None:
         queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0)
         await queue.start()
-        kept: list[tuple[int, Any]] = []
+        kept_tasks: list[tuple[int, Any]] = []
         for index in range(2100):
             handle = await queue.submit(_echo, index, delay=10 + index % 7)
             if index % 3 == 0:
-                kept.append((index, handle))
+                kept_tasks.append((index, handle))
             else:
                 assert handle.cancel()
 
-        assert queue.stats().delayed == len(kept)
+        assert queue.stats().delayed == len(kept_tasks)
         loop.advance(20)
-        await until(lambda: all(h.done() for _, h in kept))
+        await until(lambda: all(h.done() for _, h in kept_tasks))
 
-        assert [await h for _, h in kept] == [index for index, _ in kept]
-        assert queue.stats().succeeded == len(kept)
+        assert [await h for _, h in kept_tasks] == [index for index, _ in kept_tasks]
+        assert queue.stats().succeeded == len(kept_tasks)
         assert queue.stats().delayed == 0
         await queue.stop()
 
