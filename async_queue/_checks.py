@@ -107,6 +107,27 @@ def check_timeout(name: str, value: object) -> float | None:
     return float(value)
 
 
+def check_rate(name: str, value: object, unit: str, *, zero_ok: bool) -> float:
+    """Return a finite rate in ``unit``: >= 0 with ``zero_ok``, else > 0.
+
+    Both rates are optional, so the message tells to pass ``None`` instead.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{name} must be a number of {unit} or None, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+
+    if not is_finite(value) or value < 0 or (value == 0 and not zero_ok):
+        bound = ">= 0" if zero_ok else "> 0"
+        raise ValueError(
+            f"{name} must be a finite number of {unit} {bound}, got {value!r}; "
+            f"use None for no {name.replace('_', ' ')}"
+        )
+
+    return float(value)
+
+
 def check_seconds(
     name: str, value: object, *, allow_none: bool = False
 ) -> float | None:

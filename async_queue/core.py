@@ -43,6 +43,7 @@ from .models import (
     RUNNING,
     SUCCEEDED,
     WAITING_RETRY,
+    BoundCall,
     CancelReason,
     QueueStats,
     ShutdownMode,
@@ -242,11 +243,16 @@ class AsyncTaskQueue:
         if aging_rate is None:
             self._ready = ReadyHeap()
         else:
-            rate = _checks.check_seconds("aging_rate", aging_rate)
-            assert rate is not None
+            rate = _checks.check_rate(
+                "aging_rate", aging_rate, "priority points per second", zero_ok=True
+            )
             self._ready = AgingHeap(rate, time.monotonic)
 
-        self._rate = _checks.check_timeout("rate_limit", rate_limit)
+        self._rate = None
+        if rate_limit is not None:
+            self._rate = _checks.check_rate(
+                "rate_limit", rate_limit, "task starts per second", zero_ok=False
+            )
         self._burst = _checks.check_count("rate_burst", rate_burst, 1)
         self._tokens = float(self._burst)
         self._tokens_at = 0.0  # loop time of the last refill
@@ -1078,8 +1084,10 @@ class AsyncTaskQueue:
             self._burst, self._tokens + (now - self._tokens_at) * self._rate
         )
         self._tokens_at = now
-        if self._tokens >= 1:
-            self._tokens -= 1
+        # The token timer can fire a clock tick early, a token short by the
+        # tick's worth: that token counts as earned.
+        if self._tokens >= 1 - _CLOCK_RESOLUTION * self._rate:
+            self._tokens = max(self._tokens - 1, 0.0)
             if self._idle and len(self._ready) > 1:
                 # The token timer wakes one worker. Pass the wake-up on, so
                 # that the next idle worker takes a token or sets the timer.
@@ -1315,6 +1323,8 @@ class AsyncTaskQueue:
         if isinstance(exc, RetryAfter):
             # The task chose its delay; only the retry count still applies.
             retry = retries_done < policy.max_retries
+        elif _is_call_error(exc):
+            retry = False  # the arguments do not fit the function: retries cannot help
         else:
             retry = policy.should_retry(exc, retries_done)
 
@@ -1837,6 +1847,23 @@ def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
     return exc
 
 
+def _is_call_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` is a ``TypeError`` from calling the task's function.
+
+    Binding the arguments to the parameters raises before the function's own
+    frame exists, so the innermost frame of such an error is the worker's,
+    or that of the ``BoundCall`` that made the call.
+    """
+    tb = exc.__traceback__
+    if not isinstance(exc, TypeError) or tb is None:
+        return False
+
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+
+    return tb.tb_frame.f_code in (_WORKER_CODE, _BOUND_CALL_CODE)
+
+
 def _settle_from_handle(
     future: concurrent.futures.Future[Any], handle: TaskHandle[Any]
 ) -> None:
@@ -1930,3 +1957,4 @@ def _check_coroutine_object(
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__
+_BOUND_CALL_CODE = BoundCall.__call__.__code__

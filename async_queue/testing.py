@@ -25,9 +25,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import selectors
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 __all__ = (
     "VirtualClockLoop",
@@ -75,24 +79,41 @@ def is_testing() -> bool:
 
 
 class VirtualClockLoop(asyncio.SelectorEventLoop):
-    """A selector event loop whose clock moves only when ``advance()`` is called.
+    """A selector event loop whose clock moves only when the test moves it.
 
     ``time()`` starts at the real monotonic time of the loop's creation and
     then stands still: however long a callback takes, virtual times stay
     exact. ``advance()`` makes every timer due within the jump fire on the
-    next loop iteration. A coroutine that awaits a timer nobody advances to
-    waits until the test advances the clock.
+    next loop iteration.
+
+    When the loop has nothing to run and no I/O arrives for ``autojump``
+    real seconds, the clock jumps to the next timer, so a coroutine that
+    awaits a timer nobody advances to still finishes, at its exact virtual
+    time. A test that checks a timer has not fired yet keeps the loop busy
+    (``await asyncio.sleep(0)``) between its steps. ``autojump=None`` turns
+    the jumps off: then only ``advance()`` moves the clock.
 
     asyncio's debug mode times callbacks with the loop's clock, so it would
     report each callback that calls ``advance()`` as slow; this loop turns
     that report off.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, autojump: float | None = 0.05) -> None:
+        super().__init__(_JumpingSelector(selectors.DefaultSelector(), self))
+        if autojump is not None:
+            from ._checks import check_seconds
+
+            try:
+                autojump = check_seconds("autojump", autojump)
+            except (TypeError, ValueError):
+                self.close()
+                raise
+
         self._start = time.monotonic()
         self.offset = 0.0
         """Virtual seconds advanced so far."""
+        self.autojump = autojump
+        """Real seconds of idleness after which the clock jumps, or ``None``."""
         self.slow_callback_duration = math.inf
 
     def time(self) -> float:
@@ -107,13 +128,69 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self.offset += checked
 
 
-def run_virtual(main: Callable[[VirtualClockLoop], Awaitable[T]]) -> T:
-    """Run ``main(loop)`` to completion on a new ``VirtualClockLoop``."""
+class _JumpingSelector(selectors.BaseSelector):
+    """The loop's selector, which jumps the virtual clock when the loop idles.
+
+    The loop passes ``select()`` the time until its next timer. After
+    ``autojump`` real seconds without I/O, the clock moves by that time, and
+    the timer is due when ``select()`` returns.
+    """
+
+    def __init__(
+        self, selector: selectors.BaseSelector, loop: VirtualClockLoop
+    ) -> None:
+        self._selector = selector
+        self._loop = loop
+
+    def select(
+        self, timeout: float | None = None
+    ) -> list[tuple[selectors.SelectorKey, int]]:
+        autojump = self._loop.autojump
+        if timeout is None or timeout <= 0 or autojump is None:
+            return self._selector.select(timeout)
+
+        events = self._selector.select(min(timeout, autojump))
+        if not events:
+            self._loop.offset += timeout
+
+        return events
+
+    # The rest is the wrapped selector's.
+
+    def register(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._selector.register(fileobj, events, data)
+
+    def unregister(self, fileobj: FileDescriptorLike) -> selectors.SelectorKey:
+        return self._selector.unregister(fileobj)
+
+    def modify(
+        self, fileobj: FileDescriptorLike, events: int, data: Any = None
+    ) -> selectors.SelectorKey:
+        return self._selector.modify(fileobj, events, data)
+
+    def get_map(self) -> Mapping[FileDescriptorLike, selectors.SelectorKey]:
+        return self._selector.get_map()
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def run_virtual(
+    main: Callable[[VirtualClockLoop], Awaitable[T]],
+    *,
+    autojump: float | None = 0.05,
+) -> T:
+    """Run ``main(loop)`` to completion on a new ``VirtualClockLoop``.
+
+    ``autojump`` is passed to the loop: ``None`` leaves the clock to
+    ``advance()`` alone.
+    """
+    loop = VirtualClockLoop(autojump=autojump)  # checks autojump before running
 
     async def wrapper() -> T:
-        loop = asyncio.get_running_loop()
-        assert isinstance(loop, VirtualClockLoop)
         return await main(loop)
 
-    with asyncio.Runner(loop_factory=VirtualClockLoop) as runner:
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
         return runner.run(wrapper())

@@ -155,3 +155,30 @@ async def test_rate_limited_idle_queue_keeps_no_timer() -> None:
 def test_invalid_aging_and_rate(options: dict[str, object], text: str) -> None:
     with pytest.raises((TypeError, ValueError), match=text):
         AsyncTaskQueue(**options)  # type: ignore[arg-type]
+
+
+def test_rate_limit_token_timer_on_exact_clock() -> None:
+    """A token timer that fires a clock tick early still starts the next task.
+
+    On a clock that only advance() moves, a token computed a tick short used
+    to reschedule its timer at the same instant, over and over.
+    """
+
+    async def main(loop: VirtualClockLoop) -> list[float]:
+        begin = loop.time()
+        starts: list[float] = []
+
+        async def record() -> None:
+            starts.append(round(loop.time() - begin, 6))
+
+        async with AsyncTaskQueue(1, rate_limit=5, rate_burst=1) as queue:
+            for _ in range(3):
+                queue.submit_nowait(record)
+            await until(lambda: len(starts) == 1)
+            for count in (2, 3):
+                loop.advance(0.2)
+                await until(lambda count=count: len(starts) == count)
+
+        return starts
+
+    assert run_virtual(main, autojump=None) == [0.0, 0.2, 0.4]

@@ -7,6 +7,7 @@ import enum
 import functools
 import inspect
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -493,3 +494,23 @@ async def test_async_callable_accepted(
     assert await handle == expected
     assert handle.state is TaskState.SUCCEEDED
     assert handle.id == 1
+
+
+@pytest.mark.parametrize(
+    "options, error, message",
+    [
+        ({"rate_limit": 0}, ValueError, "task starts per second > 0, got 0"),
+        ({"rate_limit": -2.5}, ValueError, "task starts per second > 0, got -2.5"),
+        ({"rate_limit": math.inf}, ValueError, "use None for no rate limit"),
+        ({"rate_limit": "10/s"}, TypeError, "number of task starts per second"),
+        ({"aging_rate": -1}, ValueError, "priority points per second >= 0, got -1"),
+        ({"aging_rate": math.nan}, ValueError, "use None for no aging rate"),
+        ({"aging_rate": True}, TypeError, "number of priority points per second"),
+    ],
+)
+def test_rates_rejected_in_their_units(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    """A bad rate limit or aging rate is named with its unit and the way out."""
+    with pytest.raises(error, match=re.escape(message)):
+        AsyncTaskQueue(**options)  # type: ignore[arg-type]

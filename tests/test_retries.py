@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskState, bind
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -215,3 +217,48 @@ async def test_decorrelated_jitter_runs_through_queue() -> None:
         assert await handle == "done"
 
     assert handle.attempts == 4
+
+
+async def takes_one(x: int) -> int:
+    return x
+
+
+async def raises_type_error() -> None:
+    raise TypeError("raised by the task itself")
+
+
+@pytest.mark.parametrize(
+    "fn, args",
+    [
+        (takes_one, (1, 2)),
+        (takes_one, ()),
+        (bind(takes_one, y=1), ()),
+        (functools.partial(takes_one, 1), (2,)),
+    ],
+    ids=["extra-arg", "missing-arg", "bind-bad-keyword", "partial-extra-arg"],
+)
+async def test_arguments_that_do_not_fit_fail_without_retry(
+    fn: Callable[..., Awaitable[int]], args: tuple[int, ...]
+) -> None:
+    """A TypeError from binding the arguments fails the task on its first attempt."""
+    policy = RetryPolicy(max_retries=3, base_delay=0)
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = queue.submit_nowait(fn, *args)
+        with pytest.raises(TypeError, match="argument"):
+            await handle
+
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+    assert queue.stats().retries == 0
+
+
+async def test_type_error_inside_task_is_retried() -> None:
+    """A TypeError that the task's own code raises follows the policy."""
+    policy = RetryPolicy(max_retries=2, base_delay=0)
+    async with AsyncTaskQueue(1, retry=policy) as queue:
+        handle = queue.submit_nowait(raises_type_error)
+        with pytest.raises(TypeError, match="raised by the task itself"):
+            await handle
+
+    assert handle.attempts == 3
+    assert queue.stats().retries == 2

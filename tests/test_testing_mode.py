@@ -120,15 +120,33 @@ def test_virtual_clock_fires_timers_only_when_due() -> None:
     assert testing.run_virtual(main) == ["checked", "two"]
 
 
-@pytest.mark.parametrize("seconds", [-1.0, math.nan])
+@pytest.mark.parametrize("seconds", [-1.0, math.nan, math.inf])
 def test_virtual_clock_rejects_bad_advance(seconds: float) -> None:
-    """advance() refuses to move the clock backwards or by NaN."""
+    """advance() rejects a negative, NaN or infinite step and keeps the clock."""
     loop = testing.VirtualClockLoop()
     try:
         before = loop.time()
-        with pytest.raises(ValueError, match="seconds must be >= 0"):
+        with pytest.raises(ValueError, match="finite number of seconds >= 0"):
             loop.advance(seconds)
         assert loop.time() == before
         assert loop.slow_callback_duration == math.inf
     finally:
         loop.close()
+
+
+def test_virtual_clock_jumps_to_next_timer_when_idle() -> None:
+    """An idle loop jumps straight to its next timer, at the exact virtual time."""
+
+    async def main(loop: testing.VirtualClockLoop) -> float:
+        start = loop.time()
+        await asyncio.sleep(3600)
+        return round(loop.time() - start, 6)
+
+    assert testing.run_virtual(main) == 3600.0
+
+
+@pytest.mark.parametrize("autojump", [-0.1, math.nan])
+def test_virtual_clock_rejects_bad_autojump(autojump: float) -> None:
+    """A negative or NaN autojump is rejected before any loop is made."""
+    with pytest.raises(ValueError, match="autojump must be"):
+        testing.VirtualClockLoop(autojump=autojump)
