@@ -110,7 +110,7 @@ def check_timeout(name: str, value: object) -> float | None:
 def check_rate(name: str, value: object, unit: str, *, zero_ok: bool) -> float:
     """Return a finite rate in ``unit``: >= 0 with ``zero_ok``, else > 0.
 
-    Both rates are optional, so the message tells to pass ``None`` instead.
+    Both rates are optional, so the message suggests ``None`` instead.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(

@@ -1361,7 +1361,7 @@ class AsyncTaskQueue:
         """Call the hooks that observe ``event``, if any.
 
         An event caused by a hook, such as ``on_cancelled`` when a hook
-        cancels the task it is told about, waits until every hook has seen the
+        cancels the task it is notified of, waits until every hook has seen the
         event in progress. Each hook thus sees a task's events in the order
         they happened.
         """
@@ -1395,7 +1395,7 @@ class AsyncTaskQueue:
             exception=exc,
             attempts=handle._attempts,
         )
-        handle._args = None  # the letter holds them for requeue()
+        handle._args = None  # the letter keeps them for requeue()
         self._dead_letters.add(letter)
         if self._on_dead_letter is None:
             return

@@ -27,10 +27,10 @@ EVENTS = (
 
 
 class TaskEvent(NamedTuple):
-    """What a hook receives: a snapshot of one task at one event.
+    """A snapshot of one task at one event, passed to each hook.
 
-    A named tuple, so that building one per event costs little: the queue
-    builds one for every event that a hook observes.
+    A named tuple, because the queue builds one for every event that a hook
+    observes, and a named tuple is cheap to build.
     """
 
     task_id: TaskId

@@ -416,7 +416,7 @@ def threaded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> BoundC
     """Bind a plain function to run in a thread, as a task.
 
     The task calls ``asyncio.to_thread(fn, *args, **kwargs)``, which runs
-    ``fn`` in the event loop's default thread pool. The task holds a worker
+    ``fn`` in the event loop's default thread pool. The task occupies a worker
     while it waits, so both the pool's size and ``max_workers`` cap how many
     such functions run at once.
 
@@ -502,7 +502,7 @@ class QueueStats:
     dead_letters: int
     """Failed tasks kept by ``dead_letters()``."""
     deduplicated: int
-    """Submissions answered with an unfinished task's handle by ``dedup_key``."""
+    """Submissions given an unfinished task's handle through ``dedup_key``."""
     dropped: int
     """Queued tasks that ``stop()`` cancelled before their next attempt."""
     depth_by_priority: tuple[tuple[int, int], ...]

@@ -7,7 +7,7 @@ retries never sleeps through them::
 
     testing.set_testing(True)       # for the whole process, or:
     with testing.set_testing(True):
-        await queue.submit(flaky)   # retried at once, as often as the policy says
+        await queue.submit(flaky)   # retried at once, as often as the policy allows
 
 ``VirtualClockLoop`` is an event loop whose clock a test moves forward by hand.
 The queue reads every time from its loop (backoff, delays, timeouts, the rate
@@ -29,6 +29,8 @@ import selectors
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._checks import check_seconds
 
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
@@ -82,7 +84,7 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose clock moves only when the test moves it.
 
     ``time()`` starts at the real monotonic time of the loop's creation and
-    then stands still: however long a callback takes, virtual times stay
+    then stays fixed: however long a callback takes, virtual times stay
     exact. ``advance()`` makes every timer due within the jump fire on the
     next loop iteration.
 
@@ -101,8 +103,6 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, autojump: float | None = 0.05) -> None:
         super().__init__(_JumpingSelector(selectors.DefaultSelector(), self))
         if autojump is not None:
-            from ._checks import check_seconds
-
             try:
                 autojump = check_seconds("autojump", autojump)
             except (TypeError, ValueError):
@@ -121,8 +121,6 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     def advance(self, seconds: float) -> None:
         """Move the loop clock forward by ``seconds``."""
-        from ._checks import check_seconds
-
         checked = check_seconds("seconds", seconds)
         assert checked is not None
         self.offset += checked

@@ -194,7 +194,7 @@ class CancelOnSubmit(Hook):
 
 @pytest.mark.parametrize("canceller_first", [True, False])
 async def test_hook_caused_event_follows_current_one(canceller_first: bool) -> None:
-    """Every hook sees on_submitted before the on_cancelled that a hook caused."""
+    """Every hook receives on_submitted before the on_cancelled a hook caused."""
     canceller, before, after = CancelOnSubmit(), Recorder(), Recorder()
     hooks = (
         [canceller, before, after] if canceller_first else [before, canceller, after]
