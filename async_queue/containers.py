@@ -1,16 +1,16 @@
-"""The ready heap, the timer heap and the bounded result store."""
+"""The ready heap, the timer heap and the table of tasks by id."""
 
 from __future__ import annotations
 
 import heapq
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from .models import DELAYED, PENDING, WAITING_RETRY, TaskHandle, TaskId
 
-__all__ = ("AgingHeap", "ReadyHeap", "ResultStore", "TimerHeap")
+__all__ = ("AgingHeap", "ReadyHeap", "TaskTable", "TimerHeap")
 
 # Stale entries (tasks cancelled while pending) are dropped lazily by pop(),
 # and all at once when no entry is pending any more. Past this many, and past
@@ -18,6 +18,10 @@ __all__ = ("AgingHeap", "ReadyHeap", "ResultStore", "TimerHeap")
 # are cancelled in bulk does not keep their memory. A stale handle has
 # already let go of its arguments (see AsyncTaskQueue._finish).
 _COMPACT_MIN_STALE = 1024
+
+# Emptied priority levels are kept, for reuse, while there are at most this
+# many levels.
+_KEPT_LEVELS = 32
 
 
 class ReadyHeap:
@@ -32,18 +36,16 @@ class ReadyHeap:
     thread pushes at the same moment as the event loop pops. Asyncio code on
     the loop thread gains nothing from it, since no method awaits.
 
-    ``push`` and ``pop`` run once per task, so they call the lock's bound
+    ``push`` and ``pop`` run once per task, so they call the lock's
     ``acquire`` and ``release`` in a ``try``/``finally``: that holds the lock
     for exactly the same span as a ``with`` block at half its cost.
     """
 
     __slots__ = (
-        "_acquire",
         "_entries",
         "_levels",
         "_lock",
         "_order",
-        "_release",
         "_stale",
         "_stale_by_level",
     )
@@ -55,8 +57,6 @@ class ReadyHeap:
         self._stale = 0  # entries whose task is no longer pending
         self._stale_by_level: dict[int, int] = {}  # the same, per priority
         self._lock = threading.Lock()
-        self._acquire = self._lock.acquire
-        self._release = self._lock.release
 
     def __len__(self) -> int:
         """Return the number of tasks that are still pending."""
@@ -66,29 +66,30 @@ class ReadyHeap:
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task behind the tasks of its priority."""
         priority = handle._priority
-        self._acquire()
+        self._lock.acquire()
         try:
             level = self._levels.get(priority)
             if level is None:
                 level = self._levels[priority] = deque()
+            if not level:
                 heapq.heappush(self._order, -priority)
 
             level.append(handle)
             self._entries += 1
         finally:
-            self._release()
+            self._lock.release()
 
     def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the next pending task, or ``None`` if there is none."""
-        self._acquire()
+        self._lock.acquire()
         try:
-            while self._order:
-                priority = -self._order[0]
+            order = self._order
+            while order:
+                priority = -order[0]
                 level = self._levels[priority]
                 handle = level.popleft()
                 if not level:
-                    heapq.heappop(self._order)
-                    del self._levels[priority]
+                    self._drop_empty(priority)
 
                 self._entries -= 1
                 if handle._state is PENDING:
@@ -103,7 +104,16 @@ class ReadyHeap:
 
             return None
         finally:
-            self._release()
+            self._lock.release()
+
+    def _drop_empty(self, priority: int) -> None:
+        # Called with the lock held, for the level on top that has just
+        # emptied. Its deque stays for reuse while few levels exist, so that a
+        # queue that keeps emptying and refilling one priority does not make
+        # a new deque per task.
+        heapq.heappop(self._order)
+        if len(self._levels) > _KEPT_LEVELS:
+            del self._levels[priority]
 
     def mark_stale(self, handle: TaskHandle[Any]) -> None:
         """Record that ``handle``, still in the heap, left the pending state.
@@ -241,57 +251,68 @@ class TimerHeap:
         return handles
 
 
-class ResultStore:
-    """Finished tasks kept for lookup by id, bounded by count and optionally age.
+class TaskTable:
+    """Every task the queue can find by id: the unfinished ones, and the
+    finished ones it retains, bounded by count and optionally by age.
 
-    The oldest entry is evicted first. Evicting an entry only drops the
-    queue's reference: a caller holding the handle keeps its outcome. Used
-    only on the event loop thread, so it needs no lock.
+    ``tasks`` maps each id to its handle. The retained tasks also sit in a
+    FIFO in the order they finished, so that the oldest is evicted first, in
+    O(1). Evicting a task only drops the queue's reference: a caller holding
+    the handle keeps its outcome. Used only on the event loop thread, so it
+    needs no lock.
     """
 
-    __slots__ = ("_entries", "_max_age", "_max_count", "evicted")
+    __slots__ = ("_finished", "_max_age", "_max_count", "clock", "evicted", "tasks")
 
-    def __init__(self, max_count: int, max_age: float | None) -> None:
-        self._entries: OrderedDict[TaskId, TaskHandle[Any]] = OrderedDict()
+    def __init__(
+        self, max_count: int, max_age: float | None, clock: Callable[[], float]
+    ) -> None:
+        self.tasks: dict[TaskId, TaskHandle[Any]] = {}
+        self._finished: deque[TaskHandle[Any]] = deque()
         self._max_count = max_count
         self._max_age = max_age
+        self.clock = clock  # the event loop's time(), set by the queue on start
         self.evicted = 0
 
-    def __len__(self) -> int:
-        return len(self._entries)
+    @property
+    def unfinished(self) -> int:
+        """The number of tasks that are not final yet."""
+        return len(self.tasks) - len(self._finished)
+
+    @property
+    def retained(self) -> int:
+        """The number of finished tasks kept for lookup."""
+        return len(self._finished)
 
     def __contains__(self, task_id: object) -> bool:
-        return task_id in self._entries
+        return task_id in self.tasks
 
-    def add(self, handle: TaskHandle[Any], now: float) -> None:
-        """Keep a finished task, evicting the oldest ones past the bounds."""
-        entries = self._entries
-        entries[handle._id] = handle
-        if len(entries) > self._max_count:  # with max_count 0, evicts `handle`
-            entries.popitem(last=False)
+    def retain(self, handle: TaskHandle[Any]) -> None:
+        """Keep a task that has just finished, evicting the oldest past the bounds."""
+        finished = self._finished
+        finished.append(handle)
+        if len(finished) > self._max_count:  # with max_count 0, evicts `handle`
+            del self.tasks[finished.popleft()._id]
             self.evicted += 1
 
         if self._max_age is not None:
+            now = handle._finished_at = self.clock()
             self.evict_expired(now)
 
-    def get(self, task_id: TaskId, now: float) -> TaskHandle[Any] | None:
-        """Return the finished task with this id, or ``None``."""
+    def get(self, task_id: TaskId) -> TaskHandle[Any] | None:
+        """Return the task with this id, unfinished or retained, or ``None``."""
         if self._max_age is not None:
-            self.evict_expired(now)
+            self.evict_expired(self.clock())
 
-        return self._entries.get(task_id)
+        return self.tasks.get(task_id)
 
     def evict_expired(self, now: float) -> None:
         """Evict the tasks that finished ``max_age`` or more seconds ago."""
         assert self._max_age is not None
         cutoff = now - self._max_age
-        entries = self._entries
-        while entries:
-            oldest = next(iter(entries.values()))
-            if oldest._finished_at > cutoff:
-                break
-
-            entries.popitem(last=False)
+        finished = self._finished
+        while finished and finished[0]._finished_at <= cutoff:
+            del self.tasks[finished.popleft()._id]
             self.evicted += 1
 
 

@@ -17,7 +17,7 @@ from types import FunctionType, TracebackType
 from typing import Any, Literal, NoReturn, TypeVar, TypeVarTuple, final
 
 from . import _checks
-from .containers import AgingHeap, ReadyHeap, ResultStore, TimerHeap
+from .containers import AgingHeap, ReadyHeap, TaskTable, TimerHeap
 from .deadletters import DeadLetter, DeadLetterStore
 from .errors import (
     DuplicateTaskIdError,
@@ -101,23 +101,25 @@ class _Worker:
 
 
 class _Summary:
-    """Count, total and maximum of a series of durations, in seconds."""
+    """Total and maximum of a series of durations, in seconds.
 
-    __slots__ = ("count", "max", "total")
+    The queue counts the durations itself: it already counts the attempts
+    that start and those that are running.
+    """
+
+    __slots__ = ("max", "total")
 
     def __init__(self) -> None:
-        self.count = 0
         self.total = 0.0
         self.max = 0.0
 
     def add(self, seconds: float) -> None:
-        self.count += 1
         self.total += seconds
         if seconds > self.max:
             self.max = seconds
 
-    def snapshot(self) -> TimeSummary:
-        return TimeSummary(self.count, self.total, self.max)
+    def snapshot(self, count: int) -> TimeSummary:
+        return TimeSummary(count, self.total, self.max)
 
 
 # An event that a hook caused, with the callbacks still to see it.
@@ -181,6 +183,72 @@ class AsyncTaskQueue:
             ``LoggingHook``.
     """
 
+    # Slots make every attribute access on the hot path a fixed-offset load:
+    # with this many attributes, an instance dict would not be a shared-key
+    # dict, and method lookups on it would not be specialized.
+    __slots__ = (
+        "__weakref__",
+        "_abandoned_running",
+        "_accept_retries",
+        "_admitting",
+        "_aging",
+        "_burst",
+        "_cancelled",
+        "_clock",
+        "_dead_letters",
+        "_dedup",
+        "_deduplicated",
+        "_delayed",
+        "_dropped",
+        "_emitting",
+        "_empty_report",
+        "_escalate",
+        "_failed",
+        "_fast_submit",
+        "_gated",
+        "_hooks",
+        "_idle",
+        "_joins",
+        "_lifecycle",
+        "_loop",
+        "_max_pending",
+        "_max_workers",
+        "_on_dead_letter",
+        "_paused",
+        "_rate",
+        "_ready",
+        "_reserved",
+        "_retries",
+        "_retry",
+        "_run_time",
+        "_running",
+        "_seq",
+        "_space_waiters",
+        "_started",
+        "_stop_caller",
+        "_stop_mode",
+        "_stop_task",
+        "_stuck",
+        "_submitted_hooks",
+        "_succeeded",
+        "_table",
+        "_timeout",
+        "_timer_at",
+        "_timer_handle",
+        "_timers",
+        "_token_timer",
+        "_tokens",
+        "_tokens_at",
+        "_wait_time",
+        "_waiting",
+        "_watchdog",
+        "_watchdog_at",
+        "_watchers",
+        "_worker_count",
+        "_workers",
+        "_workers_exit",
+    )
+
     def __init__(
         self,
         max_workers: int = 10,
@@ -226,6 +294,7 @@ class AsyncTaskQueue:
         self._dropped = 0  # queued tasks cancelled by stop()
         self._wait_time = _Summary()  # seconds from entering the heap to a start
         self._run_time = _Summary()  # seconds per attempt
+        self._started = 0  # attempts started; minus `_running`, attempts ended
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -233,6 +302,9 @@ class AsyncTaskQueue:
         self._admitting = False  # the next submit_nowait() uses a reserved room
 
         self._lifecycle = _Lifecycle.NEW
+        # Whether submit_nowait() may take its inline path: the queue accepts
+        # tasks and has no admission rule or hook that the path skips.
+        self._fast_submit = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._clock: Callable[[], float] = time.monotonic  # the loop's, from start()
 
@@ -258,13 +330,14 @@ class AsyncTaskQueue:
         self._tokens_at = 0.0  # loop time of the last refill
         self._token_timer: asyncio.TimerHandle | None = None
         self._timers = TimerHeap()
-        self._results = ResultStore(max_results, ttl)
-        self._active: dict[TaskId, TaskHandle[Any]] = {}  # every unfinished task
+        # Unfinished and retained tasks. Its clock is the loop's from start().
+        self._table = TaskTable(max_results, ttl, _no_time)
         self._seq = 0
 
         self._workers: list[_Worker] = []
         self._worker_count = 0  # workers ever started, for their task names
         self._paused = False
+        self._gated = self._rate is not None  # see _update_gate()
         self._idle: deque[_Worker] = deque()
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -314,7 +387,11 @@ class AsyncTaskQueue:
         self._loop = asyncio.get_running_loop()
         self._clock = _fast_clock(self._loop)
         self._lifecycle = _Lifecycle.RUNNING
+        self._fast_submit = (
+            not self._aging and self._max_pending is None and not self._submitted_hooks
+        )
         self._tokens_at = self._loop.time()
+        self._table.clock = self._loop.time
         if isinstance(self._ready, AgingHeap):
             self._ready.clock = self._loop.time
 
@@ -371,6 +448,7 @@ class AsyncTaskQueue:
         excess = len(staying) - count
         for worker in sorted(staying, key=lambda w: w.current is not None)[:excess]:
             worker.retire = True
+            self._gated = True
             if worker.waiter is not None and not worker.waiter.done():
                 # Leave the idle list too: a wake-up from it would be lost.
                 self._idle.remove(worker)
@@ -389,10 +467,12 @@ class AsyncTaskQueue:
             self._raise_pool_closed("pause")
 
         self._paused = True
+        self._gated = True
 
     def resume(self) -> None:
         """Start tasks again after ``pause()``."""
         self._paused = False
+        self._update_gate()
         self._wake_workers()
 
     def _wake_workers(self) -> None:
@@ -435,7 +515,9 @@ class AsyncTaskQueue:
                 return self._empty_report
 
             self._lifecycle = _Lifecycle.STOPPING
+            self._fast_submit = False
             self._paused = False  # a paused queue could not drain
+            self._update_gate()
             self._release_space_waiters()
             dropped = []
             if mode is not ShutdownMode.DRAIN:
@@ -577,6 +659,56 @@ class AsyncTaskQueue:
         dedup_key: Hashable | None = None,
     ) -> TaskHandle[T]:
         """Queue a task without awaiting; otherwise the same as ``submit()``."""
+        if (
+            self._fast_submit
+            and timeout is _UNSET
+            and retry is None
+            and task_id is None
+            and delay is None
+            and at is None
+            and dedup_key is None
+            and type(priority) is int
+            and type(fn) is FunctionType
+            and fn.__code__.co_flags & _CO_COROUTINE
+        ):
+            # The common case: every option at its default, a coroutine
+            # function, and a queue with no admission rules or submit hooks.
+            seq = self._seq = self._seq + 1
+            handle: TaskHandle[Any] = TaskHandle(
+                self,
+                seq,
+                seq,
+                fn,
+                args,
+                priority,
+                self._timeout,
+                self._retry,
+                self._clock(),
+            )
+            self._table.tasks[seq] = handle
+            self._ready.push(handle)
+            if self._idle:
+                self._wake_worker()
+
+            return handle
+
+        return self._submit_checked(
+            fn, args, priority, timeout, retry, task_id, delay, at, dedup_key
+        )
+
+    def _submit_checked(
+        self,
+        fn: Callable[..., Awaitable[Any]] | Coroutine[Any, Any, Any],
+        args: tuple[Any, ...],
+        priority: int,
+        timeout: float | Literal[_Unset.UNSET] | None,
+        retry: RetryPolicy | None,
+        task_id: str | None,
+        delay: float | None,
+        at: float | None,
+        dedup_key: Hashable | None,
+    ) -> TaskHandle[Any]:
+        """Check every option, then queue the task; see ``submit_nowait()``."""
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
 
@@ -628,10 +760,8 @@ class AsyncTaskQueue:
             self._take_room()
 
         self._seq = seq
-        handle: TaskHandle[Any] = TaskHandle(
-            self, key, seq, fn, call_args, priority, timeout, retry
-        )
-        self._active[key] = handle
+        handle = TaskHandle(self, key, seq, fn, call_args, priority, timeout, retry)
+        self._table.tasks[key] = handle
         if dedup_key is not None:
             handle._dedup_key = dedup_key
             self._dedup[dedup_key] = handle
@@ -829,7 +959,7 @@ class AsyncTaskQueue:
         does not affect the tasks.
         """
         caller = self._calling_task()
-        remaining = len(self._active) - (caller is not None)
+        remaining = self._table.unfinished - (caller is not None)
         if remaining <= 0:
             return
 
@@ -908,10 +1038,7 @@ class AsyncTaskQueue:
         Raises:
             TaskNotFoundError: no such task, or it was evicted.
         """
-        handle = self._active.get(task_id)
-        if handle is None:
-            handle = self._results.get(task_id, self._now())
-
+        handle = self._table.get(task_id)
         if handle is None:
             raise TaskNotFoundError(
                 f"no task with id {task_id!r}: it was never submitted, or it "
@@ -946,15 +1073,15 @@ class AsyncTaskQueue:
             retries=self._retries,
             workers=workers,
             submitted=self._seq,
-            retained=len(self._results),
+            retained=self._table.retained,
             paused=self._paused,
             dead_letters=len(self._dead_letters),
             deduplicated=self._deduplicated,
             dropped=self._dropped,
             depth_by_priority=tuple(self._ready.depth_by_priority().items()),
             oldest_wait=self._oldest_wait(),
-            wait_time=self._wait_time.snapshot(),
-            run_time=self._run_time.snapshot(),
+            wait_time=self._wait_time.snapshot(self._started),
+            run_time=self._run_time.snapshot(self._started - self._running),
         )
 
     def _oldest_wait(self) -> float:
@@ -974,29 +1101,29 @@ class AsyncTaskQueue:
     # Workers
 
     async def _run_worker(self, worker: _Worker) -> None:
-        ready = self._ready
+        pop = self._ready.pop
         clock = self._clock
         wait_time, run_time = self._wait_time, self._run_time
         started_hooks = self._hooks["on_started"]
         succeeded_hooks = self._hooks["on_succeeded"]
+        # The clock read that ends one attempt also starts the next one, when
+        # nothing runs in between: one read per task instead of two.
+        now = clock()
         while True:
-            if self._paused or worker.retire:
-                handle = None
-            elif self._rate is not None and not self._take_token():
-                handle = None  # a timer wakes a worker when the next token is due
-            else:
-                handle = ready.pop()
+            handle = None if self._gated and self._held_back(worker) else pop()
             if handle is None:
                 # Drop the last task's arguments and result before idling.
                 args = result = None
                 if worker.retire:
                     self._workers.remove(worker)
+                    self._update_gate()
                     return
 
                 if self._workers_exit:
                     return
 
                 await self._wait_for_work(worker)
+                now = clock()
                 continue
 
             if self._space_waiters:
@@ -1007,10 +1134,10 @@ class AsyncTaskQueue:
             handle._worker = worker
             worker.current = handle
             self._running += 1
+            self._started += 1
             # The duration summaries, inlined because this runs for each task.
-            started_at = clock()
+            started_at = now
             waited = started_at - handle._queued_at
-            wait_time.count += 1
             wait_time.total += waited
             if waited > wait_time.max:
                 wait_time.max = waited
@@ -1036,11 +1163,13 @@ class AsyncTaskQueue:
                 run_time.add(clock() - started_at)
                 if self._settle_error(worker, handle, exc):
                     raise
+
+                now = clock()
             else:
+                now = clock()
                 worker.current = worker.deadline = None
                 self._running -= 1
-                ran = clock() - started_at
-                run_time.count += 1
+                ran = now - started_at
                 run_time.total += ran
                 if ran > run_time.max:
                     run_time.max = ran
@@ -1052,8 +1181,25 @@ class AsyncTaskQueue:
                     self._finish(handle)
                     if succeeded_hooks:
                         self._emit("on_succeeded", handle)
+                        now = clock()
                 elif self._settle_error(worker, handle, None):
                     raise asyncio.CancelledError from None
+
+    def _held_back(self, worker: _Worker) -> bool:
+        """Return whether ``worker`` must not start a task now."""
+        if self._paused or worker.retire:
+            return True
+
+        # Without a token, a timer wakes a worker when the next one is due.
+        return self._rate is not None and not self._take_token()
+
+    def _update_gate(self) -> None:
+        # Workers ask _held_back() before each task only while this is set.
+        self._gated = (
+            self._paused
+            or self._rate is not None
+            or any(worker.retire for worker in self._workers)
+        )
 
     async def _wait_for_work(self, worker: _Worker) -> None:
         if self._running == 0 and self._watchdog is not None:
@@ -1501,7 +1647,6 @@ class AsyncTaskQueue:
 
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
-        del self._active[handle._id]
         handle._queue = handle._worker = None
         if handle._state is not FAILED:
             # The arguments are freed now, not when the handle goes: the
@@ -1513,10 +1658,7 @@ class AsyncTaskQueue:
         if handle._dedup_key is not None:
             del self._dedup[handle._dedup_key]
 
-        results = self._results
-        if results._max_age is not None:
-            handle._finished_at = self._loop.time()
-        results.add(handle, handle._finished_at)
+        self._table.retain(handle)
 
         if self._joins:
             self._count_join(handle._seq)
@@ -1565,7 +1707,7 @@ class AsyncTaskQueue:
         caller = self._stop_caller
 
         def drained() -> bool:
-            return len(self._active) <= (caller is not None and not caller.done())
+            return self._table.unfinished <= (caller is not None and not caller.done())
 
         def finished_running() -> bool:
             running = self._running - self._abandoned_running
@@ -1593,6 +1735,7 @@ class AsyncTaskQueue:
 
         await self._stop_workers()
         self._lifecycle = _Lifecycle.STOPPED
+        self._fast_submit = False
         never_started = tuple(h for h in dropped if h._attempts == 0)
         retries_cancelled = tuple(h for h in dropped if h._attempts > 0)
         return ShutdownReport(
@@ -1724,8 +1867,8 @@ class AsyncTaskQueue:
     # Helpers
 
     def _evict_expired(self) -> None:
-        if self._results._max_age is not None:
-            self._results.evict_expired(self._now())
+        if self._table._max_age is not None:
+            self._table.evict_expired(self._table.clock())
 
     def _calling_task(self) -> TaskHandle[Any] | None:
         """Return the task of this queue that the current coroutine runs."""
@@ -1735,12 +1878,6 @@ class AsyncTaskQueue:
                 return worker.current
 
         return None
-
-    def _now(self) -> float:
-        if self._lifecycle is _Lifecycle.NEW:
-            return 0.0
-
-        return self._loop.time()
 
     def _find_duplicate(self, dedup_key: object) -> TaskHandle[Any] | None:
         """Return the unfinished task submitted with ``dedup_key``, or ``None``."""
@@ -1755,7 +1892,7 @@ class AsyncTaskQueue:
     def _check_task_id(self, task_id: object) -> str:
         task_id = _check_task_id_value(task_id)
         self._evict_expired()
-        if task_id in self._active or task_id in self._results:
+        if task_id in self._table:
             raise DuplicateTaskIdError(
                 f"task_id {task_id!r} is already used by a task that is "
                 "active or retained; choose another id"
@@ -1815,6 +1952,11 @@ class AsyncTaskQueue:
             f"the queue is {self._lifecycle.value} and accepts no new tasks; "
             "submit before calling stop(), or create a new queue"
         )
+
+
+def _no_time() -> float:
+    """The clock of a queue that has not started: no time has passed."""
+    return 0.0
 
 
 def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -141,6 +141,7 @@ class TaskHandle(Generic[T]):
         priority: int,
         timeout: float | None,
         retry: RetryPolicy,
+        queued_at: float = 0.0,
     ) -> None:
         self._queue: AsyncTaskQueue | None = queue
         self._id = task_id
@@ -152,18 +153,19 @@ class TaskHandle(Generic[T]):
         self._retry = retry
         self._state = PENDING
         self._attempts = 0
+        self._queued_at = queued_at  # loop time of the last entry into the ready heap
+        self._finished_at = 0.0
         self._result: Any = None
         self._exception: BaseException | None = None
         self._traceback: TracebackType | None = None
         # Futures of awaiting coroutines, and done callbacks.
-        self._waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None
-        self._waiters = None
+        self._waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None = (
+            None
+        )
         self._worker: Any = None
         self._cancel_reason: CancelReason | None = None
         self._cancel_message: str | None = None
         self._last_delay: float | None = None
-        self._finished_at = 0.0
-        self._queued_at = 0.0  # loop time of the last entry into the ready heap
         self._dedup_key: Hashable | None = None
 
     @property

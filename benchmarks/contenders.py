@@ -226,6 +226,7 @@ class QueuePool(Pool):
 
     async def open(self) -> None:
         self.queue = AsyncTaskQueue(WORKERS, **self._queue_options)
+        self.prepare(self.queue)
         await self.queue.start()
         if self._task_options:
             options = self._task_options
@@ -234,6 +235,9 @@ class QueuePool(Pool):
         else:
             self.submit = self.queue.submit_nowait  # type: ignore[method-assign]
             self.asubmit = self.queue.submit  # type: ignore[method-assign]
+
+    def prepare(self, queue: AsyncTaskQueue) -> None:
+        """Adjust the queue before it starts; subclasses override this."""
 
     async def close(self) -> None:
         await self.queue.stop()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
 
-from async_queue import Hook, LoggingHook, TaskEvent
+from async_queue import AsyncTaskQueue, Hook, LoggingHook, TaskEvent
 
 from .contenders import Contender, QueuePool
 from .harness import (
@@ -29,21 +28,17 @@ SCENARIO = "hooks"
 NO_HOOKS = "aq"
 
 
-def skip_emit(event: str, handle: Any, **extra: Any) -> None:
-    pass
-
-
 class NoDispatchPool(QueuePool):
-    """A queue whose hook dispatch ``_emit`` is patched to a no-op.
+    """A queue whose hook callback lists are all empty, the built-in
+    ``LoggingHook``'s included.
 
-    Only the queue's checks of its (empty) callback lists remain.
-    ``AsyncTaskQueue`` is final, so the pool patches the instance instead of
-    subclassing it.
+    Only the queue's checks of its empty callback lists remain, so this is
+    the cost of a queue with no hook dispatch at all.
     """
 
-    async def open(self) -> None:
-        await super().open()
-        self.queue._emit = skip_emit  # type: ignore[method-assign]
+    def prepare(self, queue: AsyncTaskQueue) -> None:
+        queue._hooks = {event: [] for event in queue._hooks}
+        queue._submitted_hooks = queue._hooks["on_submitted"]
 
 
 class EmptyHook(Hook):

@@ -1,4 +1,4 @@
-"""ReadyHeap, TimerHeap and ResultStore, driven directly with real task handles."""
+"""ReadyHeap, TimerHeap and TaskTable, driven directly with real task handles."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from async_queue import RetryPolicy, TaskHandle, TaskState, containers
-from async_queue.containers import ReadyHeap, ResultStore, TimerHeap
+from async_queue.containers import ReadyHeap, TaskTable, TimerHeap
 
 POLICY = RetryPolicy(max_retries=0)
 
@@ -409,106 +409,142 @@ def test_timer_pop_due_property(times: list[int], now: int) -> None:
     assert sorted(due + rest) == list(range(len(times)))
 
 
-# ResultStore
+# TaskTable
 
 
-def make_finished(task_id: Any, finished_at: float = 0.0) -> TaskHandle[Any]:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_table(
+    max_count: int, max_age: float | None = None
+) -> tuple[TaskTable, FakeClock]:
+    clock = FakeClock()
+    return TaskTable(max_count, max_age, clock), clock
+
+
+def finish(table: TaskTable, task_id: Any) -> TaskHandle[Any]:
+    """Add a task to the table, mark it final and retain it."""
     handle = make_handle(task_id)
+    table.tasks[task_id] = handle
     handle._state = TaskState.SUCCEEDED
-    handle._finished_at = finished_at
+    table.retain(handle)
     return handle
 
 
-def test_store_count_bound() -> None:
-    store = ResultStore(max_count=3, max_age=None)
-    handles = [make_finished(i) for i in range(5)]
-    for handle in handles:
-        store.add(handle, 0.0)
+def test_table_count_bound() -> None:
+    table, _ = make_table(max_count=3)
+    handles = [finish(table, i) for i in range(5)]
 
-    assert len(store) == 3
-    assert store.evicted == 2
-    assert store.get(0, 0.0) is None
-    assert store.get(1, 0.0) is None
-    assert store.get(2, 0.0) is handles[2]
-    assert store.get(4, 0.0) is handles[4]
-    assert 1 not in store
-    assert 4 in store
-
-
-def test_store_zero_count() -> None:
-    store = ResultStore(max_count=0, max_age=None)
-    store.add(make_finished("a"), 0.0)
-    store.add(make_finished("b"), 0.0)
-
-    assert len(store) == 0
-    assert store.evicted == 2
-    assert store.get("a", 0.0) is None
-    assert "a" not in store
+    assert table.retained == 3
+    assert table.unfinished == 0
+    assert table.evicted == 2
+    assert table.get(0) is None
+    assert table.get(1) is None
+    assert table.get(2) is handles[2]
+    assert table.get(4) is handles[4]
+    assert 1 not in table
+    assert 4 in table
 
 
-def test_store_unknown_id() -> None:
-    store = ResultStore(max_count=10, max_age=None)
-    store.add(make_finished("known"), 0.0)
+def test_table_zero_count() -> None:
+    table, _ = make_table(max_count=0)
+    finish(table, "a")
+    finish(table, "b")
 
-    assert store.get("unknown", 0.0) is None
-    assert store.get(12345, 0.0) is None
-    assert store.evicted == 0
+    assert table.retained == 0
+    assert table.evicted == 2
+    assert table.get("a") is None
+    assert "a" not in table
+    assert table.tasks == {}
 
 
-def test_store_age_on_add() -> None:
-    store = ResultStore(max_count=100, max_age=10.0)
+def test_table_keeps_unfinished_tasks() -> None:
+    table, _ = make_table(max_count=1)
+    pending = make_handle("pending")
+    table.tasks["pending"] = pending
+    finish(table, "a")
+    finish(table, "b")
+
+    assert table.unfinished == 1
+    assert table.retained == 1
+    assert table.get("pending") is pending
+    assert table.get("a") is None
+    assert "b" in table
+
+
+def test_table_unknown_id() -> None:
+    table, _ = make_table(max_count=10)
+    finish(table, "known")
+
+    assert table.get("unknown") is None
+    assert table.get(12345) is None
+    assert table.evicted == 0
+
+
+def test_table_age_on_retain() -> None:
+    table, clock = make_table(max_count=100, max_age=10.0)
     for index in range(5):
-        store.add(make_finished(index, finished_at=float(index)), float(index))
+        clock.now = float(index)
+        finish(table, index)
 
-    store.add(make_finished("new", finished_at=12.5), 12.5)
+    clock.now = 12.5
+    new = finish(table, "new")
 
-    assert len(store) == 3
-    assert store.evicted == 3
-    assert 2 not in store
-    assert 3 in store
-    assert "new" in store
-
-
-def test_store_age_on_get() -> None:
-    store = ResultStore(max_count=100, max_age=10.0)
-    old = make_finished("old", finished_at=0.0)
-    young = make_finished("young", finished_at=5.0)
-    store.add(old, 0.0)
-    store.add(young, 5.0)
-
-    assert store.get("old", 9.0) is old
-    assert store.get("young", 12.0) is young
-    assert store.evicted == 1
-    assert "old" not in store
-    assert store.get("young", 16.0) is None
-    assert store.evicted == 2
-    assert len(store) == 0
+    assert new._finished_at == 12.5
+    assert table.retained == 3
+    assert table.evicted == 3
+    assert 2 not in table
+    assert 3 in table
+    assert "new" in table
 
 
-def test_store_age_and_count() -> None:
-    store = ResultStore(max_count=2, max_age=10.0)
-    store.add(make_finished("a", 0.0), 0.0)
-    store.add(make_finished("b", 1.0), 1.0)
-    store.add(make_finished("c", 2.0), 2.0)
-    store.add(make_finished("d", 12.5), 12.5)
+def test_table_age_on_get() -> None:
+    table, clock = make_table(max_count=100, max_age=10.0)
+    old = finish(table, "old")
+    clock.now = 5.0
+    young = finish(table, "young")
 
-    assert len(store) == 1
-    assert store.evicted == 3
-    assert "d" in store
+    clock.now = 9.0
+    assert table.get("old") is old
+    clock.now = 12.0
+    assert table.get("young") is young
+    assert table.evicted == 1
+    assert "old" not in table
+    clock.now = 16.0
+    assert table.get("young") is None
+    assert table.evicted == 2
+    assert table.retained == 0
+
+
+def test_table_age_and_count() -> None:
+    table, clock = make_table(max_count=2, max_age=10.0)
+    for when, task_id in ((0.0, "a"), (1.0, "b"), (2.0, "c"), (12.5, "d")):
+        clock.now = when
+        finish(table, task_id)
+
+    assert table.retained == 1
+    assert table.evicted == 3
+    assert "d" in table
 
 
 @given(
     st.integers(min_value=0, max_value=20),
     st.integers(min_value=0, max_value=80),
 )
-def test_store_keeps_last_added(max_count: int, added: int) -> None:
-    store = ResultStore(max_count=max_count, max_age=None)
+def test_table_keeps_last_retained(max_count: int, added: int) -> None:
+    table, _ = make_table(max_count)
     for index in range(added):
-        store.add(make_finished(index), 0.0)
-        assert len(store) <= max_count
+        finish(table, index)
+        assert table.retained <= max_count
 
-    kept = [i for i in range(added) if i in store]
+    kept = [i for i in range(added) if i in table]
 
     assert kept == list(range(max(0, added - max_count), added))
-    assert len(store) == min(added, max_count)
-    assert store.evicted == added - len(store)
+    assert table.retained == min(added, max_count)
+    assert table.evicted == added - table.retained
+    assert table.unfinished == 0
