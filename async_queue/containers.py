@@ -284,6 +284,11 @@ class TaskTable:
         """The number of finished tasks kept for lookup."""
         return len(self._finished)
 
+    @property
+    def finished(self) -> int:
+        """The number of tasks that have finished, retained or evicted."""
+        return len(self._finished) + self.evicted
+
     def __contains__(self, task_id: object) -> bool:
         return task_id in self.tasks
 

@@ -230,7 +230,6 @@ class AsyncTaskQueue:
         "_stop_task",
         "_stuck",
         "_submitted_hooks",
-        "_succeeded",
         "_table",
         "_timeout",
         "_timer_at",
@@ -359,7 +358,6 @@ class AsyncTaskQueue:
         self._running = 0
         self._waiting = 0
         self._delayed = 0
-        self._succeeded = 0
         self._failed = 0
         self._cancelled = 0
         self._retries = 0
@@ -1067,7 +1065,8 @@ class AsyncTaskQueue:
             waiting_retry=self._waiting,
             delayed=self._delayed,
             running=self._running - self._abandoned_running,
-            succeeded=self._succeeded,
+            # Every final task passes through the table once.
+            succeeded=self._table.finished - self._failed - self._cancelled,
             failed=self._failed,
             cancelled=self._cancelled,
             retries=self._retries,
@@ -1177,7 +1176,6 @@ class AsyncTaskQueue:
                 if handle._cancel_reason is None:
                     handle._result = result
                     handle._state = SUCCEEDED
-                    self._succeeded += 1
                     self._finish(handle)
                     if succeeded_hooks:
                         self._emit("on_succeeded", handle)
