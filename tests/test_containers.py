@@ -70,6 +70,24 @@ def test_ready_pop_is_stable_sort(priorities: list[int]) -> None:
 )
 def test_ready_interleaved_push_pop(operations: list[tuple[bool, int]]) -> None:
     """Pushes and pops in any mix pop the highest priority, oldest first."""
+    check_interleaved(operations)
+
+
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(min_value=0, max_value=80)),
+        max_size=300,
+    )
+)
+def test_ready_interleaved_many_levels(operations: list[tuple[bool, int]]) -> None:
+    """The same with more priorities than the heap keeps emptied levels for."""
+    heap = check_interleaved(operations)
+
+    live = sum(1 for level in heap._levels.values() if level)
+    assert len(heap._levels) <= max(live, containers._KEPT_LEVELS)
+
+
+def check_interleaved(operations: list[tuple[bool, int]]) -> ReadyHeap:
     heap = ReadyHeap()
     model: list[tuple[int, int]] = []  # (priority, seq) of pending tasks
     for seq, (is_pop, priority) in enumerate(operations):
@@ -88,6 +106,44 @@ def test_ready_interleaved_push_pop(operations: list[tuple[bool, int]]) -> None:
             model.append((priority, seq))
 
         assert len(heap) == len(model)
+        assert heap.depth_by_priority() == count_by_priority(model)
+
+    return heap
+
+
+def count_by_priority(model: list[tuple[int, int]]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for priority, _ in sorted(model, reverse=True):
+        counts[priority] = counts.get(priority, 0) + 1
+
+    return counts
+
+
+def test_ready_reuses_emptied_level() -> None:
+    """A priority that empties and fills again keeps its deque."""
+    heap = ReadyHeap()
+    heap.push(make_handle(1, priority=3))
+    level = heap._levels[3]
+    assert heap.pop() is not None
+
+    heap.push(make_handle(2, priority=3))
+
+    assert heap._levels[3] is level
+    assert heap.depth_by_priority() == {3: 1}
+    assert pop_all(heap) == [2]
+    assert heap._order == []
+
+
+def test_ready_drops_levels_past_the_kept_number() -> None:
+    heap = ReadyHeap()
+    count = containers._KEPT_LEVELS + 10
+    for priority in range(count):
+        heap.push(make_handle(priority, priority))
+
+    assert pop_all(heap) == list(reversed(range(count)))
+    assert len(heap._levels) == containers._KEPT_LEVELS
+    assert heap.depth_by_priority() == {}
+    assert heap.oldest_queued_at() is None
 
 
 def test_ready_pop_empty() -> None:

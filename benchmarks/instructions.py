@@ -1,0 +1,117 @@
+"""Machine instructions per no-op task, counted by valgrind's callgrind.
+
+Timed figures on a shared machine move by a third between runs. The number of
+instructions that CPython executes for one task repeats to within a fraction
+of a percent whatever else the machine is doing, so it shows the effect of a
+change to the hot path on its own. It leaves out cache misses and the cost of
+memory traffic, which the timed scenarios include.
+
+Each contender runs twice, each time in a fresh interpreter under callgrind:
+once with no task and once with N tasks. The difference divided by N is the
+cost of one task: submit, pick, run, resolve the handle, await it.
+
+    python -m benchmarks.instructions [--size N] [KEY ...]
+
+KEY is a contender of the throughput scenario (``pool``, ``aq``,
+``aq-timeout`` and so on); the default compares the hand-written pool with
+async_queue's four variants. It needs ``valgrind`` on the PATH.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from .contenders import POOL, THROUGHPUT_POOLS
+from .harness import print_captioned_table
+from .throughput import time_pool
+
+DEFAULT_KEYS = (POOL, "aq", "aq-await", "aq-timeout", "aq-retry")
+DEFAULT_SIZE = 10_000
+
+_COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
+
+
+def parse_collected(report: str) -> int:
+    """Return the instruction count of callgrind's summary on stderr."""
+    match = _COLLECTED.search(report)
+    if match is None:
+        raise ValueError(f"no 'Collected :' line in callgrind's output:\n{report}")
+
+    return int(match.group(1))
+
+
+def count_instructions(key: str, size: int) -> int:
+    """Run one contender with ``size`` tasks under callgrind; return its count."""
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        sys.executable,
+        "-m",
+        "benchmarks.instructions",
+        "--run",
+        key,
+        str(size),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return parse_collected(done.stderr)
+
+
+def per_task(key: str, size: int) -> float:
+    return (count_instructions(key, size) - count_instructions(key, 0)) / size
+
+
+def run_contender(key: str, size: int) -> None:
+    """The body of one counted run: the contender's throughput run, or nothing."""
+    contenders = {c.key: c for c in THROUGHPUT_POOLS}
+    if size:
+        asyncio.run(time_pool(contenders[key], size))
+
+
+def report(keys: Sequence[str], size: int) -> None:
+    counts = {key: per_task(key, size) for key in keys}
+    pool = counts.get(POOL)
+    rows = []
+    for key, count in counts.items():
+        ratio = "-" if pool is None else f"{pool / count:.2f}x"
+        rows.append([key, f"{count:,.0f}", ratio])
+
+    headers = ["contender", "instructions/task", "vs hand-written pool"]
+    caption = f"N={size:,}, asyncio loop; above 1.00x is fewer than the pool"
+    print_captioned_table(caption, headers, rows)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.instructions",
+        description="Count machine instructions per no-op task with callgrind.",
+    )
+    parser.add_argument("keys", nargs="*", metavar="KEY", default=list(DEFAULT_KEYS))
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, metavar="N")
+    parser.add_argument("--run", nargs=2, metavar=("KEY", "N"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run is not None:
+        run_contender(args.run[0], int(args.run[1]))
+        return 0
+
+    known = {c.key for c in THROUGHPUT_POOLS}
+    unknown = [key for key in args.keys if key not in known]
+    if unknown:
+        parser.error(f"unknown contender {unknown[0]!r}; choose from {sorted(known)}")
+    if args.size < 1:
+        parser.error(f"--size must be at least 1, got {args.size}")
+    if shutil.which("valgrind") is None:
+        parser.error("valgrind is not on the PATH; install it (Debian: valgrind)")
+
+    report(args.keys, args.size)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
