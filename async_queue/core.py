@@ -51,6 +51,7 @@ from .models import (
     TaskHandle,
     TaskId,
     TimeSummary,
+    new_handle,
 )
 from .policies import RetryPolicy
 from .testing import _TestMode
@@ -672,7 +673,7 @@ class AsyncTaskQueue:
             # The common case: every option at its default, a coroutine
             # function, and a queue with no admission rules or submit hooks.
             seq = self._seq = self._seq + 1
-            handle: TaskHandle[Any] = TaskHandle(
+            handle = new_handle(
                 self,
                 seq,
                 seq,
@@ -758,7 +759,7 @@ class AsyncTaskQueue:
             self._take_room()
 
         self._seq = seq
-        handle = TaskHandle(self, key, seq, fn, call_args, priority, timeout, retry)
+        handle = new_handle(self, key, seq, fn, call_args, priority, timeout, retry)
         self._table.tasks[key] = handle
         if dedup_key is not None:
             handle._dedup_key = dedup_key

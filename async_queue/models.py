@@ -7,7 +7,7 @@ import enum
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, final
 
 from .errors import TaskCancelledError
 
@@ -131,42 +131,34 @@ class TaskHandle(Generic[T]):
         "_worker",
     )
 
-    def __init__(
-        self,
-        queue: AsyncTaskQueue,
-        task_id: TaskId,
-        seq: int,
-        fn: Callable[..., Any] | Coroutine[Any, Any, T],
-        args: tuple[Any, ...] | None,
-        priority: int,
-        timeout: float | None,
-        retry: RetryPolicy,
-        queued_at: float = 0.0,
-    ) -> None:
-        self._queue: AsyncTaskQueue | None = queue
-        self._id = task_id
-        self._seq = seq
-        self._fn = fn
-        self._args = args  # None when `fn` is a coroutine object
-        self._priority = priority
-        self._timeout = timeout
-        self._retry = retry
-        self._state = PENDING
-        self._attempts = 0
-        self._queued_at = queued_at  # loop time of the last entry into the ready heap
-        self._finished_at = 0.0
-        self._result: Any = None
-        self._exception: BaseException | None = None
-        self._traceback: TracebackType | None = None
-        # Futures of awaiting coroutines, and done callbacks.
-        self._waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None = (
-            None
+    _queue: AsyncTaskQueue | None  # None once the task is final
+    _id: TaskId
+    _seq: int  # order of submission, from 1
+    _fn: Callable[..., Any] | Coroutine[Any, Any, T]
+    _args: tuple[Any, ...] | None  # None when `_fn` is a coroutine object
+    _priority: int
+    _timeout: float | None
+    _retry: RetryPolicy
+    _state: TaskState
+    _attempts: int
+    _queued_at: float  # loop time of the last entry into the ready heap
+    _finished_at: float  # loop time of the finish, read with a result TTL
+    _result: Any
+    _exception: BaseException | None
+    _traceback: TracebackType | None
+    # Futures of awaiting coroutines, and done callbacks.
+    _waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None
+    _worker: Any
+    _cancel_reason: CancelReason | None
+    _cancel_message: str | None
+    _last_delay: float | None
+    _dedup_key: Hashable | None
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise TypeError(
+            "TaskHandle cannot be created directly; submit() and "
+            "submit_nowait() of an AsyncTaskQueue return one per task"
         )
-        self._worker: Any = None
-        self._cancel_reason: CancelReason | None = None
-        self._cancel_message: str | None = None
-        self._last_delay: float | None = None
-        self._dedup_key: Hashable | None = None
 
     @property
     def id(self) -> TaskId:
@@ -300,6 +292,15 @@ class TaskHandle(Generic[T]):
         )
 
     def __await__(self) -> Generator[Any, None, T]:
+        if self._state is SUCCEEDED and self._result is None:
+            # Most background tasks return None. Awaiting one that has
+            # finished then allocates nothing: an exhausted iterator ends the
+            # await at once, with None.
+            return _EXHAUSTED
+
+        return self._wait()
+
+    def _wait(self) -> Generator[Any, None, T]:
         if self._state is SUCCEEDED:
             return self._result  # type: ignore[no-any-return]
 
@@ -341,6 +342,55 @@ class TaskHandle(Generic[T]):
             message += f": {self._cancel_message}"
 
         return TaskCancelledError(message)
+
+
+_new_object = object.__new__
+
+# An iterator with nothing left: `await` on it returns None at once. Sharing
+# one is safe, since it stays exhausted.
+_EXHAUSTED = cast("Generator[Any, None, Any]", iter(()))
+
+
+def new_handle(
+    queue: AsyncTaskQueue | None,
+    task_id: TaskId,
+    seq: int,
+    fn: Callable[..., Any] | Coroutine[Any, Any, Any],
+    args: tuple[Any, ...] | None,
+    priority: int,
+    timeout: float | None,
+    retry: RetryPolicy,
+    queued_at: float = 0.0,
+) -> TaskHandle[Any]:
+    """Create the handle of a task that is being submitted, in state PENDING.
+
+    The queue calls this once per task. It fills the slots of a bare instance
+    itself: calling the class would cost a third more, because ``type``
+    passes the arguments on to ``__init__`` through a tuple.
+    """
+    handle: TaskHandle[Any] = _new_object(TaskHandle)
+    handle._queue = queue
+    handle._id = task_id
+    handle._seq = seq
+    handle._fn = fn
+    handle._args = args
+    handle._priority = priority
+    handle._timeout = timeout
+    handle._retry = retry
+    handle._state = PENDING
+    handle._attempts = 0
+    handle._queued_at = queued_at
+    handle._finished_at = 0.0
+    handle._result = None
+    handle._exception = None
+    handle._traceback = None
+    handle._waiters = None
+    handle._worker = None
+    handle._cancel_reason = None
+    handle._cancel_message = None
+    handle._last_delay = None
+    handle._dedup_key = None
+    return handle
 
 
 def _format_int(value: int) -> str:

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, RetryPolicy
 from async_queue.containers import AgingHeap
-from async_queue.models import TaskHandle
+from async_queue.models import TaskHandle, new_handle
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -18,7 +18,7 @@ NO_RETRY = RetryPolicy(max_retries=0)
 
 
 def make_handle(priority: int, seq: int) -> TaskHandle[None]:
-    return TaskHandle(None, seq, seq, print, (), priority, None, NO_RETRY)  # type: ignore[arg-type]
+    return new_handle(None, seq, seq, print, (), priority, None, NO_RETRY)
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from async_queue import RetryPolicy, TaskHandle, TaskState, containers
 from async_queue.containers import ReadyHeap, TaskTable, TimerHeap
+from async_queue.models import new_handle
 
 POLICY = RetryPolicy(max_retries=0)
 
@@ -26,7 +27,7 @@ def make_handle(
     task_id: Any, priority: int = 0, args: tuple[Any, ...] = ()
 ) -> TaskHandle[Any]:
     """Build a pending handle that belongs to no queue."""
-    return TaskHandle(None, task_id, task_id, _noop, args, priority, None, POLICY)  # type: ignore[arg-type]
+    return new_handle(None, task_id, task_id, _noop, args, priority, None, POLICY)
 
 
 def cancel_in_heap(heap: ReadyHeap, handle: TaskHandle[Any]) -> None:

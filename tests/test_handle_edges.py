@@ -136,3 +136,41 @@ async def test_huge_int_time_rejected(option: str) -> None:
             await queue.submit(echo, 1, **{option: huge})
 
         assert queue.stats().submitted == 0
+
+
+def test_handle_cannot_be_created_directly() -> None:
+    with pytest.raises(TypeError, match="submit_nowait"):
+        TaskHandle()
+    with pytest.raises(TypeError, match="submit_nowait"):
+        TaskHandle(None, 1, 1, none_result, (), 0, None, NO_RETRY)
+
+
+async def none_result() -> None:
+    return None
+
+
+async def test_finished_none_handle_awaits_again_and_again() -> None:
+    """A handle that returned None can be awaited any number of ways and times."""
+    async with AsyncTaskQueue(2) as queue:
+        handle = queue.submit_nowait(none_result)
+        first = await handle
+        again = [await handle for _ in range(3)]
+        gathered = await asyncio.gather(handle, handle)
+        wrapped = await asyncio.ensure_future(handle)
+        waited = await asyncio.wait_for(handle, timeout=None)
+
+    assert handle.state is TaskState.SUCCEEDED
+    assert first is None
+    assert again == [None, None, None]
+    assert gathered == [None, None]
+    assert wrapped is None
+    assert waited is None
+    assert handle.result() is None
+
+
+async def test_finished_value_handle_awaits_its_value() -> None:
+    async with AsyncTaskQueue(2) as queue:
+        handle = queue.submit_nowait(echo, 0)
+        values = [await handle, await handle, *(await asyncio.gather(handle))]
+
+    assert values == ["0", "0", "0"]
