@@ -661,7 +661,7 @@ class AsyncTaskQueue:
         if (
             self._fast_submit
             and timeout is _UNSET
-            and retry is None
+            and (retry is None or type(retry) is RetryPolicy)
             and task_id is None
             and delay is None
             and at is None
@@ -670,8 +670,12 @@ class AsyncTaskQueue:
             and type(fn) is FunctionType
             and fn.__code__.co_flags & _CO_COROUTINE
         ):
-            # The common case: every option at its default, a coroutine
-            # function, and a queue with no admission rules or submit hooks.
+            # The common case: a coroutine function, every option at its
+            # default but the priority and the retry policy, and a queue with
+            # no admission rules or submit hooks.
+            if retry is None:
+                retry = self._retry
+
             seq = self._seq = self._seq + 1
             handle = new_handle(
                 self,
@@ -681,7 +685,7 @@ class AsyncTaskQueue:
                 args,
                 priority,
                 self._timeout,
-                self._retry,
+                retry,
                 self._clock(),
             )
             self._table.tasks[seq] = handle
