@@ -79,7 +79,7 @@ def report(keys: Sequence[str], size: int) -> None:
     pool = counts.get(POOL)
     rows = []
     for key, count in counts.items():
-        ratio = "-" if pool is None else f"{pool / count:.2f}x"
+        ratio = "-" if pool is None or count <= 0 else f"{pool / count:.2f}x"
         rows.append([key, f"{count:,.0f}", ratio])
 
     headers = ["contender", "instructions/task", "vs hand-written pool"]

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import cli, hooks, retry
+from benchmarks import cli, hooks, instructions, retry
 from benchmarks.contenders import POOLS, THROUGHPUT_POOLS, WORKERS, Contender
 from benchmarks.harness import format_table, interleave, paired_ratios
 
@@ -296,3 +296,72 @@ async def test_retry_pool_recovers(contender: Contender) -> None:
     # time_retries() raises if a task fails for good or never failed at all.
     elapsed = await retry.time_retries(contender, 50)
     assert elapsed > 0
+
+
+# Instructions per task
+
+
+def test_parse_collected() -> None:
+    report = (
+        "==7== Events    : Ir\n"
+        "==7== Collected : 1234567\n"
+        "==7==\n"
+        "==7== I   refs:      1,234,567\n"
+    )
+
+    assert instructions.parse_collected(report) == 1_234_567
+
+
+def test_parse_collected_without_summary() -> None:
+    with pytest.raises(ValueError, match="no 'Collected :' line"):
+        instructions.parse_collected("valgrind: Bad option: --tool=nope")
+
+
+@pytest.mark.parametrize(
+    ("args", "valgrind", "message"),
+    [
+        (["nope"], "/usr/bin/valgrind", "unknown contender 'nope'"),
+        (["--size", "0"], "/usr/bin/valgrind", "--size must be at least 1, got 0"),
+        (["aq"], None, "valgrind is not on the PATH"),
+    ],
+)
+def test_instructions_rejects(
+    args: list[str],
+    valgrind: str | None,
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(instructions.shutil, "which", lambda name: valgrind)
+
+    with pytest.raises(SystemExit) as exit_info:
+        instructions.main(args)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+# A stand-in for valgrind: it runs the command after its own options, then
+# reports 1,000 instructions per task of that run plus 5 for the start.
+FAKE_VALGRIND = """#!/bin/sh
+while [ "${1#--}" != "$1" ]; do shift; done
+"$@" || exit $?
+echo "==1== Collected : $(( ${6} * 1000 + 5 ))" >&2
+"""
+
+
+def test_instructions_runs_each_contender_twice(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = tmp_path / "valgrind"
+    fake.write_text(FAKE_VALGRIND)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.chdir(ROOT)
+
+    assert instructions.main(["--size", "200", "pool", "aq"]) == 0
+
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    keys = ("pool", "aq")
+    table = {cells[0]: cells[1:] for cells in rows if cells and cells[0] in keys}
+    assert table == {"pool": ["1,000", "1.00x"], "aq": ["1,000", "1.00x"]}
