@@ -273,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
+        print(
+            "\nerror: no command given; to run the demo: python -m async_queue demo",
+            file=sys.stderr,
+        )
         return 2
 
     if args.failure_rate + args.hang_rate > 1:

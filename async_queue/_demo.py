@@ -352,6 +352,11 @@ def _format_causes(causes: Sequence[tuple[str, int]]) -> str:
     return ", ".join(f"{name} {count}" for name, count in causes)
 
 
+def _count(number: int, noun: str) -> str:
+    """Return ``number`` and ``noun``, with an "s" unless ``number`` is 1."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def format_summary(summary: Summary) -> str:
     """Return the summary as lines of text, ending with a newline."""
     lines = [f"submitted: {summary.submitted}", f"delayed: {summary.delayed}"]
@@ -604,7 +609,8 @@ class _Demo:
 
         self.err.write(
             f"demo: {config.count} requests to 127.0.0.1:{self.server.port}, "
-            f"{config.workers} workers, failure rate {config.failure_rate:g}, "
+            f"{_count(config.workers, 'worker')}, "
+            f"failure rate {config.failure_rate:g}, "
             f"hang rate {config.hang_rate:g}, timeout {config.timeout:g} s, "
             f"seed {config.seed}; Ctrl-C stops\n"
         )
@@ -731,7 +737,10 @@ class _Demo:
 
         count = len(queue.dead_letters())
         progress.end_line()
-        self.err.write(f"requeue: submitting {count} dead letters again\n")
+        if count:
+            self.err.write(f"requeue: submitting {count} dead letters again\n")
+        else:
+            self.err.write("requeue: no dead letters, nothing to submit again\n")
         self.err.flush()
         await self._requeue_dead(queue)
         await queue.join()
@@ -831,7 +840,7 @@ class _Demo:
         server = self.server
         max_pending = config.max_pending or "unbounded"
         return (
-            f"demo: {config.count} requests, {config.workers} workers, "
+            f"demo: {config.count} requests, {_count(config.workers, 'worker')}, "
             f"failure rate {config.failure_rate:g}, hang rate {config.hang_rate:g}, "
             f"timeout {config.timeout:g} s, retries {config.retries}, "
             f"seed {config.seed}\n"

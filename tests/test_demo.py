@@ -772,6 +772,24 @@ async def test_run_demo_dead_letters_kept() -> None:
     assert "requeue dead letters off" in text
 
 
+async def test_run_demo_one_worker_no_failures() -> None:
+    config = dataclasses.replace(
+        FLAKY, count=10, workers=1, failure_rate=0, delayed_rate=0
+    )
+    out, err = io.StringIO(), io.StringIO()
+    config = dataclasses.replace(config, progress_interval=0)
+
+    status = await run_demo(config, out=out, err=err, handle_signals=False)
+
+    fields = parse_summary(out.getvalue())
+    assert status == 0
+    assert fields["succeeded"] == 10
+    assert fields["requeued"] == 0
+    assert out.getvalue().startswith("demo: 10 requests, 1 worker, failure rate 0,")
+    assert ", 1 worker, failure rate 0," in err.getvalue()
+    assert "requeue: no dead letters, nothing to submit again" in err.getvalue()
+
+
 async def test_run_demo_retry_after_exhausted() -> None:
     config = dataclasses.replace(
         FLAKY, count=20, failure_rate=1, retry_after_share=1, reject_share=0
@@ -836,6 +854,9 @@ def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) ->
     assert status == 2
     assert "usage: python -m async_queue" in captured.err
     assert "demo" in captured.err
+    assert captured.err.endswith(
+        "error: no command given; to run the demo: python -m async_queue demo\n"
+    )
     assert captured.out == ""
 
 
