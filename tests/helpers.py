@@ -1,4 +1,5 @@
-"""Small waiting helpers for tests: they count loop iterations, never seconds."""
+"""Small helpers for tests: they count loop iterations or wait on events, never
+seconds."""
 
 from __future__ import annotations
 
@@ -19,3 +20,25 @@ async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> 
         await asyncio.sleep(0)
 
     raise AssertionError(f"condition not reached in {max_iterations} loop iterations")
+
+
+class Gate:
+    """A coroutine function that waits for ``release`` and counts its calls."""
+
+    def __init__(self, result: object = "done") -> None:
+        self.result = result
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.cancelled = 0
+
+    async def __call__(self) -> object:
+        self.calls += 1
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+        return self.result

@@ -21,34 +21,12 @@ from async_queue import (
     TaskState,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import Gate, until
 
 # The async tests run on asyncio's event loop and on uvloop.
 pytestmark = pytest.mark.every_loop
 
 NO_RETRY = RetryPolicy(max_retries=0)
-
-
-class Gate:
-    """A coroutine function that waits for ``release`` and counts its calls."""
-
-    def __init__(self, result: object = "done") -> None:
-        self.result = result
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        self.calls = 0
-        self.cancelled = 0
-
-    async def __call__(self) -> object:
-        self.calls += 1
-        self.started.set()
-        try:
-            await self.release.wait()
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-
-        return self.result
 
 
 class Flaky:
