@@ -1,5 +1,4 @@
-"""Small helpers for tests: they count loop iterations or wait on events, never
-seconds."""
+"""Test helpers that wait on events or count loop iterations, never seconds."""
 
 from __future__ import annotations
 
