@@ -829,6 +829,7 @@ class AsyncTaskQueue:
         retry: RetryPolicy | None = None,
         task_id: str | None = None,
         delay: float | None = None,
+        at: float | None = None,
         dedup_key: Hashable | None = None,
     ) -> concurrent.futures.Future[T]:
         """Queue a task from any thread; return a future of its result.
@@ -859,6 +860,7 @@ class AsyncTaskQueue:
             "retry": retry,
             "task_id": task_id,
             "delay": delay,
+            "at": at,
             "dedup_key": dedup_key,
         }
         self._loop.call_soon_threadsafe(

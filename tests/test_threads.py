@@ -16,6 +16,7 @@ from async_queue import (
     TaskState,
     threaded,
 )
+from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -182,3 +183,21 @@ def test_concurrent_future_type() -> None:
     future, result = asyncio.run(main())  # type: ignore[misc]
     assert isinstance(future, concurrent.futures.Future)
     assert result == 8
+
+
+def test_threadsafe_at_waits_for_its_time() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            due = loop.time() + 30
+            future = queue.submit_threadsafe(double, 4, at=due)
+            await until(lambda: queue.stats().delayed == 1)
+
+            loop.advance(29.9)
+            await until(lambda: queue.stats().delayed == 1)
+            assert not future.done()
+
+            loop.advance(0.1)
+            assert await asyncio.wrap_future(future) == 8
+            assert loop.time() == due
+
+    run_virtual(main, autojump=None)
