@@ -1088,6 +1088,8 @@ class AsyncTaskQueue:
             oldest_wait=self._oldest_wait(),
             wait_time=self._wait_time.snapshot(self._started),
             run_time=self._run_time.snapshot(self._started - self._running),
+            evicted=self._table.evicted,
+            dead_letters_evicted=self._dead_letters.evicted,
         )
 
     def _oldest_wait(self) -> float:

@@ -65,9 +65,10 @@ class DeadLetterStore:
             return
 
         # A str task id can fail again once its first task was evicted from
-        # the result store. The new letter replaces the old one and, being
-        # the newest, moves to the end.
-        self._entries.pop(letter.task_id, None)
+        # the result store. The new letter replaces the old one, which counts
+        # as evicted, and moves to the end as the newest.
+        if self._entries.pop(letter.task_id, None) is not None:
+            self.evicted += 1
         self._entries[letter.task_id] = letter
         if len(self._entries) > self._max_count:
             self._entries.popitem(last=False)

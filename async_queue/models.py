@@ -566,6 +566,11 @@ class QueueStats:
     """Time from entering the ready heap to starting, over all attempts."""
     run_time: TimeSummary
     """Time per attempt, over all finished attempts."""
+    evicted: int
+    """Finished tasks dropped from lookup by ``max_results`` or ``result_ttl``."""
+    dead_letters_evicted: int
+    """Dead letters dropped by ``max_dead_letters``, or replaced by a newer
+    letter of the same task id."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -297,6 +297,10 @@ async def test_evicted_id_reusable() -> None:
         assert await second == "second"
         assert queue.task("job") is second
         assert first.result() == "first"
+        stats = queue.stats()
+
+    assert stats.evicted == 2
+    assert stats.retained == 1
 
 
 def test_expired_id_reusable() -> None:

@@ -210,8 +210,11 @@ async def test_dead_letters_are_bounded() -> None:
                 await (await queue.submit(broken, index))
 
         letters = queue.dead_letters()
+        stats = queue.stats()
 
     assert [letter.args for letter in letters] == [(2,), (3,), (4,)]
+    assert stats.dead_letters == 3
+    assert stats.dead_letters_evicted == 2
 
 
 async def test_cancelled_task_is_no_dead_letter() -> None:

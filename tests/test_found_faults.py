@@ -545,11 +545,14 @@ async def test_reused_task_id_letter_is_newest() -> None:
         await queue.join()
 
     assert [letter.task_id for letter in queue.dead_letters()] == ["other", "job"]
+    assert queue.stats().dead_letters_evicted == 1  # the first letter of "job"
 
     await queue.submit(_fail, task_id="third")
     await queue.join()
     # "other" is now the oldest, so it is the one evicted.
     assert [letter.task_id for letter in queue.dead_letters()] == ["job", "third"]
+    assert queue.stats().dead_letters_evicted == 2
+    assert queue.stats().evicted == 4  # max_results=0 evicts every task at once
     await queue.stop()
 
 
