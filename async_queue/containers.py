@@ -257,18 +257,28 @@ class TaskTable:
 
     ``tasks`` maps each id to its handle. The retained tasks also sit in a
     FIFO in the order they finished, so that the oldest is evicted first, in
-    O(1). Evicting a task only drops the queue's reference: a caller holding
-    the handle keeps its outcome. Used only on the event loop thread, so it
-    needs no lock.
+    O(1). With a maximum age, a second FIFO holds their finish times. Evicting
+    a task only drops the queue's reference: a caller holding the handle
+    keeps its outcome. Used only on the event loop thread, so it needs no
+    lock.
     """
 
-    __slots__ = ("_finished", "_max_age", "_max_count", "clock", "evicted", "tasks")
+    __slots__ = (
+        "_finished",
+        "_finished_at",
+        "_max_age",
+        "_max_count",
+        "clock",
+        "evicted",
+        "tasks",
+    )
 
     def __init__(
         self, max_count: int, max_age: float | None, clock: Callable[[], float]
     ) -> None:
         self.tasks: dict[TaskId, TaskHandle[Any]] = {}
         self._finished: deque[TaskHandle[Any]] = deque()
+        self._finished_at: deque[float] = deque()  # loop times, with a max age
         self._max_count = max_count
         self._max_age = max_age
         self.clock = clock  # the event loop's time(), set by the queue on start
@@ -296,13 +306,13 @@ class TaskTable:
         """Keep a task that has just finished, evicting the oldest past the bounds."""
         finished = self._finished
         finished.append(handle)
-        if len(finished) > self._max_count:  # with max_count 0, evicts `handle`
-            del self.tasks[finished.popleft()._id]
-            self.evicted += 1
-
         if self._max_age is not None:
-            now = handle._finished_at = self.clock()
+            now = self.clock()
+            self._finished_at.append(now)
             self.evict_expired(now)
+
+        if len(finished) > self._max_count:  # with max_count 0, evicts `handle`
+            self._evict_oldest()
 
     def get(self, task_id: TaskId) -> TaskHandle[Any] | None:
         """Return the task with this id, unfinished or retained, or ``None``."""
@@ -315,10 +325,15 @@ class TaskTable:
         """Evict the tasks that finished ``max_age`` or more seconds ago."""
         assert self._max_age is not None
         cutoff = now - self._max_age
-        finished = self._finished
-        while finished and finished[0]._finished_at <= cutoff:
-            del self.tasks[finished.popleft()._id]
-            self.evicted += 1
+        finished_at = self._finished_at
+        while finished_at and finished_at[0] <= cutoff:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        del self.tasks[self._finished.popleft()._id]
+        if self._max_age is not None:
+            self._finished_at.popleft()
+        self.evicted += 1
 
 
 class AgingHeap:

@@ -198,6 +198,7 @@ class AsyncTaskQueue:
         "_clock",
         "_dead_letters",
         "_dedup",
+        "_dedup_keys",
         "_deduplicated",
         "_delayed",
         "_dropped",
@@ -290,6 +291,7 @@ class AsyncTaskQueue:
         self._dead_letters = DeadLetterStore(max_dead_letters)
         self._on_dead_letter = on_dead_letter
         self._dedup: dict[Hashable, TaskHandle[Any]] = {}  # key -> unfinished task
+        self._dedup_keys: dict[TaskHandle[Any], Hashable] = {}  # and back
         self._deduplicated = 0
         self._dropped = 0  # queued tasks cancelled by stop()
         self._wait_time = _Summary()  # seconds from entering the heap to a start
@@ -766,8 +768,8 @@ class AsyncTaskQueue:
         handle = new_handle(self, key, seq, fn, call_args, priority, timeout, retry)
         self._table.tasks[key] = handle
         if dedup_key is not None:
-            handle._dedup_key = dedup_key
             self._dedup[dedup_key] = handle
+            self._dedup_keys[handle] = dedup_key
 
         if start_at is not None and start_at > self._loop.time():
             handle._state = DELAYED
@@ -1311,7 +1313,7 @@ class AsyncTaskQueue:
             return  # it was settled before the error; the hooks or log failed
 
         parked_in = handle._state
-        handle._exception = error
+        handle._result = error
         handle._traceback = error.__traceback__
         handle._state = FAILED
         if parked_in is WAITING_RETRY:
@@ -1502,7 +1504,7 @@ class AsyncTaskQueue:
             self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
-        handle._exception = _strip_worker_frames(exc)
+        handle._result = _strip_worker_frames(exc)
         handle._traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
@@ -1662,8 +1664,10 @@ class AsyncTaskQueue:
             handle._args = None
         if handle._waiters is not None:
             self._release_waiters(handle)
-        if handle._dedup_key is not None:
-            del self._dedup[handle._dedup_key]
+        if self._dedup_keys:
+            key = self._dedup_keys.pop(handle, None)  # a dedup_key is never None
+            if key is not None:
+                del self._dedup[key]
 
         self._table.retain(handle)
 

@@ -112,9 +112,6 @@ class TaskHandle(Generic[T]):
         "_attempts",
         "_cancel_message",
         "_cancel_reason",
-        "_dedup_key",
-        "_exception",
-        "_finished_at",
         "_fn",
         "_id",
         "_last_delay",
@@ -142,9 +139,7 @@ class TaskHandle(Generic[T]):
     _state: TaskState
     _attempts: int
     _queued_at: float  # loop time of the last entry into the ready heap
-    _finished_at: float  # loop time of the finish, read with a result TTL
-    _result: Any
-    _exception: BaseException | None
+    _result: Any  # the return value once SUCCEEDED, the exception once FAILED
     _traceback: TracebackType | None
     # Futures of awaiting coroutines, and done callbacks.
     _waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None
@@ -152,7 +147,6 @@ class TaskHandle(Generic[T]):
     _cancel_reason: CancelReason | None
     _cancel_message: str | None
     _last_delay: float | None
-    _dedup_key: Hashable | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
@@ -256,8 +250,7 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if state is FAILED:
-            exc = self._exception
-            assert exc is not None
+            exc: BaseException = self._result
             raise exc.with_traceback(self._traceback)
 
         if state is CANCELLED:
@@ -281,7 +274,7 @@ class TaskHandle(Generic[T]):
             return None
 
         if state is FAILED:
-            return self._exception
+            return self._result  # type: ignore[no-any-return]
 
         if state is CANCELLED:
             return self._cancelled_error()
@@ -380,16 +373,13 @@ def new_handle(
     handle._state = PENDING
     handle._attempts = 0
     handle._queued_at = queued_at
-    handle._finished_at = 0.0
     handle._result = None
-    handle._exception = None
     handle._traceback = None
     handle._waiters = None
     handle._worker = None
     handle._cancel_reason = None
     handle._cancel_message = None
     handle._last_delay = None
-    handle._dedup_key = None
     return handle
 
 

@@ -550,9 +550,9 @@ def test_table_age_on_retain() -> None:
         finish(table, index)
 
     clock.now = 12.5
-    new = finish(table, "new")
+    finish(table, "new")
 
-    assert new._finished_at == 12.5
+    assert table._finished_at[-1] == 12.5
     assert table.retained == 3
     assert table.evicted == 3
     assert 2 not in table
@@ -606,3 +606,24 @@ def test_table_keeps_last_retained(max_count: int, added: int) -> None:
     assert table.evicted == added - table.retained
     assert table.finished == added
     assert table.unfinished == 0
+
+
+@given(
+    st.integers(min_value=0, max_value=6),
+    st.lists(st.integers(min_value=0, max_value=4), max_size=60),
+)
+def test_table_age_and_count_model(max_count: int, steps: list[int]) -> None:
+    """Each step advances the clock, then retains one task; both bounds hold."""
+    max_age = 5.0
+    table, clock = make_table(max_count, max_age)
+    model: list[tuple[int, float]] = []  # (task id, finish time), oldest first
+    for task_id, step in enumerate(steps):
+        clock.now += step
+        finish(table, task_id)
+        model.append((task_id, clock.now))
+        model = [(i, t) for i, t in model if t > clock.now - max_age]
+        model = model[len(model) - min(len(model), max_count) :]
+
+        assert sorted(table.tasks) == [i for i, _ in model]
+        assert list(table._finished_at) == [t for _, t in model]
+        assert table.evicted == task_id + 1 - len(model)
