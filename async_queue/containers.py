@@ -255,63 +255,74 @@ class TaskTable:
     """Every task the queue can find by id: the unfinished ones, and the
     finished ones it retains, bounded by count and optionally by age.
 
-    ``tasks`` maps each id to its handle. The retained tasks also sit in a
-    FIFO in the order they finished, so that the oldest is evicted first, in
-    O(1). With a maximum age, a second FIFO holds their finish times. Evicting
-    a task only drops the queue's reference: a caller holding the handle
-    keeps its outcome. Used only on the event loop thread, so it needs no
-    lock.
+    ``tasks`` maps each id to its handle. The retained tasks also sit in
+    ``finished``, a FIFO in the order they finished, so that the oldest is
+    evicted first, in O(1). With a maximum age, a second FIFO holds their
+    finish times. Evicting a task only drops the queue's reference: a caller
+    holding the handle keeps its outcome. Used only on the event loop thread,
+    so it needs no lock.
+
+    ``retain()`` keeps a finished task. The queue inlines it, since it runs
+    once per task: it appends to ``finished`` and calls ``trim()`` once the
+    length passes ``trim_above``.
     """
 
     __slots__ = (
-        "_finished",
         "_finished_at",
         "_max_age",
         "_max_count",
         "clock",
         "evicted",
+        "finished",
         "tasks",
+        "trim_above",
     )
 
     def __init__(
         self, max_count: int, max_age: float | None, clock: Callable[[], float]
     ) -> None:
         self.tasks: dict[TaskId, TaskHandle[Any]] = {}
-        self._finished: deque[TaskHandle[Any]] = deque()
+        self.finished: deque[TaskHandle[Any]] = deque()
         self._finished_at: deque[float] = deque()  # loop times, with a max age
         self._max_count = max_count
         self._max_age = max_age
+        # With a maximum age, every retained task needs its finish time.
+        self.trim_above = max_count if max_age is None else -1
         self.clock = clock  # the event loop's time(), set by the queue on start
         self.evicted = 0
 
     @property
     def unfinished(self) -> int:
         """The number of tasks that are not final yet."""
-        return len(self.tasks) - len(self._finished)
+        return len(self.tasks) - len(self.finished)
 
     @property
     def retained(self) -> int:
         """The number of finished tasks kept for lookup."""
-        return len(self._finished)
+        return len(self.finished)
 
     @property
-    def finished(self) -> int:
+    def finished_count(self) -> int:
         """The number of tasks that have finished, retained or evicted."""
-        return len(self._finished) + self.evicted
+        return len(self.finished) + self.evicted
 
     def __contains__(self, task_id: object) -> bool:
         return task_id in self.tasks
 
     def retain(self, handle: TaskHandle[Any]) -> None:
         """Keep a task that has just finished, evicting the oldest past the bounds."""
-        finished = self._finished
-        finished.append(handle)
+        self.finished.append(handle)
+        if len(self.finished) > self.trim_above:
+            self.trim()
+
+    def trim(self) -> None:
+        """Record the finish time of the newest task, then enforce the bounds."""
         if self._max_age is not None:
             now = self.clock()
             self._finished_at.append(now)
             self.evict_expired(now)
 
-        if len(finished) > self._max_count:  # with max_count 0, evicts `handle`
+        if len(self.finished) > self._max_count:  # max_count 0 evicts the newest
             self._evict_oldest()
 
     def get(self, task_id: TaskId) -> TaskHandle[Any] | None:
@@ -330,7 +341,7 @@ class TaskTable:
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
-        del self.tasks[self._finished.popleft()._id]
+        del self.tasks[self.finished.popleft()._id]
         if self._max_age is not None:
             self._finished_at.popleft()
         self.evicted += 1

@@ -204,9 +204,11 @@ class AsyncTaskQueue:
         "_dropped",
         "_emitting",
         "_empty_report",
+        "_ended",
         "_escalate",
         "_failed",
         "_fast_submit",
+        "_finished",
         "_gated",
         "_hooks",
         "_idle",
@@ -223,7 +225,6 @@ class AsyncTaskQueue:
         "_retries",
         "_retry",
         "_run_time",
-        "_running",
         "_seq",
         "_space_waiters",
         "_started",
@@ -296,7 +297,9 @@ class AsyncTaskQueue:
         self._dropped = 0  # queued tasks cancelled by stop()
         self._wait_time = _Summary()  # seconds from entering the heap to a start
         self._run_time = _Summary()  # seconds per attempt
-        self._started = 0  # attempts started; minus `_running`, attempts ended
+        # Attempts started and ended; the difference is the number running.
+        self._started = 0
+        self._ended = 0
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -334,6 +337,7 @@ class AsyncTaskQueue:
         self._timers = TimerHeap()
         # Unfinished and retained tasks. Its clock is the loop's from start().
         self._table = TaskTable(max_results, ttl, _no_time)
+        self._finished = self._table.finished
         self._seq = 0
 
         self._workers: list[_Worker] = []
@@ -358,12 +362,16 @@ class AsyncTaskQueue:
         self._stuck: list[_Worker] = []  # workers running an abandoned task
         self._abandoned_running = 0  # abandoned attempts still in `_running`
 
-        self._running = 0
         self._waiting = 0
         self._delayed = 0
         self._failed = 0
         self._cancelled = 0
         self._retries = 0
+
+    @property
+    def _running(self) -> int:
+        """The attempts that workers are running, abandoned ones included."""
+        return self._started - self._ended
 
     # Lifecycle
 
@@ -1075,7 +1083,7 @@ class AsyncTaskQueue:
             delayed=self._delayed,
             running=self._running - self._abandoned_running,
             # Every final task passes through the table once.
-            succeeded=self._table.finished - self._failed - self._cancelled,
+            succeeded=self._table.finished_count - self._failed - self._cancelled,
             failed=self._failed,
             cancelled=self._cancelled,
             retries=self._retries,
@@ -1089,7 +1097,7 @@ class AsyncTaskQueue:
             depth_by_priority=tuple(self._ready.depth_by_priority().items()),
             oldest_wait=self._oldest_wait(),
             wait_time=self._wait_time.snapshot(self._started),
-            run_time=self._run_time.snapshot(self._started - self._running),
+            run_time=self._run_time.snapshot(self._ended),
             evicted=self._table.evicted,
             dead_letters_evicted=self._dead_letters.evicted,
         )
@@ -1143,7 +1151,6 @@ class AsyncTaskQueue:
             handle._attempts += 1
             handle._worker = worker
             worker.current = handle
-            self._running += 1
             self._started += 1
             # The duration summaries, inlined because this runs for each task.
             started_at = now
@@ -1169,7 +1176,7 @@ class AsyncTaskQueue:
                     result = await handle._fn(*args)  # type: ignore[operator]
             except BaseException as exc:
                 worker.current = worker.deadline = None
-                self._running -= 1
+                self._ended += 1
                 run_time.add(clock() - started_at)
                 if self._settle_error(worker, handle, exc):
                     raise
@@ -1178,7 +1185,7 @@ class AsyncTaskQueue:
             else:
                 now = clock()
                 worker.current = worker.deadline = None
-                self._running -= 1
+                self._ended += 1
                 ran = now - started_at
                 run_time.total += ran
                 if ran > run_time.max:
@@ -1669,7 +1676,11 @@ class AsyncTaskQueue:
             if key is not None:
                 del self._dedup[key]
 
-        self._table.retain(handle)
+        # TaskTable.retain(), inlined: it runs once per task.
+        finished = self._finished
+        finished.append(handle)
+        if len(finished) > self._table.trim_above:
+            self._table.trim()
 
         if self._joins:
             self._count_join(handle._seq)

@@ -604,7 +604,7 @@ def test_table_keeps_last_retained(max_count: int, added: int) -> None:
     assert kept == list(range(max(0, added - max_count), added))
     assert table.retained == min(added, max_count)
     assert table.evicted == added - table.retained
-    assert table.finished == added
+    assert table.finished_count == added
     assert table.unfinished == 0
 
 
