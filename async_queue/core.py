@@ -636,16 +636,8 @@ class AsyncTaskQueue:
             await self._wait_for_room()
 
         try:
-            return self.submit_nowait(
-                fn,
-                *args,
-                priority=priority,
-                timeout=timeout,
-                retry=retry,
-                task_id=task_id,
-                delay=delay,
-                at=at,
-                dedup_key=dedup_key,
+            return self._submit_checked(
+                fn, args, priority, timeout, retry, task_id, delay, at, dedup_key
             )
         finally:
             if self._admitting:
