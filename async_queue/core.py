@@ -63,9 +63,10 @@ logger = logging.getLogger("async_queue")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
-# The event loop runs a timer callback up to one clock tick early, so a
-# deadline within one tick of "now" counts as reached.
+# asyncio's loops run a timer callback up to one clock tick early, so a
+# deadline within one tick of "now" counts as reached; see _timer_slack().
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
+_MILLISECOND = 1e-3
 
 
 class _Unset(enum.Enum):
@@ -226,6 +227,7 @@ class AsyncTaskQueue:
         "_retry",
         "_run_time",
         "_seq",
+        "_slack",
         "_space_waiters",
         "_started",
         "_stop_caller",
@@ -312,6 +314,7 @@ class AsyncTaskQueue:
         self._fast_submit = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._clock: Callable[[], float] = time.monotonic  # the loop's, from start()
+        self._slack = _CLOCK_RESOLUTION  # how early the loop may run a timer
 
         # Task bookkeeping. Only the event loop thread reads or writes these,
         # so they need no lock; `_ready` has its own (see ReadyHeap).
@@ -395,6 +398,7 @@ class AsyncTaskQueue:
 
         self._loop = asyncio.get_running_loop()
         self._clock = _fast_clock(self._loop)
+        self._slack = _timer_slack(self._loop)
         self._lifecycle = _Lifecycle.RUNNING
         self._fast_submit = (
             not self._aging and self._max_pending is None and not self._submitted_hooks
@@ -462,6 +466,10 @@ class AsyncTaskQueue:
                 # Leave the idle list too: a wake-up from it would be lost.
                 self._idle.remove(worker)
                 worker.waiter.set_result(None)
+
+        # A retired worker may have been woken for a pending task that it will
+        # not start now: wake the idle workers that stay instead.
+        self._wake_workers()
 
         logger.debug("resized the pool from %d to %d workers", old, count)
 
@@ -1189,9 +1197,13 @@ class AsyncTaskQueue:
                     self._finish(handle)
                     if succeeded_hooks:
                         self._emit("on_succeeded", handle)
-                        now = clock()
-                elif self._settle_error(worker, handle, None):
-                    raise asyncio.CancelledError from None
+                        now = clock()  # the hooks may have taken a while
+                else:
+                    # Interrupted, but the coroutine returned: hooks run here.
+                    if self._settle_error(worker, handle, None):
+                        raise asyncio.CancelledError from None
+
+                    now = clock()
 
     def _held_back(self, worker: _Worker) -> bool:
         """Return whether ``worker`` must not start a task now."""
@@ -1240,7 +1252,7 @@ class AsyncTaskQueue:
         self._tokens_at = now
         # The token timer can fire a clock tick early, a token short by the
         # tick's worth: that token counts as earned.
-        if self._tokens >= 1 - _CLOCK_RESOLUTION * self._rate:
+        if self._tokens >= 1 - self._slack * self._rate:
             self._tokens = max(self._tokens - 1, 0.0)
             if self._idle and len(self._ready) > 1:
                 # The token timer wakes one worker. Pass the wake-up on, so
@@ -1415,7 +1427,7 @@ class AsyncTaskQueue:
     def _on_watchdog(self) -> None:
         self._watchdog = None
         self._watchdog_at = math.inf
-        now = self._loop.time() + _CLOCK_RESOLUTION
+        now = self._loop.time() + self._slack
         earliest: float | None = None
         for worker in self._workers:
             deadline = worker.deadline
@@ -1594,7 +1606,7 @@ class AsyncTaskQueue:
 
     def _on_timer(self) -> None:
         self._timer_handle = None
-        for handle in self._timers.pop_due(self._loop.time() + _CLOCK_RESOLUTION):
+        for handle in self._timers.pop_due(self._loop.time() + self._slack):
             state = handle._state
             if state is WAITING_RETRY or state is DELAYED:
                 self._unpark(handle)
@@ -1971,6 +1983,22 @@ class AsyncTaskQueue:
 def _no_time() -> float:
     """The clock of a queue that has not started: no time has passed."""
     return 0.0
+
+
+def _timer_slack(loop: asyncio.AbstractEventLoop) -> float:
+    """Return how long before its time ``loop`` may run a timer, by its clock.
+
+    asyncio's loops run a timer once their clock is within its resolution of
+    the timer's time. uvloop and other loops may count in whole milliseconds
+    and run a timer up to a millisecond early. A timer of the queue that finds
+    its deadline this close counts it as reached, instead of setting itself
+    again for the same time, which such a loop would run at once, over and
+    over until its clock moved on.
+    """
+    if isinstance(loop, asyncio.BaseEventLoop):
+        return _CLOCK_RESOLUTION
+
+    return _MILLISECOND
 
 
 def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -7,7 +7,7 @@ import enum
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, final
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
 
 from .errors import TaskCancelledError
 
@@ -287,7 +287,7 @@ class TaskHandle(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         if self._state is SUCCEEDED and self._result is None:
             # Most background tasks return None. Awaiting one that has
-            # finished then allocates nothing: an exhausted iterator ends the
+            # finished then allocates nothing: an ended generator ends the
             # await at once, with None.
             return _EXHAUSTED
 
@@ -298,6 +298,9 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if self._state not in _FINAL:
+            # NOTE: a task that awaits its own handle through another asyncio
+            # task, as asyncio.wait_for() and gather() make, is not caught
+            # here: it waits for itself until a timeout ends the wait.
             worker = self._worker
             if worker is not None and worker.task is asyncio.current_task():
                 raise RuntimeError(
@@ -339,9 +342,16 @@ class TaskHandle(Generic[T]):
 
 _new_object = object.__new__
 
-# An iterator with nothing left: `await` on it returns None at once. Sharing
-# one is safe, since it stays exhausted.
-_EXHAUSTED = cast("Generator[Any, None, Any]", iter(()))
+
+def _finished() -> Generator[Any, None, None]:
+    return
+    yield  # a generator function, whose generator ends at once
+
+
+# A generator that has already ended: `await` on it, or send(), returns None
+# at once. Sharing one is safe, since it stays ended.
+_EXHAUSTED: Generator[Any, None, Any] = _finished()
+next(_EXHAUSTED, None)
 
 
 def new_handle(

@@ -1017,3 +1017,119 @@ def test_random_cancels_from_hooks_hold(seed: int) -> None:
     rng = random.Random(seed)
     with mock.patch.object(containers, "_COMPACT_MIN_STALE", 2):
         run_virtual(lambda loop: _run_chaos(loop, rng))
+
+
+# Found by probing this round's shorter per-task path.
+
+
+@pytest.mark.parametrize("how", ["swallows the timeout", "cancels itself, returns"])
+def test_next_task_starts_after_the_hooks_of_an_interruption(how: str) -> None:
+    """A task that was interrupted but returned runs its hooks before the next
+    task starts: the next task's timeout and wait time count from after them."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        class SlowHook(Hook):
+            def on_timed_out(self, event: TaskEvent) -> None:
+                loop.advance(5)
+
+            def on_cancelled(self, event: TaskEvent) -> None:
+                loop.advance(5)
+
+        queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[SlowHook()])
+
+        async def first() -> str:
+            if how == "cancels itself, returns":
+                await asyncio.sleep(1)
+                queue.task(1).cancel()
+                return "returned"
+
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(100)
+            return "returned"
+
+        async def second() -> str:
+            await asyncio.sleep(7)
+            return "ran 7 s"
+
+        async with queue:
+            timeout = 1 if how == "swallows the timeout" else None
+            interrupted = queue.submit_nowait(first, timeout=timeout)
+            following = queue.submit_nowait(second, timeout=10)
+            assert await following == "ran 7 s"
+            stats = queue.stats()
+
+        assert interrupted.state in (TaskState.FAILED, TaskState.CANCELLED)
+        # The second task waited 1 s for the first, then 5 s for its hook.
+        assert stats.wait_time.total == 6.0
+        assert stats.wait_time.count == 2
+
+    run_virtual(main)
+
+
+async def test_shrinking_keeps_a_wake_up_for_the_staying_worker() -> None:
+    """resize() may retire the idle worker that a submission has just woken;
+    an idle worker that stays then takes the task."""
+
+    async def job() -> str:
+        return "ran"
+
+    async with AsyncTaskQueue(2) as queue:
+        await settle()  # both workers idle
+        handle = queue.submit_nowait(job)
+        queue.resize(1)
+
+        await until(handle.done)
+        stats = queue.stats()
+
+    assert handle.result() == "ran"
+    assert stats.workers == 1
+
+
+async def test_finished_none_handle_iterator_supports_send() -> None:
+    async def nothing() -> None:
+        return None
+
+    async with AsyncTaskQueue(1) as queue:
+        handle = queue.submit_nowait(nothing)
+        await handle
+
+    for _ in range(2):
+        iterator = handle.__await__()
+        with pytest.raises(StopIteration) as stop:
+            iterator.send(None)
+        assert stop.value.value is None
+
+
+def test_timer_slack_by_loop() -> None:
+    from async_queue.core import _CLOCK_RESOLUTION, _timer_slack
+
+    uvloop = pytest.importorskip("uvloop")
+    asyncio_loop = asyncio.new_event_loop()
+    uv_loop = uvloop.new_event_loop()
+    try:
+        assert _timer_slack(asyncio_loop) == _CLOCK_RESOLUTION
+        assert _timer_slack(uv_loop) == 0.001
+    finally:
+        asyncio_loop.close()
+        uv_loop.close()
+
+
+def test_watchdog_takes_a_deadline_within_the_slack_as_reached() -> None:
+    """On a loop that runs timers up to 1 ms early, the watchdog does not set
+    itself again for a deadline less than that away: it times the task out."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def hang() -> None:
+            await asyncio.Event().wait()
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            queue._slack = 0.001  # as on uvloop
+            handle = queue.submit_nowait(hang, timeout=1.0)
+            await settle()
+
+            loop.advance(0.9996)  # the watchdog runs 0.4 ms early
+            queue._on_watchdog()
+            with pytest.raises(TimeoutError):
+                await handle
+
+    run_virtual(main, autojump=None)
