@@ -257,7 +257,7 @@ class TaskTable:
 
     ``tasks`` maps each id to its handle. The retained tasks also sit in
     ``finished``, a FIFO in the order they finished, so that the oldest is
-    evicted first, in O(1). With a maximum age, a second FIFO holds their
+    evicted first, in O(1). With a maximum age, a second FIFO stores their
     finish times. Evicting a task only drops the queue's reference: a caller
     holding the handle keeps its outcome. Used only on the event loop thread,
     so it needs no lock.

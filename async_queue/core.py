@@ -1981,7 +1981,7 @@ class AsyncTaskQueue:
 
 
 def _no_time() -> float:
-    """The clock of a queue that has not started: no time has passed."""
+    """Return 0.0: the clock of a queue that has not started."""
     return 0.0
 
 

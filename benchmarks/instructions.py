@@ -68,7 +68,7 @@ def per_task(key: str, size: int) -> float:
 
 
 def run_contender(key: str, size: int) -> None:
-    """The body of one counted run: the contender's throughput run, or nothing."""
+    """Run the contender's throughput run with ``size`` tasks; nothing for 0."""
     contenders = {c.key: c for c in THROUGHPUT_POOLS}
     if size:
         asyncio.run(time_pool(contenders[key], size))
