@@ -66,7 +66,9 @@ Ts = TypeVarTuple("Ts")
 # asyncio's loops run a timer callback up to one clock tick early, so a
 # deadline within one tick of "now" counts as reached; see _timer_slack().
 _CLOCK_RESOLUTION = time.get_clock_info("monotonic").resolution
-_MILLISECOND = 1e-3
+# uvloop 0.23 keeps time in whole milliseconds and ran timers up to 0.4 ms
+# early by its own clock in the tests of this project.
+_COARSE_TIMER_SLACK = 0.0005
 
 
 class _Unset(enum.Enum):
@@ -633,15 +635,15 @@ class AsyncTaskQueue:
             DuplicateTaskIdError: ``task_id`` belongs to an active or retained task.
             TypeError, ValueError: an argument is invalid; nothing was queued.
         """
-        # A dedup_key of an unfinished task queues nothing, so it needs no room.
-        if (
-            self._max_pending is not None
-            and self._must_wait_for_room()
-            and (dedup_key is None or self._find_duplicate(dedup_key) is None)
-        ):
-            # Reject invalid arguments now, not after waiting for room.
-            self._check_options(fn, args, priority, timeout, retry, task_id, delay, at)
-            await self._wait_for_room()
+        if self._max_pending is not None and self._must_wait_for_room():
+            # Reject invalid arguments now, not after waiting for room. A
+            # dedup_key of an unfinished task queues nothing, so it needs no
+            # room.
+            duplicate = self._check_options(
+                fn, args, priority, timeout, retry, task_id, delay, at, dedup_key
+            )
+            if duplicate is None:
+                await self._wait_for_room()
 
         try:
             return self._submit_checked(
@@ -805,10 +807,12 @@ class AsyncTaskQueue:
         task_id: object,
         delay: object,
         at: object,
-    ) -> None:
-        """Raise as ``submit_nowait()`` would for an invalid argument.
+        dedup_key: object,
+    ) -> TaskHandle[Any] | None:
+        """Raise as ``submit_nowait()`` would for an invalid argument, in the
+        same order, and return the unfinished task of ``dedup_key`` if any.
 
-        Changes nothing; ``submit()`` calls it before it waits for room.
+        Queues nothing; ``submit()`` calls it before it waits for room.
         """
         checked_priority = _checks.check_priority(priority)
         if self._aging and not -_FLOAT_MAX <= checked_priority <= _FLOAT_MAX:
@@ -826,8 +830,17 @@ class AsyncTaskQueue:
         if delay is not None or at is not None:
             self._check_start_time(delay, at)
 
+        duplicate = None
+        if dedup_key is not None:
+            duplicate = self._find_duplicate(dedup_key)
+
         if task_id is not None:
-            _check_task_id_value(task_id)
+            if duplicate is None:
+                self._check_task_id(task_id)  # also rejects an id in use
+            else:
+                _check_task_id_value(task_id)  # invalid even when unused
+
+        return duplicate
 
     def submit_threadsafe(
         self,
@@ -1023,7 +1036,9 @@ class AsyncTaskQueue:
             )
 
         if priority is not None:
-            self._check_options(letter.fn, (), priority, _UNSET, None, None, None, None)
+            self._check_options(
+                letter.fn, (), priority, _UNSET, None, None, None, None, None
+            )
 
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
@@ -1112,7 +1127,8 @@ class AsyncTaskQueue:
     def __repr__(self) -> str:
         return (
             f"<AsyncTaskQueue {self._lifecycle.value} workers={self._max_workers} "
-            f"pending={len(self._ready)} running={self._running} "
+            f"pending={len(self._ready)} "
+            f"running={self._running - self._abandoned_running} "
             f"closed={self.closed}>"
         )
 
@@ -1253,7 +1269,9 @@ class AsyncTaskQueue:
         # The token timer can fire a clock tick early, a token short by the
         # tick's worth: that token counts as earned.
         if self._tokens >= 1 - self._slack * self._rate:
-            self._tokens = max(self._tokens - 1, 0.0)
+            # A token taken early is owed: the balance may go below 0, and
+            # the next token is due that much later.
+            self._tokens -= 1
             if self._idle and len(self._ready) > 1:
                 # The token timer wakes one worker. Pass the wake-up on, so
                 # that the next idle worker takes a token or sets the timer.
@@ -1990,7 +2008,7 @@ def _timer_slack(loop: asyncio.AbstractEventLoop) -> float:
 
     asyncio's loops run a timer once their clock is within its resolution of
     the timer's time. uvloop and other loops may count in whole milliseconds
-    and run a timer up to a millisecond early. A timer of the queue that finds
+    and run a timer a fraction of one early. A timer of the queue that finds
     its deadline this close counts it as reached, instead of setting itself
     again for the same time, which such a loop would run at once, over and
     over until its clock moved on.
@@ -1998,7 +2016,7 @@ def _timer_slack(loop: asyncio.AbstractEventLoop) -> float:
     if isinstance(loop, asyncio.BaseEventLoop):
         return _CLOCK_RESOLUTION
 
-    return _MILLISECOND
+    return _COARSE_TIMER_SLACK
 
 
 def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:

@@ -160,15 +160,18 @@ async def test_rejected_submission_frees_its_room() -> None:
     await queue.submit(gate, -1, task_id="busy")
     await until(lambda: queue.stats().running == 1)
     queue.submit_nowait(gate, 0)
-    # A taken id is found only once the submission has its room.
-    bad = asyncio.create_task(queue.submit(gate, 1, task_id="busy"))
-    good = asyncio.create_task(queue.submit(gate, 2))
-    await until(lambda: len(queue._space_waiters) == 2)
+    # The id is free when both submissions check it before they wait. The
+    # first takes it once it has its room, so the second is rejected then.
+    first = asyncio.create_task(queue.submit(gate, 1, task_id="later"))
+    bad = asyncio.create_task(queue.submit(gate, 2, task_id="later"))
+    good = asyncio.create_task(queue.submit(gate, 3))
+    await until(lambda: len(queue._space_waiters) == 3)
 
     gate.event.set()
-    with pytest.raises(DuplicateTaskIdError, match="busy"):
+    assert await (await first) == 1
+    with pytest.raises(DuplicateTaskIdError, match="later"):
         await bad
-    assert await (await good) == 2
+    assert await (await good) == 3
     await queue.stop("drain")
     assert queue._reserved == 0
 

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from async_queue import (
     AsyncTaskQueue,
     DeadLetter,
+    DuplicateTaskIdError,
     Hook,
     QueueClosedError,
     QueueFullError,
@@ -1108,22 +1109,23 @@ def test_timer_slack_by_loop() -> None:
     uv_loop = uvloop.new_event_loop()
     try:
         assert _timer_slack(asyncio_loop) == _CLOCK_RESOLUTION
-        assert _timer_slack(uv_loop) == 0.001
+        assert _timer_slack(uv_loop) == 0.0005
     finally:
         asyncio_loop.close()
         uv_loop.close()
 
 
 def test_watchdog_takes_a_deadline_within_the_slack_as_reached() -> None:
-    """On a loop that runs timers up to 1 ms early, the watchdog does not set
-    itself again for a deadline less than that away: it times the task out."""
+    """On a loop that runs timers a fraction of a millisecond early, the
+    watchdog does not set itself again for a deadline that close: it times the
+    task out."""
 
     async def main(loop: VirtualClockLoop) -> None:
         async def hang() -> None:
             await asyncio.Event().wait()
 
         async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
-            queue._slack = 0.001  # as on uvloop
+            queue._slack = 0.0005  # as on uvloop
             handle = queue.submit_nowait(hang, timeout=1.0)
             await settle()
 
@@ -1133,3 +1135,87 @@ def test_watchdog_takes_a_deadline_within_the_slack_as_reached() -> None:
                 await handle
 
     run_virtual(main, autojump=None)
+
+
+def test_rate_limit_owes_a_token_taken_early() -> None:
+    """Where a token counts as earned before it is whole, the rest is owed.
+    With a slack worth a whole token, as uvloop's at 2,000 starts per second,
+    forgiving it let every queued task start at once."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        gate = asyncio.Event()
+        started = 0
+
+        async def hold() -> None:
+            nonlocal started
+            started += 1
+            await gate.wait()
+
+        queue = AsyncTaskQueue(50, retry=NO_RETRY, rate_limit=2000.0)
+        await queue.start()
+        queue._slack = 0.0005  # as on uvloop: half a millisecond is one token
+        for _ in range(50):
+            queue.submit_nowait(hold)
+        await settle()
+
+        # The burst of one, and one token taken early.
+        assert started == 2
+
+        for _ in range(10):
+            loop.advance(0.001)
+            await settle()
+
+        # 10 ms at 2,000 per second is 20 more, give or take the debt.
+        assert 21 <= started <= 23
+        gate.set()
+        await queue.stop()
+
+    run_virtual(main, autojump=None)
+
+
+async def test_full_queue_rejects_a_taken_id_before_waiting() -> None:
+    async def job() -> None:
+        return None
+
+    queue = AsyncTaskQueue(1, max_pending=1)
+    await queue.start()
+    queue.pause()  # room never frees
+    queue.submit_nowait(job, task_id="taken")
+
+    submission = asyncio.ensure_future(queue.submit(job, task_id="taken"))
+    await until(submission.done)
+
+    with pytest.raises(DuplicateTaskIdError, match="'taken'"):
+        submission.result()
+    assert queue.stats().submitted == 1
+    await queue.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"priority": "high", "dedup_key": []}, TypeError, "priority"),
+        ({"dedup_key": [], "task_id": 5}, TypeError, "dedup_key"),
+        ({"dedup_key": "k", "task_id": 5}, TypeError, "task_id"),
+    ],
+)
+async def test_full_queue_checks_in_submit_nowait_order(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """On a full queue, await submit() reports the same invalid argument as
+    submit_nowait(), not the first one it happened to check."""
+
+    async def job() -> None:
+        return None
+
+    queue = AsyncTaskQueue(1, max_pending=1)
+    await queue.start()
+    queue.pause()
+    queue.submit_nowait(job)
+
+    with pytest.raises(error, match=match):
+        queue.submit_nowait(job, **options)
+    with pytest.raises(error, match=match):
+        await queue.submit(job, **options)
+    assert queue.stats().submitted == 1
+    await queue.stop()

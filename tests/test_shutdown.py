@@ -398,6 +398,8 @@ async def test_stop_abandons_stubborn_task() -> None:
         assert handle.done()
         assert stubborn.swallowed == 1
         assert not stubborn.finished
+        assert queue.stats().running == 0
+        assert "running=0" in repr(queue)
         with pytest.raises(TaskCancelledError):
             await handle
     finally:
