@@ -1020,11 +1020,11 @@ def test_random_cancels_from_hooks_hold(seed: int) -> None:
         run_virtual(lambda loop: _run_chaos(loop, rng))
 
 
-# Found by probing this round's shorter per-task path.
+# Faults of the inline per-task path and of uvloop's coarse timers.
 
 
 @pytest.mark.parametrize("how", ["swallows the timeout", "cancels itself, returns"])
-def test_next_task_starts_after_the_hooks_of_an_interruption(how: str) -> None:
+def test_interruption_hooks_delay_next_start(how: str) -> None:
     """A task that was interrupted but returned runs its hooks before the next
     task starts: the next task's timeout and wait time count from after them."""
 
@@ -1067,7 +1067,7 @@ def test_next_task_starts_after_the_hooks_of_an_interruption(how: str) -> None:
     run_virtual(main)
 
 
-async def test_shrinking_keeps_a_wake_up_for_the_staying_worker() -> None:
+async def test_shrink_keeps_wakeup() -> None:
     """resize() may retire the idle worker that a submission has just woken;
     an idle worker that stays then takes the task."""
 
@@ -1086,7 +1086,7 @@ async def test_shrinking_keeps_a_wake_up_for_the_staying_worker() -> None:
     assert stats.workers == 1
 
 
-async def test_finished_none_handle_iterator_supports_send() -> None:
+async def test_none_result_iterator_send() -> None:
     async def nothing() -> None:
         return None
 
@@ -1115,7 +1115,7 @@ def test_timer_slack_by_loop() -> None:
         uv_loop.close()
 
 
-def test_watchdog_takes_a_deadline_within_the_slack_as_reached() -> None:
+def test_watchdog_deadline_within_slack() -> None:
     """On a loop that runs timers a fraction of a millisecond early, the
     watchdog does not set itself again for a deadline that close: it times the
     task out."""
@@ -1137,7 +1137,7 @@ def test_watchdog_takes_a_deadline_within_the_slack_as_reached() -> None:
     run_virtual(main, autojump=None)
 
 
-def test_rate_limit_owes_a_token_taken_early() -> None:
+def test_rate_limit_owes_early_token() -> None:
     """Where a token counts as earned before it is whole, the rest is owed.
     With a slack worth a whole token, as uvloop's at 2,000 starts per second,
     forgiving it let every queued task start at once."""
@@ -1173,7 +1173,7 @@ def test_rate_limit_owes_a_token_taken_early() -> None:
     run_virtual(main, autojump=None)
 
 
-async def test_full_queue_rejects_a_taken_id_before_waiting() -> None:
+async def test_full_queue_rejects_taken_id() -> None:
     async def job() -> None:
         return None
 
@@ -1199,7 +1199,7 @@ async def test_full_queue_rejects_a_taken_id_before_waiting() -> None:
         ({"dedup_key": "k", "task_id": 5}, TypeError, "task_id"),
     ],
 )
-async def test_full_queue_checks_in_submit_nowait_order(
+async def test_full_queue_check_order(
     options: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     """On a full queue, await submit() reports the same invalid argument as
