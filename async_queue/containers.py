@@ -317,11 +317,16 @@ class TaskTable:
 
     def trim(self) -> None:
         """Record the finish time of the newest task, then enforce the bounds."""
-        if self._max_age is not None:
-            now = self.clock()
-            self._finished_at.append(now)
-            self.evict_expired(now)
+        if self._max_age is None:
+            # One past max_count, since trim_above is max_count: a queue that
+            # runs many tasks comes here for each, so evict inline.
+            del self.tasks[self.finished.popleft()._id]
+            self.evicted += 1
+            return
 
+        now = self.clock()
+        self._finished_at.append(now)
+        self.evict_expired(now)
         if len(self.finished) > self._max_count:  # max_count 0 evicts the newest
             self._evict_oldest()
 
