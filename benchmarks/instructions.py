@@ -1,9 +1,9 @@
 """Machine instructions per no-op task, counted by valgrind's callgrind.
 
 Timed figures on a shared machine move by a third between runs. The number of
-instructions that CPython executes for one task repeats to within a fraction
-of a percent whatever else the machine is doing, so it shows the effect of a
-change to the hot path on its own. It leaves out cache misses and the cost of
+instructions that CPython executes for one task repeats to within about 1%
+whatever else the machine is doing, so it shows the effect of a change to the
+hot path on its own. It leaves out cache misses and the cost of
 memory traffic, which the timed scenarios include.
 
 Each contender runs twice, each time in a fresh interpreter under callgrind:
