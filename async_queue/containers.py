@@ -332,10 +332,13 @@ class TaskTable:
 
     def get(self, task_id: TaskId) -> TaskHandle[Any] | None:
         """Return the task with this id, unfinished or retained, or ``None``."""
+        self.expire()
+        return self.tasks.get(task_id)
+
+    def expire(self) -> None:
+        """Evict the tasks past the maximum age, if one is set."""
         if self._max_age is not None:
             self.evict_expired(self.clock())
-
-        return self.tasks.get(task_id)
 
     def evict_expired(self, now: float) -> None:
         """Evict the tasks that finished ``max_age`` or more seconds ago."""

@@ -1088,7 +1088,7 @@ class AsyncTaskQueue:
 
     def stats(self) -> QueueStats:
         """Return a snapshot of the queue's counts."""
-        self._evict_expired()
+        self._table.expire()
         workers = sum(
             1 for w in self._workers if w.task is not None and not w.task.done()
         )
@@ -1266,8 +1266,8 @@ class AsyncTaskQueue:
             self._burst, self._tokens + (now - self._tokens_at) * self._rate
         )
         self._tokens_at = now
-        # The token timer can fire a clock tick early, a token short by the
-        # tick's worth: that token counts as earned.
+        # The token timer can fire up to the loop's timer slack early, with a
+        # token short by that much. The token then counts as earned.
         if self._tokens >= 1 - self._slack * self._rate:
             # A token taken early is owed: the balance may go below 0, and
             # the next token is due that much later.
@@ -1910,10 +1910,6 @@ class AsyncTaskQueue:
 
     # Helpers
 
-    def _evict_expired(self) -> None:
-        if self._table._max_age is not None:
-            self._table.evict_expired(self._table.clock())
-
     def _calling_task(self) -> TaskHandle[Any] | None:
         """Return the task of this queue that the current coroutine runs."""
         current = asyncio.current_task()
@@ -1935,7 +1931,7 @@ class AsyncTaskQueue:
 
     def _check_task_id(self, task_id: object) -> str:
         task_id = _check_task_id_value(task_id)
-        self._evict_expired()
+        self._table.expire()
         if task_id in self._table:
             raise DuplicateTaskIdError(
                 f"task_id {task_id!r} is already used by a task that is "

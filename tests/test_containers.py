@@ -599,9 +599,9 @@ def test_table_keeps_last_retained(max_count: int, added: int) -> None:
         finish(table, index)
         assert table.retained <= max_count
 
-    kept = [i for i in range(added) if i in table]
+    retained_ids = [i for i in range(added) if i in table]
 
-    assert kept == list(range(max(0, added - max_count), added))
+    assert retained_ids == list(range(max(0, added - max_count), added))
     assert table.retained == min(added, max_count)
     assert table.evicted == added - table.retained
     assert table.finished_count == added
