@@ -48,10 +48,14 @@ from .models import (
     QueueStats,
     ShutdownMode,
     ShutdownReport,
+    TaskExtras,
     TaskHandle,
     TaskId,
+    TaskSettings,
     TimeSummary,
+    extras_of,
     new_handle,
+    seq_of,
 )
 from .policies import RetryPolicy
 from .testing import _TestMode
@@ -62,6 +66,9 @@ logger = logging.getLogger("async_queue")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
+
+# Distinct (timeout, retry policy) pairs whose task settings are kept for reuse.
+_SETTINGS_CACHE_SIZE = 64
 
 # asyncio's loops run a timer callback up to one clock tick early, so a
 # deadline within one tick of "now" counts as reached; see _timer_slack().
@@ -229,6 +236,8 @@ class AsyncTaskQueue:
         "_retry",
         "_run_time",
         "_seq",
+        "_settings",
+        "_settings_cache",
         "_slack",
         "_space_waiters",
         "_started",
@@ -252,6 +261,7 @@ class AsyncTaskQueue:
         "_watchers",
         "_worker_count",
         "_workers",
+        "_workers_by_task",
         "_workers_exit",
     )
 
@@ -277,6 +287,10 @@ class AsyncTaskQueue:
 
         self._retry = retry if retry is not None else RetryPolicy()
         self._timeout = _checks.check_timeout("timeout", timeout)
+        # The settings of tasks submitted with the defaults, and of those with
+        # their own timeout or retry policy, by (timeout, id(policy)).
+        self._settings = TaskSettings(self, self._timeout, self._retry)
+        self._settings_cache: dict[tuple[float | None, int], TaskSettings] = {}
         _checks.check_count("max_results", max_results, 0)
         ttl = _checks.check_seconds("result_ttl", result_ttl, allow_none=True)
         if max_pending is not None:
@@ -346,6 +360,7 @@ class AsyncTaskQueue:
         self._seq = 0
 
         self._workers: list[_Worker] = []
+        self._workers_by_task: dict[asyncio.Task[None], _Worker] = {}
         self._worker_count = 0  # workers ever started, for their task names
         self._paused = False
         self._gated = self._rate is not None  # see _update_gate()
@@ -421,6 +436,7 @@ class AsyncTaskQueue:
                 name=f"async_queue-worker-{self._worker_count}",
             )
             self._workers.append(worker)
+            self._workers_by_task[worker.task] = worker
 
     # Pool control
 
@@ -685,21 +701,13 @@ class AsyncTaskQueue:
             # The common case: a coroutine function, every option at its
             # default but the priority and the retry policy, and a queue with
             # no admission rules or submit hooks.
-            if retry is None:
-                retry = self._retry
+            if retry is None or retry is self._retry:
+                settings = self._settings
+            else:
+                settings = self._settings_for(self._timeout, retry)
 
             seq = self._seq = self._seq + 1
-            handle = new_handle(
-                self,
-                seq,
-                seq,
-                fn,
-                args,
-                priority,
-                self._timeout,
-                retry,
-                self._clock(),
-            )
+            handle = new_handle(settings, seq, fn, args, priority, self._clock())
             self._table.tasks[seq] = handle
             self._ready.push(handle)
             if self._idle:
@@ -775,7 +783,10 @@ class AsyncTaskQueue:
             self._take_room()
 
         self._seq = seq
-        handle = new_handle(self, key, seq, fn, call_args, priority, timeout, retry)
+        settings = self._settings_for(timeout, retry)
+        handle = new_handle(settings, key, fn, call_args, priority)
+        if task_id is not None:
+            handle._extras = TaskExtras(seq)
         self._table.tasks[key] = handle
         if dedup_key is not None:
             self._dedup[dedup_key] = handle
@@ -991,7 +1002,7 @@ class AsyncTaskQueue:
         if remaining <= 0:
             return
 
-        exclude = caller._seq if caller is not None else 0
+        exclude = seq_of(caller) if caller is not None else 0
         future = self._loop.create_future()
         join = _Join(remaining, self._seq, future, exclude)
         self._joins.append(join)
@@ -1150,6 +1161,7 @@ class AsyncTaskQueue:
                 args = result = None
                 if worker.retire:
                     self._workers.remove(worker)
+                    del self._workers_by_task[worker.task]  # type: ignore[arg-type]
                     self._update_gate()
                     return
 
@@ -1165,7 +1177,6 @@ class AsyncTaskQueue:
 
             handle._state = RUNNING
             handle._attempts += 1
-            handle._worker = worker
             worker.current = handle
             self._started += 1
             # The duration summaries, inlined because this runs for each task.
@@ -1177,10 +1188,11 @@ class AsyncTaskQueue:
 
             if started_hooks:
                 self._emit("on_started", handle)
-            if handle._timeout is not None:
+            timeout = handle._settings.timeout
+            if timeout is not None:
                 # Inlined: one comparison per task, and a new timer only when
                 # this deadline comes before every other running task's.
-                deadline = worker.deadline = started_at + handle._timeout
+                deadline = worker.deadline = started_at + timeout
                 if deadline < self._watchdog_at:
                     self._set_watchdog(deadline)
 
@@ -1207,7 +1219,8 @@ class AsyncTaskQueue:
                 if ran > run_time.max:
                     run_time.max = ran
 
-                if handle._cancel_reason is None:
+                extras = handle._extras
+                if extras is None or extras.cancel_reason is None:
                     handle._result = result
                     handle._state = SUCCEEDED
                     self._finish(handle)
@@ -1343,7 +1356,7 @@ class AsyncTaskQueue:
 
         parked_in = handle._state
         handle._result = error
-        handle._traceback = error.__traceback__
+        extras_of(handle).traceback = error.__traceback__
         handle._state = FAILED
         if parked_in is WAITING_RETRY:
             self._waiting -= 1
@@ -1367,7 +1380,7 @@ class AsyncTaskQueue:
 
         Returns whether the worker must re-raise ``exc`` and exit.
         """
-        reason = handle._cancel_reason
+        reason = None if handle._extras is None else handle._extras.cancel_reason
         if reason is not None:
             return self._on_interrupted(worker, handle, reason, exc)
 
@@ -1381,7 +1394,7 @@ class AsyncTaskQueue:
             outside = worker.task.cancelling() > 0
             if handle._state is RUNNING:
                 if outside:
-                    handle._cancel_message = "the worker was cancelled"
+                    extras_of(handle).cancel_message = "the worker was cancelled"
 
                 self._set_cancelled(handle)
 
@@ -1405,7 +1418,7 @@ class AsyncTaskQueue:
             task.uncancel()
             worker.cancels -= 1
 
-        handle._cancel_reason = None
+        extras_of(handle).cancel_reason = None
         if worker in self._stuck:
             # The abandoned coroutine has ended at last.
             self._stuck.remove(worker)
@@ -1414,7 +1427,8 @@ class AsyncTaskQueue:
         if handle._state is RUNNING:
             if reason is CancelReason.TIMEOUT:
                 error = TimeoutError(
-                    f"task {handle._id!r} timed out after {handle._timeout} s "
+                    f"task {handle._id!r} timed out after "
+                    f"{handle._settings.timeout} s "
                     f"on attempt {handle._attempts}"
                 )
                 error.__cause__ = _strip_worker_frames(exc)
@@ -1471,14 +1485,15 @@ class AsyncTaskQueue:
         msg: str | None,
     ) -> None:
         """Deliver ``CancelledError`` into the running task of ``worker``."""
-        if handle._cancel_reason is not None and reason is not CancelReason.CANCEL:
+        extras = extras_of(handle)
+        if extras.cancel_reason is not None and reason is not CancelReason.CANCEL:
             return  # a timeout adds nothing to an interruption in progress
 
         # An explicit cancel overrides a timeout, and a repeated one is
         # delivered again to cut short a cleanup that still runs, as
         # Task.cancel() does.
 
-        handle._cancel_reason = reason
+        extras.cancel_reason = reason
         task = worker.task
         assert task is not None
         if asyncio.current_task() is task:
@@ -1502,7 +1517,7 @@ class AsyncTaskQueue:
     # loop timer is set for the earliest of them.
 
     def _retry_or_fail(self, handle: TaskHandle[Any], exc: BaseException) -> None:
-        policy = handle._retry
+        policy = handle._settings.retry
         retries_done = handle._attempts - 1
         if isinstance(exc, RetryAfter):
             # The task chose its delay; only the retry count still applies.
@@ -1512,10 +1527,11 @@ class AsyncTaskQueue:
         else:
             retry = policy.should_retry(exc, retries_done)
 
-        if handle._cancel_reason is CancelReason.CANCEL:
+        extras = extras_of(handle)
+        if extras.cancel_reason is CancelReason.CANCEL:
             # Cancelled while this attempt was settled, by an on_timed_out
             # hook or the retry_on predicate: the task must not run again.
-            handle._cancel_reason = None
+            extras.cancel_reason = None
             self._set_cancelled(handle)
             return
 
@@ -1525,16 +1541,16 @@ class AsyncTaskQueue:
             elif isinstance(exc, RetryAfter):
                 delay = exc.delay
             else:
-                delay = policy.delay(retries_done, handle._last_delay)
+                delay = policy.delay(retries_done, extras.last_delay)
 
-            handle._last_delay = delay
+            extras.last_delay = delay
             self._retries += 1
             self._park(handle, delay)
             self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
         handle._result = _strip_worker_frames(exc)
-        handle._traceback = exc.__traceback__
+        extras.traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
         self._finish(handle)
@@ -1574,8 +1590,8 @@ class AsyncTaskQueue:
             fn=handle._fn,
             args=handle._args,
             priority=handle._priority,
-            timeout=handle._timeout,
-            retry=handle._retry,
+            timeout=handle._settings.timeout,
+            retry=handle._settings.retry,
             exception=exc,
             attempts=handle._attempts,
         )
@@ -1596,7 +1612,6 @@ class AsyncTaskQueue:
             )
 
     def _park(self, handle: TaskHandle[Any], delay: float) -> None:
-        handle._worker = None
         if delay <= 0:
             handle._state = PENDING
             handle._queued_at = self._loop.time()
@@ -1643,11 +1658,15 @@ class AsyncTaskQueue:
     def _cancel_task(self, handle: TaskHandle[Any], msg: str | None) -> bool:
         # Called by TaskHandle.cancel() for a task that is not final.
         state = handle._state
-        handle._cancel_message = msg
+        extras_of(handle).cancel_message = msg
         if state is RUNNING:
-            worker = handle._worker
-            assert worker is not None
-            self._interrupt(worker, handle, CancelReason.CANCEL, msg)
+            worker = self._worker_running(handle)
+            if worker is None:
+                # The attempt has ended and is being settled, and this call
+                # comes from a hook or predicate: the task must not run again.
+                extras_of(handle).cancel_reason = CancelReason.CANCEL
+            else:
+                self._interrupt(worker, handle, CancelReason.CANCEL, msg)
             return True
 
         if state is PENDING:
@@ -1685,7 +1704,7 @@ class AsyncTaskQueue:
 
     def _finish(self, handle: TaskHandle[Any]) -> None:
         """Record a task that has just reached its final state."""
-        handle._queue = handle._worker = None
+        handle._settings = handle._settings.detached
         if handle._state is not FAILED:
             # The arguments are freed now, not when the handle goes: the
             # result store and a stale heap entry keep handles for a while.
@@ -1705,7 +1724,7 @@ class AsyncTaskQueue:
             self._table.trim()
 
         if self._joins:
-            self._count_join(handle._seq)
+            self._count_join(seq_of(handle))
 
         if self._watchers:
             self._wake_watchers()
@@ -1836,7 +1855,7 @@ class AsyncTaskQueue:
                 self._unpark(handle)
 
             handle._state = CANCELLED
-            handle._cancel_message = "the queue was stopped"
+            extras_of(handle).cancel_message = "the queue was stopped"
 
         for handle in queued:
             self._set_cancelled(handle, emit=False)
@@ -1852,7 +1871,7 @@ class AsyncTaskQueue:
         for worker in self._workers:
             handle = worker.current
             if handle is not None and handle._state is RUNNING:
-                handle._cancel_message = "the queue was stopped"
+                extras_of(handle).cancel_message = "the queue was stopped"
                 self._interrupt(
                     worker, handle, CancelReason.CANCEL, "the queue was stopped"
                 )
@@ -1903,7 +1922,9 @@ class AsyncTaskQueue:
         caller = self._stop_caller
         skip = [*self._stuck]
         if caller is not None and not caller.done():
-            skip.append(caller._worker)  # it awaits this very stop
+            running = self._worker_running(caller)
+            if running is not None:
+                skip.append(running)  # it awaits this very stop
 
         tasks = [w.task for w in self._workers if w.task is not None and w not in skip]
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -1912,12 +1933,31 @@ class AsyncTaskQueue:
 
     def _calling_task(self) -> TaskHandle[Any] | None:
         """Return the task of this queue that the current coroutine runs."""
-        current = asyncio.current_task()
+        worker = self._workers_by_task.get(asyncio.current_task())  # type: ignore[arg-type]
+        return None if worker is None else worker.current
+
+    def _worker_running(self, handle: TaskHandle[Any]) -> _Worker | None:
+        """Return the worker whose current task is ``handle``, or ``None``."""
         for worker in self._workers:
-            if worker.task is current:
-                return worker.current
+            if worker.current is handle:
+                return worker
 
         return None
+
+    def _settings_for(self, timeout: float | None, retry: RetryPolicy) -> TaskSettings:
+        """Return settings for a task, shared with other tasks where they match."""
+        if retry is self._retry and timeout == self._timeout:
+            return self._settings
+
+        key = (timeout, id(retry))  # the settings keep `retry`, so its id too
+        settings = self._settings_cache.get(key)
+        if settings is None:
+            if len(self._settings_cache) >= _SETTINGS_CACHE_SIZE:
+                self._settings_cache.clear()
+            settings = TaskSettings(self, timeout, retry)
+            self._settings_cache[key] = settings
+
+        return settings
 
     def _find_duplicate(self, dedup_key: object) -> TaskHandle[Any] | None:
         """Return the unfinished task submitted with ``dedup_key``, or ``None``."""

@@ -90,6 +90,42 @@ class CancelReason(enum.Enum):
 
 
 @final
+class TaskSettings:
+    """What a task runs with and under which queue, shared between tasks.
+
+    Every task submitted with the queue's default timeout and retry policy
+    shares one instance, so a handle spends one field on all three.
+    ``detached`` is the same settings without the queue: a task that has
+    finished switches to it, so that the handles a caller keeps do not keep
+    the queue alive.
+    """
+
+    __slots__ = ("detached", "queue", "retry", "timeout")
+
+    def __init__(
+        self, queue: AsyncTaskQueue | None, timeout: float | None, retry: RetryPolicy
+    ) -> None:
+        self.queue = queue
+        self.timeout = timeout
+        self.retry = retry
+        self.detached = self if queue is None else TaskSettings(None, timeout, retry)
+
+
+@final
+class TaskExtras:
+    """The fields that few tasks need, made the first time one is set."""
+
+    __slots__ = ("cancel_message", "cancel_reason", "last_delay", "seq", "traceback")
+
+    def __init__(self, seq: int) -> None:
+        self.seq = seq  # for a task with its own task_id, which is not seq
+        self.traceback: TracebackType | None = None  # of the final exception
+        self.cancel_reason: CancelReason | None = None  # set while interrupted
+        self.cancel_message: str | None = None
+        self.last_delay: float | None = None  # the previous retry's backoff
+
+
+@final
 class TaskHandle(Generic[T]):
     """A submitted task: its id and state, and the way to await its outcome.
 
@@ -110,43 +146,31 @@ class TaskHandle(Generic[T]):
         "__weakref__",
         "_args",
         "_attempts",
-        "_cancel_message",
-        "_cancel_reason",
+        "_extras",
         "_fn",
         "_id",
-        "_last_delay",
         "_priority",
-        "_queue",
         "_queued_at",
         "_result",
-        "_retry",
-        "_seq",
+        "_settings",
         "_state",
-        "_timeout",
-        "_traceback",
         "_waiters",
-        "_worker",
     )
 
-    _queue: AsyncTaskQueue | None  # None once the task is final
-    _id: TaskId
-    _seq: int  # order of submission, from 1
+    # Eleven fields and a weak reference slot: 128 bytes, two cache lines,
+    # which is what the cyclic garbage collector reads for each live handle.
+    _settings: TaskSettings  # its queue is None once the task is final
+    _id: TaskId  # the submission order, an int, unless the caller chose an id
     _fn: Callable[..., Any] | Coroutine[Any, Any, T]
     _args: tuple[Any, ...] | None  # None when `_fn` is a coroutine object
     _priority: int
-    _timeout: float | None
-    _retry: RetryPolicy
     _state: TaskState
     _attempts: int
     _queued_at: float  # loop time of the last entry into the ready heap
     _result: Any  # the return value once SUCCEEDED, the exception once FAILED
-    _traceback: TracebackType | None
     # Futures of awaiting coroutines, and done callbacks.
     _waiters: list[asyncio.Future[None] | Callable[[Any], object]] | None
-    _worker: Any
-    _cancel_reason: CancelReason | None
-    _cancel_message: str | None
-    _last_delay: float | None
+    _extras: TaskExtras | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError(
@@ -204,7 +228,7 @@ class TaskHandle(Generic[T]):
         Each ends ``CANCELLED``, even a running coroutine that suppresses the
         ``CancelledError``. Returns ``False`` for a task that is already final.
         """
-        queue = self._queue
+        queue = self._settings.queue
         if queue is None or self._state in _FINAL:
             return False
 
@@ -251,7 +275,8 @@ class TaskHandle(Generic[T]):
 
         if state is FAILED:
             exc: BaseException = self._result
-            raise exc.with_traceback(self._traceback)
+            extras = self._extras
+            raise exc.with_traceback(None if extras is None else extras.traceback)
 
         if state is CANCELLED:
             raise self._cancelled_error()
@@ -301,15 +326,14 @@ class TaskHandle(Generic[T]):
             # NOTE: a task that awaits its own handle through another asyncio
             # task, as asyncio.wait_for() and gather() make, is not caught
             # here: it waits for itself until a timeout ends the wait.
-            worker = self._worker
-            if worker is not None and worker.task is asyncio.current_task():
+            queue = self._settings.queue
+            assert queue is not None
+            if self._state is RUNNING and queue._calling_task() is self:
                 raise RuntimeError(
                     f"task {self._id!r} cannot await its own handle: it would "
                     "wait for itself forever"
                 )
 
-            queue = self._queue
-            assert queue is not None
             waiter: asyncio.Future[None] = queue._loop.create_future()
             waiters = self._waiters
             if waiters is None:
@@ -334,8 +358,8 @@ class TaskHandle(Generic[T]):
 
     def _cancelled_error(self) -> TaskCancelledError:
         message = f"task {self._id!r} was cancelled"
-        if self._cancel_message:
-            message += f": {self._cancel_message}"
+        if self._extras is not None and self._extras.cancel_message:
+            message += f": {self._extras.cancel_message}"
 
         return TaskCancelledError(message)
 
@@ -355,42 +379,52 @@ next(_EXHAUSTED, None)
 
 
 def new_handle(
-    queue: AsyncTaskQueue | None,
+    settings: TaskSettings,
     task_id: TaskId,
-    seq: int,
     fn: Callable[..., Any] | Coroutine[Any, Any, Any],
     args: tuple[Any, ...] | None,
     priority: int,
-    timeout: float | None,
-    retry: RetryPolicy,
     queued_at: float = 0.0,
 ) -> TaskHandle[Any]:
     """Create the handle of a task that is being submitted, in state PENDING.
 
     The queue calls this once per task. It fills the slots of a bare instance
     itself: calling the class would cost a third more, because ``type``
-    passes the arguments on to ``__init__`` through a tuple.
+    passes the arguments on to ``__init__`` through a tuple. A task with its
+    own ``task_id`` also needs ``extras_of(handle).seq`` set.
     """
     handle: TaskHandle[Any] = _new_object(TaskHandle)
-    handle._queue = queue
+    handle._settings = settings
     handle._id = task_id
-    handle._seq = seq
     handle._fn = fn
     handle._args = args
     handle._priority = priority
-    handle._timeout = timeout
-    handle._retry = retry
     handle._state = PENDING
     handle._attempts = 0
     handle._queued_at = queued_at
     handle._result = None
-    handle._traceback = None
     handle._waiters = None
-    handle._worker = None
-    handle._cancel_reason = None
-    handle._cancel_message = None
-    handle._last_delay = None
+    handle._extras = None
     return handle
+
+
+def extras_of(handle: TaskHandle[Any]) -> TaskExtras:
+    """Return the rarely needed fields of ``handle``, making them if need be."""
+    extras = handle._extras
+    if extras is None:
+        extras = handle._extras = TaskExtras(handle._id)  # type: ignore[arg-type]
+
+    return extras
+
+
+def seq_of(handle: TaskHandle[Any]) -> int:
+    """Return the submission order of ``handle``'s task, from 1."""
+    task_id = handle._id
+    if type(task_id) is int:
+        return task_id
+
+    assert handle._extras is not None
+    return handle._extras.seq
 
 
 def _format_int(value: int) -> str:

@@ -10,15 +10,16 @@ from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, RetryPolicy
 from async_queue.containers import AgingHeap
-from async_queue.models import TaskHandle, new_handle
+from async_queue.models import TaskHandle, TaskSettings, new_handle
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
+SETTINGS = TaskSettings(None, None, NO_RETRY)
 
 
 def make_handle(priority: int, seq: int) -> TaskHandle[None]:
-    return new_handle(None, seq, seq, print, (), priority, None, NO_RETRY)
+    return new_handle(SETTINGS, seq, print, (), priority)
 
 
 @settings(max_examples=200, deadline=None)

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 
 from async_queue import RetryPolicy, TaskHandle, TaskState, containers
 from async_queue.containers import ReadyHeap, TaskTable, TimerHeap
-from async_queue.models import new_handle
+from async_queue.models import TaskSettings, new_handle
 
 POLICY = RetryPolicy(max_retries=0)
+SETTINGS = TaskSettings(None, None, POLICY)
 
 
 async def _noop(*args: Any) -> None:
@@ -27,7 +28,7 @@ def make_handle(
     task_id: Any, priority: int = 0, args: tuple[Any, ...] = ()
 ) -> TaskHandle[Any]:
     """Build a pending handle that belongs to no queue."""
-    return new_handle(None, task_id, task_id, _noop, args, priority, None, POLICY)
+    return new_handle(SETTINGS, task_id, _noop, args, priority)
 
 
 def cancel_in_heap(heap: ReadyHeap, handle: TaskHandle[Any]) -> None:
