@@ -1023,8 +1023,10 @@ class AsyncTaskQueue:
     ) -> TaskHandle[Any]:
         """Submit a dead letter's task again, as a new task, and drop the letter.
 
-        The new task gets a new int id, the same function, arguments, timeout
-        and retry policy, and the same priority unless ``priority`` is given.
+        The new task gets a new int id, the same function, arguments, timeout,
+        retry policy and ``dedup_key``, and the same priority unless
+        ``priority`` is given. If an unfinished task has the same
+        ``dedup_key``, the call returns its handle and queues nothing.
 
         Raises:
             TaskNotFoundError: no dead letter has this id.
@@ -1064,6 +1066,7 @@ class AsyncTaskQueue:
                 priority=letter.priority if priority is None else priority,
                 timeout=letter.timeout,
                 retry=letter.retry,
+                dedup_key=letter.dedup_key,
             )
         except BaseException:
             # Nothing was queued, so keep the letter.
@@ -1355,7 +1358,7 @@ class AsyncTaskQueue:
             return  # it was settled before the error; the hooks or log failed
 
         parked_in = handle._state
-        handle._result = error
+        handle._result = _strip_worker_frames(error)
         extras_of(handle).traceback = error.__traceback__
         handle._state = FAILED
         if parked_in is WAITING_RETRY:
@@ -1528,21 +1531,23 @@ class AsyncTaskQueue:
             retry = policy.should_retry(exc, retries_done)
 
         extras = extras_of(handle)
-        if extras.cancel_reason is CancelReason.CANCEL:
-            # Cancelled while this attempt was settled, by an on_timed_out
-            # hook or the retry_on predicate: the task must not run again.
-            extras.cancel_reason = None
-            self._set_cancelled(handle)
-            return
-
-        if self._accept_retries and retry:
-            if _TestMode.enabled:
-                delay = 0.0
-            elif isinstance(exc, RetryAfter):
+        retry = retry and self._accept_retries
+        delay = 0.0
+        if retry and not _TestMode.enabled:
+            if isinstance(exc, RetryAfter):
                 delay = exc.delay
             else:
                 delay = policy.delay(retries_done, extras.last_delay)
 
+        if extras.cancel_reason is CancelReason.CANCEL:
+            # Cancelled while this attempt was settled, by an on_timed_out
+            # hook, the retry_on predicate or the policy's random source:
+            # the task must not run again.
+            extras.cancel_reason = None
+            self._set_cancelled(handle)
+            return
+
+        if retry:
             extras.last_delay = delay
             self._retries += 1
             self._park(handle, delay)
@@ -1594,6 +1599,7 @@ class AsyncTaskQueue:
             retry=handle._settings.retry,
             exception=exc,
             attempts=handle._attempts,
+            dedup_key=None if handle._extras is None else handle._extras.dedup_key,
         )
         handle._args = None  # the letter keeps them for requeue()
         self._dead_letters.add(letter)
@@ -1716,6 +1722,8 @@ class AsyncTaskQueue:
             key = self._dedup_keys.pop(handle, None)  # a dedup_key is never None
             if key is not None:
                 del self._dedup[key]
+                if handle._state is FAILED:
+                    extras_of(handle).dedup_key = key  # for the dead letter
 
         # TaskTable.retain(), inlined: it runs once per task.
         finished = self._finished
@@ -2069,19 +2077,31 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
-    """Drop the worker's own frames from the front of ``exc``'s traceback.
+    """Drop the queue's frames from the tracebacks of ``exc`` and its causes.
 
     Those frames hold the queue, so a caller keeping a failed handle would
-    otherwise keep the whole stopped queue alive.
+    otherwise keep the whole stopped queue alive. An error raised by code
+    that the queue calls while it settles an attempt, such as a ``retry_on``
+    predicate, loses its whole traceback: each of its frames links back to
+    the queue's. The queue logs such an error with its traceback first.
     """
-    if exc is None:
-        return None
+    seen: set[int] = set()
+    chain = [exc]
+    while chain:
+        error = chain.pop()
+        if error is None or id(error) in seen:
+            continue
 
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_frame.f_code is _WORKER_CODE:
-        tb = tb.tb_next
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None and tb.tb_frame.f_code is _WORKER_CODE:
+            tb = tb.tb_next
+        if tb is not None and tb.tb_frame.f_code in _SETTLING_CODES:
+            tb = None
 
-    exc.__traceback__ = tb
+        error.__traceback__ = tb
+        chain += (error.__cause__, error.__context__)
+
     return exc
 
 
@@ -2195,4 +2215,15 @@ def _check_coroutine_object(
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__
+# The methods that settle an attempt and call user code on the way, such as a
+# retry_on predicate or an on_timed_out hook.
+_SETTLING_CODES = frozenset(
+    method.__code__
+    for method in (
+        AsyncTaskQueue._settle_error,
+        AsyncTaskQueue._on_attempt_error,
+        AsyncTaskQueue._on_interrupted,
+        AsyncTaskQueue._retry_or_fail,
+    )
+)
 _BOUND_CALL_CODE = BoundCall.__call__.__code__

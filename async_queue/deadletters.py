@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,8 @@ class DeadLetter:
     """The exception that ended it."""
     attempts: int
     """How many attempts ran."""
+    dedup_key: Hashable | None = None
+    """The ``dedup_key`` it was submitted with, which ``requeue()`` reuses."""
 
     @property
     def requeueable(self) -> bool:

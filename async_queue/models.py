@@ -115,7 +115,14 @@ class TaskSettings:
 class TaskExtras:
     """The fields that few tasks need, made the first time one is set."""
 
-    __slots__ = ("cancel_message", "cancel_reason", "last_delay", "seq", "traceback")
+    __slots__ = (
+        "cancel_message",
+        "cancel_reason",
+        "dedup_key",
+        "last_delay",
+        "seq",
+        "traceback",
+    )
 
     def __init__(self, seq: int) -> None:
         self.seq = seq  # for a task with its own task_id, which is not seq
@@ -123,6 +130,7 @@ class TaskExtras:
         self.cancel_reason: CancelReason | None = None  # set while interrupted
         self.cancel_message: str | None = None
         self.last_delay: float | None = None  # the previous retry's backoff
+        self.dedup_key: Hashable | None = None  # of a failed task, for its letter
 
 
 @final
@@ -323,23 +331,7 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if self._state not in _FINAL:
-            # NOTE: a task that awaits its own handle through another asyncio
-            # task, as asyncio.wait_for() and gather() make, is not caught
-            # here: it waits for itself until a timeout ends the wait.
-            queue = self._settings.queue
-            assert queue is not None
-            if self._state is RUNNING and queue._calling_task() is self:
-                raise RuntimeError(
-                    f"task {self._id!r} cannot await its own handle: it would "
-                    "wait for itself forever"
-                )
-
-            waiter: asyncio.Future[None] = queue._loop.create_future()
-            waiters = self._waiters
-            if waiters is None:
-                waiters = self._waiters = []
-
-            waiters.append(waiter)
+            waiter = self._add_waiter()
             try:
                 yield from waiter.__await__()
             finally:
@@ -349,6 +341,28 @@ class TaskHandle(Generic[T]):
                     _discard(self._waiters, waiter)
 
         return self.result()
+
+    def _add_waiter(self) -> asyncio.Future[None]:
+        # A separate frame from _wait(), whose frame a raised exception's
+        # traceback keeps: a local reference to the queue here goes away.
+        queue = self._settings.queue
+        assert queue is not None
+        if self._state is RUNNING and queue._calling_task() is self:
+            # NOTE: a task that awaits its own handle through another asyncio
+            # task, as asyncio.wait_for() and gather() make, is not caught
+            # here: it waits for itself until a timeout ends the wait.
+            raise RuntimeError(
+                f"task {self._id!r} cannot await its own handle: it would "
+                "wait for itself forever"
+            )
+
+        waiter: asyncio.Future[None] = queue._loop.create_future()
+        waiters = self._waiters
+        if waiters is None:
+            waiters = self._waiters = []
+
+        waiters.append(waiter)
+        return waiter
 
     def __repr__(self) -> str:
         return (

@@ -172,7 +172,67 @@ async def test_failed_task_becomes_dead_letter() -> None:
     assert letter.priority == 4
     assert letter.exception is error
     assert letter.attempts == 2
+    assert letter.dedup_key is None
     assert letter.requeueable
+
+
+async def test_requeue_keeps_dedup_key() -> None:
+    """A requeued task is deduplicated under the key it was submitted with."""
+    release = asyncio.Event()
+    calls = 0
+
+    async def fails_first() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first run fails")
+        await release.wait()
+        return "done"
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(fails_first, dedup_key="sync-7")
+        with pytest.raises(ValueError):
+            await handle
+
+        assert queue.dead_letters()[0].dedup_key == "sync-7"
+
+        again = await queue.requeue(handle.id)
+        duplicate = await queue.submit(fails_first, dedup_key="sync-7")
+
+        assert duplicate is again
+        assert queue.stats().deduplicated == 1
+
+        release.set()
+        assert await again == "done"
+        assert calls == 2
+
+
+async def test_requeue_returns_unfinished_duplicate() -> None:
+    """Requeueing while an unfinished task has the key queues nothing."""
+    release = asyncio.Event()
+
+    async def fails() -> None:
+        raise ValueError("broken")
+
+    async def waits() -> str:
+        await release.wait()
+        return "waited"
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        failed = await queue.submit(fails, dedup_key="report")
+        with pytest.raises(ValueError):
+            await failed
+
+        holder = await queue.submit(waits, dedup_key="report")
+        again = await queue.requeue(failed.id)
+
+        assert again is holder
+        assert queue.dead_letters() == ()
+        assert queue.stats().deduplicated == 1
+
+        release.set()
+        assert await again == "waited"
+        assert queue.stats().failed == 1
 
 
 async def test_requeue_runs_task_again() -> None:
