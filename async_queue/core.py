@@ -231,6 +231,7 @@ class AsyncTaskQueue:
         "_paused",
         "_rate",
         "_ready",
+        "_recent_settings",
         "_reserved",
         "_retries",
         "_retry",
@@ -290,6 +291,7 @@ class AsyncTaskQueue:
         # The settings of tasks submitted with the defaults, and of those with
         # their own timeout or retry policy, by (timeout, id(policy)).
         self._settings = TaskSettings(self, self._timeout, self._retry)
+        self._recent_settings = self._settings  # what _settings_for() returned last
         self._settings_cache: dict[tuple[float | None, int], TaskSettings] = {}
         _checks.check_count("max_results", max_results, 0)
         ttl = _checks.check_seconds("result_ttl", result_ttl, allow_none=True)
@@ -704,7 +706,9 @@ class AsyncTaskQueue:
             if retry is None or retry is self._retry:
                 settings = self._settings
             else:
-                settings = self._settings_for(self._timeout, retry)
+                settings = self._recent_settings
+                if settings.retry is not retry or settings.timeout is not self._timeout:
+                    settings = self._settings_for(self._timeout, retry)
 
             seq = self._seq = self._seq + 1
             handle = new_handle(settings, seq, fn, args, priority, self._clock())
@@ -783,7 +787,10 @@ class AsyncTaskQueue:
             self._take_room()
 
         self._seq = seq
-        settings = self._settings_for(timeout, retry)
+        if retry is self._retry and timeout is self._timeout:
+            settings = self._settings
+        else:
+            settings = self._settings_for(timeout, retry)
         handle = new_handle(settings, key, fn, call_args, priority)
         if task_id is not None:
             handle._extras = TaskExtras(seq)
@@ -1954,17 +1961,22 @@ class AsyncTaskQueue:
 
     def _settings_for(self, timeout: float | None, retry: RetryPolicy) -> TaskSettings:
         """Return settings for a task, shared with other tasks where they match."""
+        recent = self._recent_settings
+        if recent.retry is retry and recent.timeout is timeout:
+            return recent  # the same options as the last call, the common case
+
         if retry is self._retry and timeout == self._timeout:
-            return self._settings
+            settings = self._settings
+        else:
+            key = (timeout, id(retry))  # the settings keep `retry`, so its id too
+            cached = self._settings_cache.get(key)
+            if cached is None:
+                if len(self._settings_cache) >= _SETTINGS_CACHE_SIZE:
+                    self._settings_cache.clear()
+                cached = self._settings_cache[key] = TaskSettings(self, timeout, retry)
+            settings = cached
 
-        key = (timeout, id(retry))  # the settings keep `retry`, so its id too
-        settings = self._settings_cache.get(key)
-        if settings is None:
-            if len(self._settings_cache) >= _SETTINGS_CACHE_SIZE:
-                self._settings_cache.clear()
-            settings = TaskSettings(self, timeout, retry)
-            self._settings_cache[key] = settings
-
+        self._recent_settings = settings
         return settings
 
     def _find_duplicate(self, dedup_key: object) -> TaskHandle[Any] | None:

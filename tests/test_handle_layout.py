@@ -106,3 +106,25 @@ async def test_finished_custom_settings_free_queue() -> None:
     assert reference() is None
     assert handle.result() == 3
     assert handle.cancel() is False
+
+
+async def test_same_options_share_settings() -> None:
+    """Tasks with equal options share one settings record, defaults included."""
+    policy = POLICIES[1]
+    async with AsyncTaskQueue(1, retry=NO_RETRY, timeout=30.0) as queue:
+        first = queue.submit_nowait(returns, 1, retry=policy)
+        second = queue.submit_nowait(returns, 2, retry=policy)
+        equal_default = queue.submit_nowait(returns, 3, timeout=float("30"))
+        default = queue.submit_nowait(returns, 4)
+
+        assert first._settings is second._settings
+        assert first._settings.retry is policy
+        assert first._settings.timeout == 30.0
+        assert equal_default._settings is default._settings
+        assert default._settings.retry is NO_RETRY
+        assert [await h for h in (first, second, equal_default, default)] == [
+            1,
+            2,
+            3,
+            4,
+        ]
