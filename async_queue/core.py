@@ -13,7 +13,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
-from types import FunctionType, TracebackType
+from types import FrameType, FunctionType, TracebackType
 from typing import Any, Literal, NoReturn, TypeVar, TypeVarTuple, final
 
 from . import _checks
@@ -1364,6 +1364,14 @@ class AsyncTaskQueue:
         if handle._state in (SUCCEEDED, FAILED, CANCELLED):
             return  # it was settled before the error; the hooks or log failed
 
+        extras = extras_of(handle)
+        if handle._state is RUNNING and extras.cancel_reason is CancelReason.CANCEL:
+            # Cancelled while the attempt was settled, before the error: the
+            # cancel took effect, so the task ends as cancel() promised.
+            extras.cancel_reason = None
+            self._set_cancelled(handle)
+            return
+
         parked_in = handle._state
         handle._result = _strip_worker_frames(error)
         extras_of(handle).traceback = error.__traceback__
@@ -1382,6 +1390,7 @@ class AsyncTaskQueue:
         with contextlib.suppress(Exception):
             self._emit("on_failed", handle, exception=error)
             self._add_dead_letter(handle, error)
+        _strip_worker_frames(error)  # again, in case a callback raised it
 
     def _on_attempt_error(
         self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
@@ -1568,6 +1577,7 @@ class AsyncTaskQueue:
         self._finish(handle)
         self._emit("on_failed", handle, exception=exc)
         self._add_dead_letter(handle, exc)
+        _strip_worker_frames(exc)  # again, in case a callback raised it
 
     def _emit(self, event: str, handle: TaskHandle[Any], **extra: Any) -> None:
         """Call the hooks that observe ``event``, if any.
@@ -2089,14 +2099,16 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
-    """Drop the queue's frames from the tracebacks of ``exc`` and its causes.
+    """Drop the frames that lead back to the queue from ``exc``'s traceback.
 
-    Those frames hold the queue, so a caller keeping a failed handle would
-    otherwise keep the whole stopped queue alive. An error raised by code
-    that the queue calls while it settles an attempt, such as a ``retry_on``
-    predicate, loses its whole traceback: each of its frames links back to
-    the queue's. The queue logs such an error with its traceback first.
+    A frame of the queue holds the queue, and so does a frame that the queue
+    called, such as a ``retry_on`` predicate's, through its caller. A caller
+    keeping a failed handle would otherwise keep the whole stopped queue
+    alive. The traceback keeps the frames after the last such frame: those
+    of the task's coroutine. The exceptions that ``exc`` was raised from or
+    while handling lose theirs too.
     """
+    leads_to_queue: dict[int, bool] = {}
     seen: set[int] = set()
     chain = [exc]
     while chain:
@@ -2105,16 +2117,41 @@ def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
             continue
 
         seen.add(id(error))
-        tb = error.__traceback__
-        while tb is not None and tb.tb_frame.f_code is _WORKER_CODE:
+        kept = tb = error.__traceback__
+        while tb is not None:
+            if _leads_to_queue(tb.tb_frame, leads_to_queue):
+                kept = tb.tb_next
             tb = tb.tb_next
-        if tb is not None and tb.tb_frame.f_code in _SETTLING_CODES:
-            tb = None
 
-        error.__traceback__ = tb
+        if kept is not error.__traceback__:
+            error.__traceback__ = kept
         chain += (error.__cause__, error.__context__)
 
     return exc
+
+
+def _leads_to_queue(frame: FrameType, known: dict[int, bool]) -> bool:
+    """Return whether ``frame`` or one of its callers is a queue method's."""
+    path = []
+    found = False
+    current: FrameType | None = frame
+    while current is not None:
+        cached = known.get(id(current))
+        if cached is not None:
+            found = cached
+            break
+
+        path.append(current)
+        if current.f_code in _QUEUE_CODES:
+            found = True
+            break
+
+        current = current.f_back
+
+    for visited in path:
+        known[id(visited)] = found
+
+    return found
 
 
 def _is_call_error(exc: BaseException) -> bool:
@@ -2227,15 +2264,10 @@ def _check_coroutine_object(
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__
-# The methods that settle an attempt and call user code on the way, such as a
-# retry_on predicate or an on_timed_out hook.
-_SETTLING_CODES = frozenset(
-    method.__code__
-    for method in (
-        AsyncTaskQueue._settle_error,
-        AsyncTaskQueue._on_attempt_error,
-        AsyncTaskQueue._on_interrupted,
-        AsyncTaskQueue._retry_or_fail,
-    )
+# The code of every method of the queue: a frame running one holds the queue.
+_QUEUE_CODES = frozenset(
+    member.__code__
+    for member in vars(AsyncTaskQueue).values()
+    if isinstance(member, FunctionType)
 )
 _BOUND_CALL_CODE = BoundCall.__call__.__code__

@@ -331,6 +331,14 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if self._state not in _FINAL:
+            if self._awaits_itself():
+                # Raised here, in a frame that names no queue, because the
+                # error's traceback keeps its frames.
+                raise RuntimeError(
+                    f"task {self._id!r} cannot await its own handle: it would "
+                    "wait for itself forever"
+                )
+
             waiter = self._add_waiter()
             try:
                 yield from waiter.__await__()
@@ -342,20 +350,19 @@ class TaskHandle(Generic[T]):
 
         return self.result()
 
+    def _awaits_itself(self) -> bool:
+        # NOTE: a task that awaits its own handle through another asyncio
+        # task, as asyncio.wait_for() and gather() make, is not caught here:
+        # it waits for itself until a timeout ends the wait.
+        queue = self._settings.queue
+        assert queue is not None
+        return self._state is RUNNING and queue._calling_task() is self
+
     def _add_waiter(self) -> asyncio.Future[None]:
         # A separate frame from _wait(), whose frame a raised exception's
         # traceback keeps: a local reference to the queue here goes away.
         queue = self._settings.queue
         assert queue is not None
-        if self._state is RUNNING and queue._calling_task() is self:
-            # NOTE: a task that awaits its own handle through another asyncio
-            # task, as asyncio.wait_for() and gather() make, is not caught
-            # here: it waits for itself until a timeout ends the wait.
-            raise RuntimeError(
-                f"task {self._id!r} cannot await its own handle: it would "
-                "wait for itself forever"
-            )
-
         waiter: asyncio.Future[None] = queue._loop.create_future()
         waiters = self._waiters
         if waiters is None:

@@ -6,12 +6,22 @@ import asyncio
 import gc
 import logging
 import random
+import traceback
 import weakref
 from collections.abc import Iterator
+from types import TracebackType
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    RetryPolicy,
+    TaskEvent,
+    TaskHandle,
+    TaskState,
+    bind,
+)
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -154,4 +164,190 @@ async def test_failed_predicate_frees_queue() -> None:
 
     assert handle.state is TaskState.FAILED
     assert isinstance(handle.exception(), KeyError)
+    assert reference() is None
+
+
+# Tracebacks of failed tasks: the task's frames stay, the queue's go.
+
+
+class TransientError(Exception):
+    pass
+
+
+class PermanentError(Exception):
+    pass
+
+
+def raise_from_helper(error_type: type[Exception]) -> None:
+    raise error_type("the task's own error")
+
+
+async def fails_permanently() -> None:
+    await asyncio.sleep(0)
+    raise_from_helper(PermanentError)
+
+
+async def fails_unexpectedly() -> None:
+    await asyncio.sleep(0)
+    raise_from_helper(ValueError)
+
+
+def classify(exc: BaseException) -> bool:
+    """Sort errors for retry_on by raising them. Other classes propagate."""
+    try:
+        raise exc
+    except TransientError:
+        return True
+    except PermanentError:
+        return False
+
+
+def frame_names(tb: TracebackType | None) -> list[str]:
+    return [frame.name for frame in traceback.extract_tb(tb)]
+
+
+@pytest.mark.usefixtures("quiet_queue_log")
+async def test_raising_predicate_keeps_task_frames() -> None:
+    """A retry_on predicate that re-raises the task's error must not erase the
+    task's own frames from the stored exception."""
+    policy = RetryPolicy(max_retries=1, retry_on=classify)
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    try:
+        handle = queue.submit_nowait(fails_unexpectedly, retry=policy)
+        await until(handle.done)
+    finally:
+        await queue.stop()
+
+    assert handle.state is TaskState.FAILED
+    error = handle.exception()
+    assert isinstance(error, ValueError)
+    assert "fails_unexpectedly" in frame_names(error.__traceback__)
+    with pytest.raises(ValueError) as raised:
+        handle.result()
+    assert "fails_unexpectedly" in frame_names(raised.value.__traceback__)
+    assert "raise_from_helper" in frame_names(raised.value.__traceback__)
+
+
+async def test_classifying_predicate_frees_queue() -> None:
+    """A predicate that raises and catches the task's error leaves no queue frame."""
+    policy = RetryPolicy(max_retries=1, retry_on=classify)
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    handle = queue.submit_nowait(fails_permanently, retry=policy)
+    await until(handle.done)
+    await queue.stop()
+    reference = weakref.ref(queue)
+    del queue
+    gc.collect()
+
+    assert handle.state is TaskState.FAILED
+    assert reference() is None
+    assert "_run_worker" not in frame_names(handle.exception().__traceback__)
+
+
+HANDLES: dict[str, TaskHandle[None]] = {}
+
+
+async def awaits_own_handle() -> None:
+    # The handle comes from a module dict, so that this frame references no queue.
+    await HANDLES["self"]
+
+
+async def test_self_await_error_frees_queue() -> None:
+    """The RuntimeError of a task awaiting its own handle keeps no queue alive."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    handle = HANDLES["self"] = queue.submit_nowait(awaits_own_handle)
+    await until(handle.done)
+    del HANDLES["self"]
+    await queue.stop()
+    reference = weakref.ref(queue)
+    del queue
+    gc.collect()
+
+    assert handle.state is TaskState.FAILED
+    assert isinstance(handle.exception(), RuntimeError)
+    assert reference() is None
+
+
+class CancelThenRaise:
+    """A retry_on predicate that cancels its task and then raises."""
+
+    def __init__(self) -> None:
+        self.target: TaskHandle[None] | None = None
+        self.cancel_results: list[bool] = []
+
+    def __call__(self, exc: BaseException) -> bool:
+        assert self.target is not None
+        self.cancel_results.append(self.target.cancel("cancelled by retry_on"))
+        raise KeyError("retry_on fails after the cancel")
+
+
+@pytest.mark.usefixtures("quiet_queue_log")
+async def test_cancel_then_raise_in_predicate() -> None:
+    """A cancel that returned True while the attempt settled ends the task
+    CANCELLED, even when the predicate raises afterwards."""
+    predicate = CancelThenRaise()
+    policy = RetryPolicy(max_retries=1, retry_on=predicate)
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    try:
+        handle = queue.submit_nowait(fails_permanently, retry=policy)
+        predicate.target = handle
+        await until(handle.done)
+        stats = queue.stats()
+    finally:
+        await queue.stop()
+
+    assert predicate.cancel_results == [True]
+    assert handle.state is TaskState.CANCELLED
+    assert stats.cancelled == 1
+    assert stats.failed == 0
+
+
+class ReraisingHook(Hook):
+    """An on_failed hook that raises the task's exception and catches it."""
+
+    def on_failed(self, event: TaskEvent) -> None:
+        assert event.exception is not None
+        try:
+            raise event.exception
+        except Exception:
+            pass
+
+
+async def test_reraising_hook_frees_queue() -> None:
+    """A hook that raises a task's exception adds no frame referencing the queue."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[ReraisingHook()])
+    await queue.start()
+    handle = queue.submit_nowait(fails_permanently)
+    await until(handle.done)
+    await queue.stop()
+    reference = weakref.ref(queue)
+    del queue
+    gc.collect()
+
+    assert handle.state is TaskState.FAILED
+    assert reference() is None
+    names = frame_names(handle.exception().__traceback__)
+    assert names == ["fails_permanently", "raise_from_helper"]
+
+
+async def call_error_task(count: int) -> None:
+    raise AssertionError(f"never runs: {count}")
+
+
+async def test_bound_call_error_frees_queue() -> None:
+    """A call error raised inside bind() keeps no frame referencing the queue."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    handle = queue.submit_nowait(bind(call_error_task, 1, 2))  # type: ignore[call-arg]
+    await until(handle.done)
+    await queue.stop()
+    reference = weakref.ref(queue)
+    del queue
+    gc.collect()
+
+    assert isinstance(handle.exception(), TypeError)
     assert reference() is None
