@@ -10,6 +10,7 @@ import traceback
 import weakref
 from collections.abc import Iterator
 from types import TracebackType
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,24 @@ def quiet_queue_log() -> Iterator[None]:
     queue_logger.disabled = True
     yield
     queue_logger.disabled = previous
+
+
+async def finish_and_stop(
+    queue: AsyncTaskQueue, fn: Any, **options: Any
+) -> tuple[TaskHandle[Any], weakref.ref[AsyncTaskQueue]]:
+    """Run one task to its end, stop the queue, and return a weak reference to it.
+
+    The caller keeps no strong reference, so a collected queue shows that the
+    handle does not keep it alive.
+    """
+    await queue.start()
+    handle = queue.submit_nowait(fn, **options)
+    await until(handle.done)
+    await queue.stop()
+    reference = weakref.ref(queue)
+    del queue
+    gc.collect()
+    return handle, reference
 
 
 class CancellingRandom(random.Random):
@@ -153,14 +172,9 @@ def _raising_predicate(exc: BaseException) -> bool:
 async def test_failed_predicate_frees_queue() -> None:
     """A task failed by a raising retry_on predicate frees its queue."""
     policy = RetryPolicy(max_retries=1, retry_on=_raising_predicate)
-    queue = AsyncTaskQueue(1, retry=NO_RETRY)
-    await queue.start()
-    handle = queue.submit_nowait(fails, retry=policy)
-    await until(handle.done)
-    await queue.stop()
-    reference = weakref.ref(queue)
-    del queue
-    gc.collect()
+    handle, reference = await finish_and_stop(
+        AsyncTaskQueue(1, retry=NO_RETRY), fails, retry=policy
+    )
 
     assert handle.state is TaskState.FAILED
     assert isinstance(handle.exception(), KeyError)
@@ -232,14 +246,9 @@ async def test_raising_predicate_keeps_task_frames() -> None:
 async def test_classifying_predicate_frees_queue() -> None:
     """A predicate that raises and catches the task's error leaves no queue frame."""
     policy = RetryPolicy(max_retries=1, retry_on=classify)
-    queue = AsyncTaskQueue(1, retry=NO_RETRY)
-    await queue.start()
-    handle = queue.submit_nowait(fails_permanently, retry=policy)
-    await until(handle.done)
-    await queue.stop()
-    reference = weakref.ref(queue)
-    del queue
-    gc.collect()
+    handle, reference = await finish_and_stop(
+        AsyncTaskQueue(1, retry=NO_RETRY), fails_permanently, retry=policy
+    )
 
     assert handle.state is TaskState.FAILED
     assert reference() is None
@@ -320,11 +329,7 @@ class ReraisingHook(Hook):
 async def test_reraising_hook_frees_queue() -> None:
     """A hook that raises a task's exception adds no frame referencing the queue."""
     queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[ReraisingHook()])
-    await queue.start()
-    handle = queue.submit_nowait(fails_permanently)
-    await until(handle.done)
-    await queue.stop()
-    reference = weakref.ref(queue)
+    handle, reference = await finish_and_stop(queue, fails_permanently)
     del queue
     gc.collect()
 
@@ -340,14 +345,8 @@ async def call_error_task(count: int) -> None:
 
 async def test_bound_call_error_frees_queue() -> None:
     """A call error raised inside bind() keeps no frame referencing the queue."""
-    queue = AsyncTaskQueue(1, retry=NO_RETRY)
-    await queue.start()
-    handle = queue.submit_nowait(bind(call_error_task, 1, 2))  # type: ignore[call-arg]
-    await until(handle.done)
-    await queue.stop()
-    reference = weakref.ref(queue)
-    del queue
-    gc.collect()
+    task = bind(call_error_task, 1, 2)  # type: ignore[call-arg]
+    handle, reference = await finish_and_stop(AsyncTaskQueue(1, retry=NO_RETRY), task)
 
     assert isinstance(handle.exception(), TypeError)
     assert reference() is None
