@@ -714,17 +714,17 @@ class _Demo:
         second.cancel()
         cancelled = 0
         if not stop.done():
-            # stop() returns the first call's report whatever mode a later call
-            # requests, so escalate by cancelling each running task directly.
-            for record in self.records:
-                handle = record.handle
-                if handle is not None and handle.state is TaskState.RUNNING:
-                    cancelled += handle.cancel("cancelled by a second interrupt")
-
+            # A later stop("cancel") escalates the stop in progress: the
+            # running tasks are cancelled and the report records the escalation.
+            cancelled = sum(
+                record.handle is not None and record.handle.state is TaskState.RUNNING
+                for record in self.records
+            )
             progress.end_line()
-            logger.info("interrupted again: cancelled %d running tasks", cancelled)
-            self.err.write(f"interrupted again: cancelled {cancelled} running tasks\n")
+            logger.info("interrupted again: cancelling %d running tasks", cancelled)
+            self.err.write(f"interrupted again: cancelling {cancelled} running tasks\n")
             self.err.flush()
+            await queue.stop(ShutdownMode.CANCEL)
 
         return await stop, cancelled
 

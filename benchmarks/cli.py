@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help=f"run every scenario once at N={SMOKE_SIZES} to check that the "
-        "suite works; the figures mean nothing",
+        help=f"run every scenario once at N={SMOKE_SIZES} (memory at the "
+        "first only) to check that the suite works; the figures mean nothing",
     )
     parser.add_argument(
         "--json",
@@ -135,11 +135,11 @@ def resolve_settings(args: argparse.Namespace) -> Settings:
     if optional_module("uvloop") is None and "uvloop" in loops:
         if args.loop == "uvloop":
             raise SystemExit(
-                "uvloop is not installed; install it with 'pip install -e .[bench]' "
+                "uvloop is not installed; install it with pip install -e '.[bench]' "
                 "or run with --loop asyncio"
             )
 
-        print("uvloop: skipped, not installed (pip install -e .[bench])")
+        print("uvloop: skipped, not installed (pip install -e '.[bench]')")
         loops = ("asyncio",)
 
     return Settings(sizes, repeat, loops, args.scenarios, args.smoke)
@@ -156,7 +156,7 @@ def print_skipped() -> None:
         if not contender.available():
             print(
                 f"{contender.label}: skipped, {contender.needs} is not installed "
-                "(pip install -e .[bench])"
+                "(pip install -e '.[bench]')"
             )
 
 

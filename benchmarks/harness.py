@@ -42,7 +42,7 @@ def loop_factory(name: str) -> LoopFactory:
     if uvloop is None:
         raise RuntimeError(
             "uvloop is not installed; install it with "
-            "'pip install -e .[bench]' or run with --loop asyncio"
+            "pip install -e '.[bench]' or run with --loop asyncio"
         )
 
     factory: LoopFactory = uvloop.new_event_loop

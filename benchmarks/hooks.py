@@ -136,7 +136,7 @@ def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None
         if not contender.available():
             print(
                 f"{contender.label}: skipped, {contender.needs} is not installed "
-                "(pip install -e .[prometheus])"
+                "(pip install -e '.[prometheus]')"
             )
 
     for loop in loops:

@@ -88,22 +88,35 @@ def report(keys: Sequence[str], size: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    known = sorted(c.key for c in THROUGHPUT_POOLS)
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.instructions",
         description="Count machine instructions per no-op task with callgrind.",
     )
-    parser.add_argument("keys", nargs="*", metavar="KEY", default=list(DEFAULT_KEYS))
-    parser.add_argument("--size", type=int, default=DEFAULT_SIZE, metavar="N")
+    parser.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        default=list(DEFAULT_KEYS),
+        help=f"contenders to count, from {', '.join(known)} "
+        f"(default: {' '.join(DEFAULT_KEYS)})",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=DEFAULT_SIZE,
+        metavar="N",
+        help=f"tasks per counted run (default: {DEFAULT_SIZE:,})",
+    )
     parser.add_argument("--run", nargs=2, metavar=("KEY", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run is not None:
         run_contender(args.run[0], int(args.run[1]))
         return 0
 
-    known = {c.key for c in THROUGHPUT_POOLS}
     unknown = [key for key in args.keys if key not in known]
     if unknown:
-        parser.error(f"unknown contender {unknown[0]!r}; choose from {sorted(known)}")
+        parser.error(f"unknown contender {unknown[0]!r}; choose from {known}")
     if args.size < 1:
         parser.error(f"--size must be at least 1, got {args.size}")
     if shutil.which("valgrind") is None:

@@ -43,7 +43,7 @@ def profile_pyinstrument(loop: str, n: int) -> str:
     if pyinstrument is None:
         raise RuntimeError(
             "pyinstrument is not installed; install it with "
-            "'pip install -e .[bench]' or use --profile cprofile"
+            "pip install -e '.[bench]' or use --profile cprofile"
         )
 
     profiler = pyinstrument.Profiler(interval=0.0001, async_mode="disabled")

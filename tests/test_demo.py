@@ -1111,8 +1111,9 @@ def test_demo_second_sigint_cancels_running(
     assert fields["submitted"] == 50
     assert fields["cancelled"] == 50
     assert "never started 46" in stdout
+    assert "interrupted 4, abandoned 0, escalated yes" in stdout
     assert "cancelled by a second interrupt 4" in stdout
-    assert "interrupted again: cancelled 4 running tasks" in stderr
+    assert "interrupted again: cancelling 4 running tasks" in stderr
 
 
 def test_demo_sigint_during_requeue(demo_processes: list[DemoProcess]) -> None:
