@@ -631,7 +631,8 @@ class AsyncTaskQueue:
         Every keyword belongs to the task, never to ``fn``: bind keyword
         arguments with ``bind(fn, *args, **kwargs)``. A coroutine object is
         accepted only with a retry policy of ``max_retries=0``, because it
-        cannot be run twice.
+        cannot be run twice. A call that raises leaves a coroutine object
+        unstarted and open, for the caller to submit again or close.
 
         Args:
             priority: any int; higher starts first, FIFO among equals.

@@ -518,3 +518,21 @@ def test_rates_rejected_in_their_units(
     """A bad rate limit or aging rate is named with its unit and the way out."""
     with pytest.raises(error, match=re.escape(message)):
         AsyncTaskQueue(**options)  # type: ignore[arg-type]
+
+
+async def test_rejected_coroutine_object_stays_usable() -> None:
+    """A rejected coroutine object is left open, so it can be submitted again."""
+
+    async def answer() -> int:
+        return 42
+
+    coro = answer()
+    async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=2)) as queue:
+        with pytest.raises(ValueError, match="max_retries=0"):
+            await queue.submit(coro)
+
+        assert inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+        assert queue.stats().submitted == 0
+
+        handle = await queue.submit(coro, retry=NO_RETRY)
+        assert await handle == 42
