@@ -2100,46 +2100,68 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
-    """Drop the frames that lead back to the queue from ``exc``'s traceback.
+    """Drop the frames that lead back to a queue from ``exc``'s traceback.
 
-    A frame of the queue holds the queue, and so does a frame that the queue
+    A frame of a queue method holds the queue, and so does a frame that one
     called, such as a ``retry_on`` predicate's, through its caller. A caller
     keeping a failed handle would otherwise keep the whole stopped queue
-    alive. The traceback keeps the frames after the last such frame: those
-    of the task's coroutine. The exceptions that ``exc`` was raised from or
-    while handling lose theirs too.
+    alive. The frames of the task's coroutine and of what it called stay.
+    The exceptions that ``exc`` was raised from or while handling, and the
+    members of an exception group, lose theirs too.
     """
-    leads_to_queue: dict[int, bool] = {}
+    known: dict[int, tuple[FrameType, bool]] = {}
     seen: set[int] = set()
-    chain = [exc]
-    while chain:
-        error = chain.pop()
+    pending = [exc]
+    while pending:
+        error = pending.pop()
         if error is None or id(error) in seen:
             continue
 
         seen.add(id(error))
-        kept = tb = error.__traceback__
-        while tb is not None:
-            if _leads_to_queue(tb.tb_frame, leads_to_queue):
-                kept = tb.tb_next
-            tb = tb.tb_next
-
-        if kept is not error.__traceback__:
-            error.__traceback__ = kept
-        chain += (error.__cause__, error.__context__)
+        error.__traceback__ = _without_queue_frames(error.__traceback__, known)
+        pending += (error.__cause__, error.__context__)
+        if isinstance(error, BaseExceptionGroup):
+            pending += error.exceptions
 
     return exc
 
 
-def _leads_to_queue(frame: FrameType, known: dict[int, bool]) -> bool:
-    """Return whether ``frame`` or one of its callers is a queue method's."""
+def _without_queue_frames(
+    tb: TracebackType | None, known: dict[int, tuple[FrameType, bool]]
+) -> TracebackType | None:
+    """Return ``tb``, or a copy without the entries whose frames lead to a queue."""
+    entries = []
+    total = 0
+    current = tb
+    while current is not None:
+        total += 1
+        if not _leads_to_queue(current.tb_frame, known):
+            entries.append(current)
+        current = current.tb_next
+
+    if len(entries) == total:
+        return tb
+
+    kept = None
+    for entry in reversed(entries):
+        kept = TracebackType(kept, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+
+    return kept
+
+
+def _leads_to_queue(frame: FrameType, known: dict[int, tuple[FrameType, bool]]) -> bool:
+    """Return whether ``frame`` or one of its callers runs a queue method.
+
+    ``known`` caches the answer per frame, and keeps each frame it names
+    alive so that its id stays its own.
+    """
     path = []
     found = False
     current: FrameType | None = frame
     while current is not None:
         cached = known.get(id(current))
         if cached is not None:
-            found = cached
+            found = cached[1]
             break
 
         path.append(current)
@@ -2150,7 +2172,7 @@ def _leads_to_queue(frame: FrameType, known: dict[int, bool]) -> bool:
         current = current.f_back
 
     for visited in path:
-        known[id(visited)] = found
+        known[id(visited)] = (visited, found)
 
     return found
 

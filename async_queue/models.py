@@ -282,6 +282,10 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if state is FAILED:
+            # NOTE: as with asyncio's Future, the raise adds the caller's
+            # frames to the stored exception's traceback until the next call.
+            # A hook of a queue that calls this for another task's handle
+            # thus leaves frames that keep that queue alive for a while.
             exc: BaseException = self._result
             extras = self._extras
             raise exc.with_traceback(None if extras is None else extras.traceback)
