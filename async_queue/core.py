@@ -1162,88 +1162,94 @@ class AsyncTaskQueue:
         wait_time, run_time = self._wait_time, self._run_time
         started_hooks = self._hooks["on_started"]
         succeeded_hooks = self._hooks["on_succeeded"]
-        # The clock read that ends one attempt also starts the next one, when
-        # nothing runs in between: one read per task instead of two.
-        now = clock()
-        while True:
-            handle = None if self._gated and self._held_back(worker) else pop()
-            if handle is None:
-                # Drop the last task's arguments and result before idling.
-                args = result = None
-                if worker.retire:
-                    self._workers.remove(worker)
-                    del self._workers_by_task[worker.task]  # type: ignore[arg-type]
-                    self._update_gate()
-                    return
+        try:
+            # The clock read that ends one attempt also starts the next one, when
+            # nothing runs in between: one read per task instead of two.
+            now = clock()
+            while True:
+                handle = None if self._gated and self._held_back(worker) else pop()
+                if handle is None:
+                    # Drop the last task's arguments and result before idling.
+                    args = result = None
+                    if worker.retire:
+                        self._workers.remove(worker)
+                        del self._workers_by_task[worker.task]  # type: ignore[arg-type]
+                        self._update_gate()
+                        return
 
-                if self._workers_exit:
-                    return
+                    if self._workers_exit:
+                        return
 
-                await self._wait_for_work(worker)
-                now = clock()
-                continue
+                    await self._wait_for_work(worker)
+                    now = clock()
+                    continue
 
-            if self._space_waiters:
-                self._wake_space_waiters()
+                if self._space_waiters:
+                    self._wake_space_waiters()
 
-            handle._state = RUNNING
-            handle._attempts += 1
-            worker.current = handle
-            self._started += 1
-            # The duration summaries, inlined because this runs for each task.
-            started_at = now
-            waited = started_at - handle._queued_at
-            wait_time.total += waited
-            if waited > wait_time.max:
-                wait_time.max = waited
+                handle._state = RUNNING
+                handle._attempts += 1
+                worker.current = handle
+                self._started += 1
+                # The duration summaries, inlined because this runs for each task.
+                started_at = now
+                waited = started_at - handle._queued_at
+                wait_time.total += waited
+                if waited > wait_time.max:
+                    wait_time.max = waited
 
-            if started_hooks:
-                self._emit("on_started", handle)
-            timeout = handle._settings.timeout
-            if timeout is not None:
-                # Inlined: one comparison per task, and a new timer only when
-                # this deadline comes before every other running task's.
-                deadline = worker.deadline = started_at + timeout
-                if deadline < self._watchdog_at:
-                    self._set_watchdog(deadline)
+                if started_hooks:
+                    self._emit("on_started", handle)
+                timeout = handle._settings.timeout
+                if timeout is not None:
+                    # Inlined: one comparison per task, and a new timer only when
+                    # this deadline comes before every other running task's.
+                    deadline = worker.deadline = started_at + timeout
+                    if deadline < self._watchdog_at:
+                        self._set_watchdog(deadline)
 
-            try:
-                args = handle._args
-                if args is None:
-                    result = await handle._fn  # type: ignore[misc]
-                else:
-                    result = await handle._fn(*args)  # type: ignore[operator]
-            except BaseException as exc:
-                worker.current = worker.deadline = None
-                self._ended += 1
-                run_time.add(clock() - started_at)
-                if self._settle_error(worker, handle, exc):
-                    raise
-
-                now = clock()
-            else:
-                now = clock()
-                worker.current = worker.deadline = None
-                self._ended += 1
-                ran = now - started_at
-                run_time.total += ran
-                if ran > run_time.max:
-                    run_time.max = ran
-
-                extras = handle._extras
-                if extras is None or extras.cancel_reason is None:
-                    handle._result = result
-                    handle._state = SUCCEEDED
-                    self._finish(handle)
-                    if succeeded_hooks:
-                        self._emit("on_succeeded", handle)
-                        now = clock()  # the hooks may have taken a while
-                else:
-                    # Interrupted, but the coroutine returned: hooks run here.
-                    if self._settle_error(worker, handle, None):
-                        raise asyncio.CancelledError from None
+                try:
+                    args = handle._args
+                    if args is None:
+                        result = await handle._fn  # type: ignore[misc]
+                    else:
+                        result = await handle._fn(*args)  # type: ignore[operator]
+                except BaseException as exc:
+                    worker.current = worker.deadline = None
+                    self._ended += 1
+                    run_time.add(clock() - started_at)
+                    if self._settle_error(worker, handle, exc):
+                        raise
 
                     now = clock()
+                else:
+                    now = clock()
+                    worker.current = worker.deadline = None
+                    self._ended += 1
+                    ran = now - started_at
+                    run_time.total += ran
+                    if ran > run_time.max:
+                        run_time.max = ran
+
+                    extras = handle._extras
+                    if extras is None or extras.cancel_reason is None:
+                        handle._result = result
+                        handle._state = SUCCEEDED
+                        self._finish(handle)
+                        if succeeded_hooks:
+                            self._emit("on_succeeded", handle)
+                            now = clock()  # the hooks may have taken a while
+                    else:
+                        # Interrupted, but the coroutine returned: hooks run here.
+                        if self._settle_error(worker, handle, None):
+                            raise asyncio.CancelledError from None
+
+                        now = clock()
+        finally:
+            # On Python 3.12 and later, a finished task coroutine's frame links
+            # to this one, and a failed task's stored traceback keeps those
+            # frames. Once this frame ends it must not keep the queue alive.
+            del self
 
     def _held_back(self, worker: _Worker) -> bool:
         """Return whether ``worker`` must not start a task now."""
@@ -2150,25 +2156,34 @@ def _without_queue_frames(
 
 
 def _leads_to_queue(frame: FrameType, known: dict[int, tuple[FrameType, bool]]) -> bool:
-    """Return whether ``frame`` or one of its callers runs a queue method.
+    """Return whether ``frame`` runs a queue method, or was called by one.
 
+    The worker loop's frame is the exception: it lets go of the queue when
+    it ends, so a task's frames that link to it (on Python 3.12 and later,
+    a finished coroutine's frame links to the frame that awaited it) stay.
     ``known`` caches the answer per frame, and keeps each frame it names
     alive so that its id stays its own.
     """
+    if frame.f_code in _QUEUE_CODES:
+        return True
+
     path = []
     found = False
     current: FrameType | None = frame
     while current is not None:
+        code = current.f_code
+        if code is _WORKER_CODE:
+            break
+        if code in _QUEUE_CODES:
+            found = True
+            break
+
         cached = known.get(id(current))
         if cached is not None:
             found = cached[1]
             break
 
         path.append(current)
-        if current.f_code in _QUEUE_CODES:
-            found = True
-            break
-
         current = current.f_back
 
     for visited in path:
