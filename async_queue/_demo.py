@@ -706,8 +706,9 @@ class _Demo:
     async def _stop(
         self, queue: AsyncTaskQueue, interrupts: _Interrupts, progress: _Progress
     ) -> tuple[ShutdownReport, int]:
-        """Stop in ``FINISH_RUNNING`` mode, cancelling running tasks on a second
-        interrupt; return the stop report and how many tasks that cancelled."""
+        """Stop in ``FINISH_RUNNING`` mode, escalating to ``CANCEL`` on a second
+        interrupt; return the stop report and how many tasks were running
+        when that interrupt came."""
         stop = self.loop.create_task(queue.stop(ShutdownMode.FINISH_RUNNING))
         second = self.loop.create_task(interrupts.second.wait())
         await asyncio.wait((stop, second), return_when=asyncio.FIRST_COMPLETED)

@@ -416,7 +416,7 @@ def new_handle(
     The queue calls this once per task. It fills the slots of a bare instance
     itself: calling the class would cost a third more, because ``type``
     passes the arguments on to ``__init__`` through a tuple. A task with its
-    own ``task_id`` also needs ``extras_of(handle).seq`` set.
+    own ``task_id`` also needs ``handle._extras = TaskExtras(seq)``.
     """
     handle: TaskHandle[Any] = _new_object(TaskHandle)
     handle._settings = settings
@@ -437,7 +437,9 @@ def extras_of(handle: TaskHandle[Any]) -> TaskExtras:
     """Return the rarely needed fields of ``handle``, making them if need be."""
     extras = handle._extras
     if extras is None:
-        extras = handle._extras = TaskExtras(handle._id)  # type: ignore[arg-type]
+        # A task with its own task_id got its extras when it was submitted.
+        assert type(handle._id) is int
+        extras = handle._extras = TaskExtras(handle._id)
 
     return extras
 

@@ -350,3 +350,23 @@ async def test_bound_call_error_frees_queue() -> None:
 
     assert isinstance(handle.exception(), TypeError)
     assert reference() is None
+
+
+async def test_cancel_then_raise_logs_cancelled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The error log of a cancel-then-raise predicate names the cancelled end."""
+    predicate = CancelThenRaise()
+    policy = RetryPolicy(max_retries=1, retry_on=predicate)
+    caplog.set_level(logging.ERROR, logger="async_queue")
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = queue.submit_nowait(fails_permanently, retry=policy)
+        predicate.target = handle
+        await until(handle.done)
+
+    messages = [record.getMessage() for record in caplog.records]
+    assert handle.state is TaskState.CANCELLED
+    assert messages == [
+        "settling an attempt of task 1 failed; the task was cancelled first, "
+        "so it ends cancelled"
+    ]
