@@ -2118,8 +2118,8 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
     """Drop the frames that lead back to a queue from ``exc``'s traceback.
 
-    A frame of a queue method holds the queue, and so does a frame that one
-    called, such as a ``retry_on`` predicate's, through its caller. A caller
+    A frame of a queue method references the queue, and so does a frame that
+    one called, such as a ``retry_on`` predicate's, through its caller. A caller
     keeping a failed handle would otherwise keep the whole stopped queue
     alive. The frames of the task's coroutine and of what it called stay.
     The exceptions that ``exc`` was raised from or while handling, and the
@@ -2169,8 +2169,8 @@ def _leads_to_queue(frame: FrameType, known: dict[int, tuple[FrameType, bool]]) 
     """Return whether ``frame`` runs a queue method, or was called by one.
 
     The worker loop's frame is the exception: it lets go of the queue when
-    it ends, so a task's frames that link to it (on Python 3.12 and later,
-    a finished coroutine's frame links to the frame that awaited it) stay.
+    it ends, so a task's frames that link to it stay. On Python 3.12 and
+    later, a finished coroutine's frame links to the frame that awaited it.
     ``known`` caches the answer per frame, and keeps each frame it names
     alive so that its id stays its own.
     """
@@ -2312,7 +2312,7 @@ def _check_coroutine_object(
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__
-# The code of every method of the queue: a frame running one holds the queue.
+# The code of every method of the queue: a frame running one references it.
 _QUEUE_CODES = frozenset(
     member.__code__
     for member in vars(AsyncTaskQueue).values()
