@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gc
 import importlib
@@ -267,3 +268,46 @@ def print_heading(text: str) -> None:
     print(text)
     print("=" * len(text))
     sys.stdout.flush()
+
+
+def contender_parser(
+    prog: str,
+    description: str,
+    known: Sequence[str],
+    default_keys: Sequence[str],
+    default_size: int,
+) -> argparse.ArgumentParser:
+    """Return the parser of a command that runs throughput contenders by key.
+
+    ``--run KEY N`` is hidden: the command calls itself with it to run one
+    contender in a new interpreter.
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "keys",
+        nargs="*",
+        metavar="KEY",
+        default=list(default_keys),
+        help=f"contenders to run, from {', '.join(known)} "
+        f"(default: {' '.join(default_keys)})",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=default_size,
+        metavar="N",
+        help=f"tasks per run (default: {default_size:,})",
+    )
+    parser.add_argument("--run", nargs=2, metavar=("KEY", "N"), help=argparse.SUPPRESS)
+    return parser
+
+
+def check_contender_args(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, known: Sequence[str]
+) -> None:
+    """Exit with a usage error for an unknown key or a size below 1."""
+    unknown = [key for key in args.keys if key not in known]
+    if unknown:
+        parser.error(f"unknown contender {unknown[0]!r}; choose from {list(known)}")
+    if args.size < 1:
+        parser.error(f"--size must be at least 1, got {args.size}")

@@ -19,7 +19,6 @@ async_queue's four variants. It needs ``valgrind`` on the PATH.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import shutil
@@ -28,7 +27,7 @@ import sys
 from collections.abc import Sequence
 
 from .contenders import POOL, THROUGHPUT_POOLS
-from .harness import print_captioned_table
+from .harness import check_contender_args, contender_parser, print_captioned_table
 from .throughput import time_pool
 
 DEFAULT_KEYS = (POOL, "aq", "aq-await", "aq-timeout", "aq-retry")
@@ -89,36 +88,19 @@ def report(keys: Sequence[str], size: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     known = sorted(c.key for c in THROUGHPUT_POOLS)
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.instructions",
-        description="Count machine instructions per no-op task with callgrind.",
+    parser = contender_parser(
+        "python -m benchmarks.instructions",
+        "Count machine instructions per no-op task with callgrind.",
+        known,
+        DEFAULT_KEYS,
+        DEFAULT_SIZE,
     )
-    parser.add_argument(
-        "keys",
-        nargs="*",
-        metavar="KEY",
-        default=list(DEFAULT_KEYS),
-        help=f"contenders to count, from {', '.join(known)} "
-        f"(default: {' '.join(DEFAULT_KEYS)})",
-    )
-    parser.add_argument(
-        "--size",
-        type=int,
-        default=DEFAULT_SIZE,
-        metavar="N",
-        help=f"tasks per counted run (default: {DEFAULT_SIZE:,})",
-    )
-    parser.add_argument("--run", nargs=2, metavar=("KEY", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run is not None:
         run_contender(args.run[0], int(args.run[1]))
         return 0
 
-    unknown = [key for key in args.keys if key not in known]
-    if unknown:
-        parser.error(f"unknown contender {unknown[0]!r}; choose from {known}")
-    if args.size < 1:
-        parser.error(f"--size must be at least 1, got {args.size}")
+    check_contender_args(parser, args, known)
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not on the PATH; install it (Debian: valgrind)")
 

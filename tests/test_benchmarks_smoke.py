@@ -7,6 +7,7 @@ results. They never assert a speed: the figures belong in docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import cli, hooks, instructions, retry
+from benchmarks import cli, gctime, hooks, instructions, retry
 from benchmarks.contenders import POOLS, THROUGHPUT_POOLS, WORKERS, Contender
 from benchmarks.harness import format_table, interleave, paired_ratios
 
@@ -365,3 +366,77 @@ def test_instructions_runs_each_contender_twice(
     keys = ("pool", "aq")
     table = {cells[0]: cells[1:] for cells in rows if cells and cells[0] in keys}
     assert table == {"pool": ["1,000", "1.00x"], "aq": ["1,000", "1.00x"]}
+
+
+# Collector time
+
+
+def test_collector_clock_adds_up_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    readings = iter([1.0, 1.5, 2.0, 2.25])
+    monkeypatch.setattr(gctime.time, "perf_counter", lambda: next(readings))
+    clock = gctime.CollectorClock()
+
+    clock("start", {"generation": 0})
+    clock("stop", {"generation": 0})
+    clock("start", {"generation": 2})
+    clock("stop", {"generation": 2})
+
+    assert clock.seconds == 0.75
+    assert clock.full_collections == 1
+
+
+def test_gctime_measure_counts_forced_collection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full collection during the run is counted, and the callback is removed."""
+    real_time_pool = gctime.time_pool
+
+    async def collecting_time_pool(contender: Any, size: int) -> float:
+        gc.collect()
+        return await real_time_pool(contender, size)
+
+    monkeypatch.setattr(gctime, "time_pool", collecting_time_pool)
+    callbacks_before = list(gc.callbacks)
+
+    figures = gctime.measure("aq", 200)
+
+    assert figures["full_collections"] == 1
+    assert figures["collector"] > 0
+    assert figures["total"] > 0
+    assert gc.callbacks == callbacks_before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "unknown contender 'nope'"),
+        (["--size", "0"], "--size must be at least 1, got 0"),
+    ],
+)
+def test_gctime_rejects(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gctime.main(args)
+
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_gctime_reports_each_contender(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(ROOT)
+
+    assert gctime.main(["--size", "200", "pool", "aq"]) == 0
+
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    table = {
+        cells[0]: cells[1:] for cells in rows if cells and cells[0] in ("pool", "aq")
+    }
+    assert set(table) == {"pool", "aq"}
+    for total, collector, share, full in table.values():
+        assert float(total) >= 0
+        assert float(collector) >= 0
+        assert share.endswith("%")
+        assert int(full) >= 0
