@@ -1388,7 +1388,7 @@ class AsyncTaskQueue:
             return
 
         parked_in = handle._state
-        handle._result = _strip_worker_frames(error)
+        handle._result = _strip_queue_frames(error)
         extras.traceback = error.__traceback__
         handle._state = FAILED
         if parked_in is WAITING_RETRY:
@@ -1405,7 +1405,7 @@ class AsyncTaskQueue:
         with contextlib.suppress(Exception):
             self._emit("on_failed", handle, exception=error)
             self._add_dead_letter(handle, error)
-        _strip_worker_frames(error)  # again, in case a callback raised it
+        _strip_queue_frames(error)  # again, in case a callback raised it
 
     def _on_attempt_error(
         self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
@@ -1465,7 +1465,7 @@ class AsyncTaskQueue:
                     f"{handle._settings.timeout} s "
                     f"on attempt {handle._attempts}"
                 )
-                error.__cause__ = _strip_worker_frames(exc)
+                error.__cause__ = _strip_queue_frames(exc)
                 self._emit("on_timed_out", handle, exception=error)
                 self._retry_or_fail(handle, error)
             else:
@@ -1585,14 +1585,14 @@ class AsyncTaskQueue:
             self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
-        handle._result = _strip_worker_frames(exc)
+        handle._result = _strip_queue_frames(exc)
         extras.traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
         self._finish(handle)
         self._emit("on_failed", handle, exception=exc)
         self._add_dead_letter(handle, exc)
-        _strip_worker_frames(exc)  # again, in case a callback raised it
+        _strip_queue_frames(exc)  # again, in case a callback raised it
 
     def _emit(self, event: str, handle: TaskHandle[Any], **extra: Any) -> None:
         """Call the hooks that observe ``event``, if any.
@@ -1696,13 +1696,14 @@ class AsyncTaskQueue:
     def _cancel_task(self, handle: TaskHandle[Any], msg: str | None) -> bool:
         # Called by TaskHandle.cancel() for a task that is not final.
         state = handle._state
-        extras_of(handle).cancel_message = msg
+        extras = extras_of(handle)
+        extras.cancel_message = msg
         if state is RUNNING:
             worker = self._worker_running(handle)
             if worker is None:
                 # The attempt has ended and is being settled, and this call
                 # comes from a hook or predicate: the task must not run again.
-                extras_of(handle).cancel_reason = CancelReason.CANCEL
+                extras.cancel_reason = CancelReason.CANCEL
             else:
                 self._interrupt(worker, handle, CancelReason.CANCEL, msg)
             return True
@@ -2115,7 +2116,7 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     return loop.time
 
 
-def _strip_worker_frames(exc: BaseException | None) -> BaseException | None:
+def _strip_queue_frames(exc: BaseException | None) -> BaseException | None:
     """Drop the frames that lead back to a queue from ``exc``'s traceback.
 
     A frame of a queue method references the queue, and so does a frame that
@@ -2171,7 +2172,7 @@ def _leads_to_queue(frame: FrameType, known: dict[int, tuple[FrameType, bool]]) 
     The worker loop's frame is the exception: it lets go of the queue when
     it ends, so a task's frames that link to it stay. On Python 3.12 and
     later, a finished coroutine's frame links to the frame that awaited it.
-    ``known`` caches the answer per frame, and keeps each frame it names
+    ``known`` caches the result per frame, and keeps each frame it names
     alive so that its id stays its own.
     """
     if frame.f_code in _QUEUE_CODES:

@@ -91,7 +91,7 @@ class CancelReason(enum.Enum):
 
 @final
 class TaskSettings:
-    """What a task runs with and under which queue, shared between tasks.
+    """The timeout, retry policy and queue of a task, shared between tasks.
 
     Every task submitted with the queue's default timeout and retry policy
     shares one instance, so a handle spends one field on all three.

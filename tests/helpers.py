@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable
+from types import TracebackType
 
 
 async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> None:
@@ -41,3 +43,8 @@ class Gate:
             raise
 
         return self.result
+
+
+def frame_names(tb: TracebackType | None) -> list[str]:
+    """Return the function name of each entry of a traceback, outermost first."""
+    return [frame.name for frame in traceback.extract_tb(tb)]

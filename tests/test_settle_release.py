@@ -6,10 +6,7 @@ import asyncio
 import gc
 import logging
 import random
-import traceback
 import weakref
-from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -24,19 +21,15 @@ from async_queue import (
     bind,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import frame_names, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
 @pytest.fixture
-def quiet_queue_log() -> Iterator[None]:
+def quiet_queue_log(monkeypatch: pytest.MonkeyPatch) -> None:
     """Silence the queue's error log, which a failing retry_on predicate writes."""
-    queue_logger = logging.getLogger("async_queue")
-    previous = queue_logger.disabled
-    queue_logger.disabled = True
-    yield
-    queue_logger.disabled = previous
+    monkeypatch.setattr(logging.getLogger("async_queue"), "disabled", True)
 
 
 async def finish_and_stop(
@@ -214,10 +207,6 @@ def classify(exc: BaseException) -> bool:
         return True
     except PermanentError:
         return False
-
-
-def frame_names(tb: TracebackType | None) -> list[str]:
-    return [frame.name for frame in traceback.extract_tb(tb)]
 
 
 @pytest.mark.usefixtures("quiet_queue_log")

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import traceback
 import weakref
 from collections.abc import Iterator
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -24,7 +22,7 @@ from async_queue import (
     TaskState,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import frame_names, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -41,10 +39,6 @@ def clear_registries() -> Iterator[None]:
     QUEUES.clear()
     HANDLES.clear()
     EVENTS.clear()
-
-
-def frame_names(tb: TracebackType | None) -> list[str]:
-    return [frame.name for frame in traceback.extract_tb(tb)]
 
 
 async def stop_and_release(queue: AsyncTaskQueue) -> None:
