@@ -55,7 +55,7 @@ def _number(
         too_low = value <= minimum if exclusive_minimum else value < minimum
         if not math.isfinite(value) or too_low or value > maximum:
             raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}: expected a number {bound}"
+                f"invalid value {text!r}: expected a finite number {bound}"
             )
 
         return value
@@ -89,7 +89,7 @@ def _add_demo_parser(
             "cancels the running tasks. Exit status: 0 when every task, requeued "
             "ones included, reached exactly one final state (failed tasks "
             f"included), {EXIT_LOST} when a task was lost, {EXIT_INTERRUPTED} "
-            "after Ctrl-C with nothing lost."
+            "after Ctrl-C and 143 after SIGTERM with nothing lost."
         ),
     )
 
@@ -116,7 +116,7 @@ def _add_demo_parser(
         default=_DEFAULTS.failure_rate,
         metavar="P",
         help="probability, 0 to 1, that the server responds to an attempt with a "
-        "transient error (default: %(default)s)",
+        "transient error; plus --hang-rate, at most 1 (default: %(default)s)",
     )
 
     demo.add_argument(
@@ -146,7 +146,8 @@ def _add_demo_parser(
         default=_DEFAULTS.hang_rate,
         metavar="P",
         help="probability, 0 to 1, that the server never responds to an attempt, "
-        "so that the attempt times out (default: %(default)s)",
+        "so that the attempt times out; plus --failure-rate, at most 1 "
+        "(default: %(default)s)",
     )
 
     demo.add_argument(

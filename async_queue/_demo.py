@@ -55,8 +55,12 @@ logger = logging.getLogger("async_queue.demo")
 EXIT_LOST = 1
 """Exit status when a task did not reach exactly one final state."""
 
-EXIT_INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT), when no task was lost."""
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+"""Exit status after Ctrl-C (130), when no task was lost.
+
+After SIGTERM it is 128 + SIGTERM (143), as shells report a process that a
+signal ended.
+"""
 
 # The queue yields to the event loop after this many submissions, so that the
 # workers and the progress line start while a large batch is being submitted.
@@ -421,23 +425,25 @@ class _Interrupts:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self.signum = signal.SIGINT  # the first signal, once ``first`` is set
         self.first = asyncio.Event()
         self.second = asyncio.Event()
         self._installed: list[signal.Signals] = []
         self._fallback: dict[signal.Signals, Callable[..., object] | int | None] = {}
 
-    def on_signal(self) -> None:
+    def on_signal(self, signum: signal.Signals) -> None:
         if self.first.is_set():
             self.second.set()
             # A third Ctrl-C gets Python's default handler: KeyboardInterrupt.
             self.uninstall()
         else:
+            self.signum = signum
             self.first.set()
 
     def install(self) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
-                self._loop.add_signal_handler(signum, self.on_signal)
+                self._loop.add_signal_handler(signum, self.on_signal, signum)
                 self._installed.append(signum)
             except (NotImplementedError, RuntimeError):
                 # No add_signal_handler() on this loop (Windows) or thread.
@@ -445,7 +451,7 @@ class _Interrupts:
 
     def _install_fallback(self, signum: signal.Signals) -> None:
         def handler(received: int, frame: object) -> None:
-            self._loop.call_soon_threadsafe(self.on_signal)
+            self._loop.call_soon_threadsafe(self.on_signal, signal.Signals(received))
 
         # signal.signal() raises ValueError outside the main thread, where the
         # demo runs without signal handling.
@@ -608,7 +614,7 @@ class _Demo:
             interrupts.install()
 
         self.err.write(
-            f"demo: {config.count} requests to 127.0.0.1:{self.server.port}, "
+            f"demo: {_count(config.count, 'request')} to 127.0.0.1:{self.server.port}, "
             f"{_count(config.workers, 'worker')}, "
             f"failure rate {config.failure_rate:g}, "
             f"hang rate {config.hang_rate:g}, timeout {config.timeout:g} s, "
@@ -688,7 +694,7 @@ class _Demo:
         if summary.lost or mismatch:
             return EXIT_LOST
 
-        return EXIT_INTERRUPTED if interrupted else 0
+        return 128 + interrupts.signum if interrupted else 0
 
     def _summarize(self, queue: AsyncTaskQueue, wall_time: float) -> Summary:
         """Summarize the records, with the counts that only the run has."""

@@ -955,6 +955,14 @@ class AsyncTaskQueue:
 
         try:
             handle = self.submit_nowait(fn, *args, **options)
+        except QueueFullError:
+            # The advice for code on the loop does not fit a thread.
+            error = self._full_error(
+                "to wait for room from a thread, run 'queue.submit()' with "
+                "asyncio.run_coroutine_threadsafe(), or raise max_pending"
+            )
+            _settle_future(future, None, error)
+            return
         except Exception as exc:
             _settle_future(future, None, exc)
             return
@@ -988,11 +996,16 @@ class AsyncTaskQueue:
             return
 
         if self._space_waiters or self._is_full():
-            raise QueueFullError(
-                f"the queue is full: {self._max_pending} tasks are waiting to "
-                "start (max_pending); use 'await queue.submit()' to wait for "
-                "room, or raise max_pending"
+            raise self._full_error(
+                "use 'await queue.submit()' to wait for room, or raise max_pending"
             )
+
+    def _full_error(self, advice: str) -> QueueFullError:
+        limit = self._max_pending
+        waiting = "1 task is" if limit == 1 else f"{limit} tasks are"
+        return QueueFullError(
+            f"the queue is full: {waiting} waiting to start (max_pending); {advice}"
+        )
 
     async def _wait_for_room(self) -> None:
         """Wait, behind earlier waiters, until a room is reserved for us."""
@@ -2343,7 +2356,8 @@ def _check_mode(mode: object) -> ShutdownMode:
         return ShutdownMode(mode)
     except ValueError:
         choices = ", ".join(repr(member.value) for member in ShutdownMode)
-        raise ValueError(
+        error = ValueError if isinstance(mode, str) else TypeError
+        raise error(
             f"mode must be a ShutdownMode or one of {choices}, got {mode!r}"
         ) from None
 

@@ -172,7 +172,7 @@ class LoggingHook(Hook):
             event.name,
             event.attempts,
             event.delay,
-            event.exception,
+            _SafeRepr(event.exception),
         )
 
     def on_failed(self, event: TaskEvent) -> None:
@@ -181,9 +181,29 @@ class LoggingHook(Hook):
             event.task_id,
             event.name,
             event.attempts,
-            event.exception,
+            _SafeRepr(event.exception),
             exc_info=event.exception,
         )
+
+
+class _SafeRepr:
+    """An exception in a log line: if its ``repr()`` raises, the line stays.
+
+    Logging formats its arguments when a handler emits the record, and an
+    error there replaces the whole line with a "Logging error" report.
+    """
+
+    __slots__ = ("_exc",)
+
+    def __init__(self, exc: BaseException | None) -> None:
+        self._exc = exc
+
+    def __repr__(self) -> str:
+        try:
+            return repr(self._exc)
+        except Exception as error:
+            name = type(self._exc).__qualname__
+            return f"<{name} whose repr() raised {type(error).__qualname__}>"
 
 
 HookCallbacks = dict[str, list[Callable[[TaskEvent], object]]]

@@ -1,8 +1,9 @@
 """A hook that records the queue's task events as OpenTelemetry metrics.
 
-Install the extra first: ``pip install "async_queue[opentelemetry]"``. The hook
-uses only the OpenTelemetry API, so the application chooses the SDK, the
-readers and the exporters. From the meter ``async_queue`` it records:
+Install ``opentelemetry-api`` first: ``pip install opentelemetry-api``, or
+``pip install ".[opentelemetry]"`` from a clone. The hook uses only the
+OpenTelemetry API, so the application chooses the SDK, the readers and the
+exporters. From the meter ``async_queue`` it records:
 
 - ``async_queue.tasks.submitted``: tasks accepted by ``submit()``;
 - ``async_queue.attempts.started``: attempts started, retries included;
@@ -29,7 +30,8 @@ try:
 except ImportError as error:
     raise ImportError(
         "async_queue.opentelemetry needs the opentelemetry-api package; install "
-        'it with: pip install "async_queue[opentelemetry]"',
+        "it with: pip install opentelemetry-api (from a clone of async_queue: "
+        "pip install '.[opentelemetry]')",
         name=error.name,
     ) from error
 

@@ -137,7 +137,8 @@ class RetryPolicy:
             jitter = Jitter(self.jitter)
         except ValueError:
             choices = ", ".join(repr(member.value) for member in Jitter)
-            raise ValueError(
+            error = ValueError if isinstance(self.jitter, str) else TypeError
+            raise error(
                 f"jitter must be a Jitter member or one of {choices}, "
                 f"got {self.jitter!r}"
             ) from None

@@ -1,7 +1,8 @@
 """A hook that exports the queue's task events as Prometheus metrics.
 
-Install the extra first: ``pip install "async_queue[prometheus]"``. With the
-default namespace the hook maintains:
+Install ``prometheus-client`` first: ``pip install prometheus-client``, or
+``pip install ".[prometheus]"`` from a clone. With the default namespace the
+hook maintains:
 
 - ``async_queue_tasks_submitted_total``: tasks accepted by ``submit()``;
 - ``async_queue_attempts_started_total``: attempts started, retries included;
@@ -29,7 +30,8 @@ try:
 except ImportError as error:
     raise ImportError(
         "async_queue.prometheus needs the prometheus-client package; install it "
-        'with: pip install "async_queue[prometheus]"',
+        "with: pip install prometheus-client (from a clone of async_queue: "
+        "pip install '.[prometheus]')",
         name=error.name,
     ) from error
 

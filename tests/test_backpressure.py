@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 
 import pytest
 
@@ -49,11 +50,53 @@ async def test_submit_nowait_raises_when_full() -> None:
     queue = await full_queue(gate, 2)
     before = queue.stats()
 
-    with pytest.raises(QueueFullError, match="max_pending"):
+    with pytest.raises(QueueFullError) as caught:
         queue.submit_nowait(gate, 99)
 
+    assert str(caught.value) == (
+        "the queue is full: 2 tasks are waiting to start (max_pending); use "
+        "'await queue.submit()' to wait for room, or raise max_pending"
+    )
     assert queue.stats() == before
     gate.event.set()
+    await queue.stop("drain")
+
+
+async def test_full_message_for_one_task() -> None:
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+
+    with pytest.raises(QueueFullError, match=r"^the queue is full: 1 task is waiting"):
+        queue.submit_nowait(gate, 99)
+
+    gate.event.set()
+    await queue.stop("drain")
+
+
+async def test_thread_told_how_to_wait_for_room() -> None:
+    """A full queue fails submit_threadsafe(); the advice it gives then works."""
+    gate = Gate()
+    queue = await full_queue(gate, 1)
+    loop = asyncio.get_running_loop()
+
+    def from_thread() -> tuple[BaseException | None, object]:
+        refused = queue.submit_threadsafe(gate, 98).exception()
+        waiting = asyncio.run_coroutine_threadsafe(queue.submit(gate, 99), loop)
+        return refused, waiting
+
+    refused, waiting = await asyncio.to_thread(from_thread)
+
+    assert isinstance(refused, QueueFullError)
+    assert "asyncio.run_coroutine_threadsafe()" in str(refused)
+    assert "await queue.submit()" not in str(refused)
+    assert isinstance(waiting, concurrent.futures.Future)
+    await until(lambda: len(queue._space_waiters) == 1)
+    assert not waiting.done()
+
+    gate.event.set()
+    handle = await asyncio.wrap_future(waiting)
+    assert await handle == 99
+    assert gate.started == [-1, 0, 99]
     await queue.stop("drain")
 
 

@@ -391,6 +391,16 @@ async def test_stop_unknown_mode(queue: AsyncTaskQueue) -> None:
     await check_next_id(queue, 1)
 
 
+@pytest.mark.parametrize("mode", [3, None, b"drain"])
+async def test_stop_mode_of_wrong_type(queue: AsyncTaskQueue, mode: object) -> None:
+    before = queue.stats()
+    with pytest.raises(TypeError, match=r"mode must be a ShutdownMode or one of"):
+        await queue.stop(mode)  # type: ignore[arg-type]
+
+    assert not queue.closed
+    assert queue.stats() == before
+
+
 async def test_stop_unknown_mode_before_start() -> None:
     queue = AsyncTaskQueue(1)
     with pytest.raises(ValueError, match=r"mode must be a ShutdownMode"):

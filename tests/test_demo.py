@@ -866,9 +866,13 @@ def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) ->
         (["--count", "0"], "--count: invalid value '0': expected an integer >= 1"),
         (["--workers", "x"], "--workers: invalid value 'x': expected an integer"),
         (["--retries", "-1"], "--retries: invalid value '-1'"),
-        (["--failure-rate", "1.5"], "expected a number >= 0 and <= 1"),
-        (["--timeout", "0"], "--timeout: invalid value '0': expected a number > 0"),
+        (["--failure-rate", "1.5"], "expected a finite number >= 0 and <= 1"),
+        (
+            ["--timeout", "0"],
+            "--timeout: invalid value '0': expected a finite number > 0",
+        ),
         (["--latency", "nan"], "--latency: invalid value 'nan'"),
+        (["--timeout", "inf"], "--timeout: invalid value 'inf': expected a finite"),
         (["--failure-rate", "0.6", "--hang-rate", "0.6"], "must be at most 1"),
         (["--max-pending", "-1"], "--max-pending: invalid value '-1'"),
         (["--delayed-rate", "2"], "--delayed-rate: invalid value '2'"),
@@ -1077,6 +1081,23 @@ def test_demo_sigint_stops_gracefully(demo_processes: list[DemoProcess]) -> None
     assert finished == fields["submitted"]
     assert "stop report (finish_running)" in stdout
     assert "interrupted: finishing the running tasks" in stderr
+
+
+def test_demo_sigterm_exit_status(demo_processes: list[DemoProcess]) -> None:
+    """SIGTERM stops the run as Ctrl-C does; the status names the signal."""
+    demo = DemoProcess(
+        "--count", "2000", "--rate", "100", "--progress-interval", "0.05"
+    )
+    demo_processes.append(demo)
+    demo.wait_for_line("progress:")
+    demo.process.send_signal(signal.SIGTERM)
+    stdout, stderr = demo.finish()
+
+    fields = parse_summary(stdout)
+    assert demo.process.returncode == 128 + signal.SIGTERM == 143, stderr
+    assert EXIT_INTERRUPTED == 130
+    assert fields["lost"] == 0
+    assert "stop report (finish_running)" in stdout
 
 
 def test_demo_second_sigint_cancels_running(

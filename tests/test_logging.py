@@ -225,3 +225,35 @@ async def test_abandoned_task_logs_error(records: list[logging.LogRecord]) -> No
     errors = [r for r in records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "'stubborn'" in errors[0].getMessage()
+
+
+class BadRepr(Exception):
+    def __repr__(self) -> str:
+        raise RuntimeError("repr is broken")
+
+
+async def fails_bad_repr() -> None:
+    raise BadRepr("boom")
+
+
+async def test_exception_with_broken_repr_keeps_log_lines(
+    records: list[logging.LogRecord],
+) -> None:
+    """A task error whose repr() raises still gets its WARNING and ERROR lines."""
+    formatter = logging.Formatter("%(message)s")
+    async with AsyncTaskQueue(1, retry=retry_now(1)) as queue:
+        handle = queue.submit_nowait(fails_bad_repr)
+        with pytest.raises(BadRepr):
+            await handle
+
+    messages = [formatter.format(record) for record in records]
+    assert [record.levelno for record in records] == [logging.WARNING, logging.ERROR]
+    assert messages[0] == (
+        "task 1 (fails_bad_repr) failed on attempt 1, retrying in 0.000 s: "
+        "<BadRepr whose repr() raised RuntimeError>"
+    )
+    assert messages[1].startswith(
+        "task 1 (fails_bad_repr) failed after 2 attempt(s): "
+        "<BadRepr whose repr() raised RuntimeError>\nTraceback"
+    )
+    assert messages[1].endswith("BadRepr: boom")

@@ -673,20 +673,34 @@ def test_opentelemetry_bad_provider() -> None:
 
 
 @pytest.mark.parametrize(
-    ("module", "library", "extra"),
+    ("module", "library", "package", "extra"),
     [
-        ("async_queue.prometheus", "prometheus_client", "prometheus"),
-        ("async_queue.opentelemetry", "opentelemetry.metrics", "opentelemetry"),
+        (
+            "async_queue.prometheus",
+            "prometheus_client",
+            "prometheus-client",
+            "prometheus",
+        ),
+        (
+            "async_queue.opentelemetry",
+            "opentelemetry.metrics",
+            "opentelemetry-api",
+            "opentelemetry",
+        ),
     ],
 )
-def test_missing_library_names_extra(
-    monkeypatch: pytest.MonkeyPatch, module: str, library: str, extra: str
+def test_missing_library_names_package(
+    monkeypatch: pytest.MonkeyPatch, module: str, library: str, package: str, extra: str
 ) -> None:
     # None in sys.modules makes the next import of that name fail.
     monkeypatch.setitem(sys.modules, library, None)
     monkeypatch.delitem(sys.modules, module)
-    with pytest.raises(ImportError, match=rf'pip install "async_queue\[{extra}\]"'):
+    with pytest.raises(ImportError) as caught:
         importlib.import_module(module)
+
+    message = str(caught.value)
+    assert f"pip install {package} (" in message
+    assert f"pip install '.[{extra}]'" in message
 
 
 def test_core_imports_no_metrics_library() -> None:

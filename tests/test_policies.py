@@ -395,9 +395,14 @@ def test_policy_rejects_retries_type(value: object) -> None:
     assert_rejected(TypeError, value, max_retries=value)
 
 
-@pytest.mark.parametrize("value", ["FULL", "random", "", None, 3])
+@pytest.mark.parametrize("value", ["FULL", "random", ""])
 def test_policy_rejects_jitter(value: object) -> None:
     assert_rejected(ValueError, value, jitter=value)
+
+
+@pytest.mark.parametrize("value", [None, 3, b"full"])
+def test_policy_rejects_jitter_type(value: object) -> None:
+    assert_rejected(TypeError, value, jitter=value)
 
 
 @pytest.mark.parametrize(
