@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Sequence
 from types import FunctionType, MethodType
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from .models import ShutdownMode
+
+if TYPE_CHECKING:
+    from .policies import RetryPolicy
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
@@ -172,3 +178,73 @@ def is_finite(value: float) -> bool:
 
 def _name(fn: Any) -> str:
     return str(getattr(fn, "__qualname__", repr(fn)))
+
+
+def reject_retry(retry: object) -> NoReturn:
+    """Raise ``TypeError`` for a ``retry`` that is not a ``RetryPolicy``."""
+    raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
+
+
+def check_task_id(task_id: object) -> str:
+    """Return ``task_id`` if it is a non-empty str; raise otherwise."""
+    if not isinstance(task_id, str):
+        raise TypeError(
+            f"task_id must be a non-empty str, got {task_id!r}; "
+            "omit it to get an int id from the queue"
+        )
+
+    if not task_id:
+        raise ValueError(
+            "task_id must be a non-empty str, got ''; "
+            "omit it to get an int id from the queue"
+        )
+
+    return task_id
+
+
+def check_hooks(hooks: object) -> Sequence[object]:
+    """Return ``hooks`` if it is a sequence, but not a str or bytes."""
+    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence):
+        raise TypeError(
+            f"hooks must be a list or tuple of hooks, got {hooks!r}; "
+            "wrap a single hook in a list"
+        )
+
+    return hooks
+
+
+def check_mode(mode: object) -> ShutdownMode:
+    """Return the ``ShutdownMode`` that ``mode`` names, in any letter case."""
+    if isinstance(mode, str):
+        mode = mode.lower()  # "DRAIN" as written in the docs' tables
+
+    try:
+        return ShutdownMode(mode)
+    except ValueError:
+        choices = ", ".join(repr(member.value) for member in ShutdownMode)
+        error = ValueError if isinstance(mode, str) else TypeError
+        raise error(
+            f"mode must be a ShutdownMode or one of {choices}, got {mode!r}"
+        ) from None
+
+
+def check_coroutine_object(
+    fn: object, args: tuple[Any, ...], retry: RetryPolicy
+) -> None:
+    """Raise unless ``fn`` is a coroutine object, or a coroutine function,
+    that may be submitted alone with the retry policy ``retry``."""
+    if not inspect.iscoroutine(fn):
+        check_coroutine_function(fn)
+
+    if args:
+        raise TypeError(
+            f"got the coroutine object {fn!r} and positional arguments; pass "
+            "the coroutine function with its arguments instead"
+        )
+
+    if retry.max_retries > 0:
+        raise ValueError(
+            f"the coroutine object {fn!r} cannot be retried, because a coroutine "
+            "runs only once; submit the coroutine function and its arguments, "
+            "or pass retry=RetryPolicy(max_retries=0)"
+        )

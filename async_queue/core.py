@@ -13,10 +13,11 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
-from types import FrameType, FunctionType, TracebackType
-from typing import Any, Literal, NoReturn, TypeVar, TypeVarTuple, final
+from types import FunctionType, TracebackType
+from typing import Any, Literal, TypeVar, TypeVarTuple, final
 
 from . import _checks
+from ._frames import strip_frames
 from .containers import AgingHeap, ReadyHeap, TaskTable, TimerHeap
 from .deadletters import DeadLetter, DeadLetterStore
 from .errors import (
@@ -300,7 +301,7 @@ class AsyncTaskQueue:
             _checks.check_count("max_pending", max_pending, 1)
 
         self._max_pending = max_pending
-        self._hooks = collect_callbacks([LoggingHook(), *_check_hooks(hooks)])
+        self._hooks = collect_callbacks([LoggingHook(), *_checks.check_hooks(hooks)])
         self._submitted_hooks = self._hooks["on_submitted"]
         # Events that hooks caused while the hooks were being called.
         self._emitting: deque[_PendingEvent] | None = None
@@ -540,7 +541,7 @@ class AsyncTaskQueue:
         ``FINISH_RUNNING`` stop that is still waiting. Calling it before
         ``start()`` closes the queue and returns an empty report.
         """
-        mode = _check_mode(mode)
+        mode = _checks.check_mode(mode)
         timeout = _checks.check_timeout("timeout", timeout)
         grace_seconds = _checks.check_seconds("grace", grace)
         assert grace_seconds is not None
@@ -786,13 +787,13 @@ class AsyncTaskQueue:
         if retry is None:
             retry = self._retry
         elif not isinstance(retry, RetryPolicy):
-            _reject_retry(retry)
+            _checks.reject_retry(retry)
 
         call_args: tuple[Any, ...] | None = args
         if type(fn) is FunctionType and fn.__code__.co_flags & _CO_COROUTINE:
             pass  # the common case, checked inline on the hot path
         elif not _checks.is_coroutine_function(fn):
-            _check_coroutine_object(fn, args, retry)
+            _checks.check_coroutine_object(fn, args, retry)
             call_args = None
 
         start_at = None
@@ -803,7 +804,7 @@ class AsyncTaskQueue:
             existing = self._find_duplicate(dedup_key)
             if existing is not None:
                 if task_id is not None:
-                    _check_task_id_value(task_id)  # invalid even when unused
+                    _checks.check_task_id(task_id)  # invalid even when unused
 
                 self._deduplicated += 1
                 if call_args is None:
@@ -874,10 +875,10 @@ class AsyncTaskQueue:
             _checks.check_timeout("timeout", timeout)
 
         if retry is not None and not isinstance(retry, RetryPolicy):
-            _reject_retry(retry)
+            _checks.reject_retry(retry)
 
         if not _checks.is_coroutine_function(fn):
-            _check_coroutine_object(fn, args, retry or self._retry)
+            _checks.check_coroutine_object(fn, args, retry or self._retry)
 
         if delay is not None or at is not None:
             self._check_start_time(delay, at)
@@ -890,7 +891,7 @@ class AsyncTaskQueue:
             if duplicate is None:
                 self._check_task_id(task_id)  # also rejects an id in use
             else:
-                _check_task_id_value(task_id)  # invalid even when unused
+                _checks.check_task_id(task_id)  # invalid even when unused
 
         return duplicate
 
@@ -2087,7 +2088,7 @@ class AsyncTaskQueue:
             ) from None
 
     def _check_task_id(self, task_id: object) -> str:
-        task_id = _check_task_id_value(task_id)
+        task_id = _checks.check_task_id(task_id)
         self._table.expire()
         if task_id in self._table:
             raise DuplicateTaskIdError(
@@ -2185,93 +2186,6 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
     return loop.time
 
 
-def _strip_queue_frames(exc: BaseException | None) -> BaseException | None:
-    """Drop the frames that lead back to a queue from ``exc``'s traceback.
-
-    A frame of a queue method references the queue, and so does a frame that
-    one called, such as a ``retry_on`` predicate's, through its caller. A caller
-    keeping a failed handle would otherwise keep the whole stopped queue
-    alive. The frames of the task's coroutine and of what it called stay.
-    The exceptions that ``exc`` was raised from or while handling, and the
-    members of an exception group, lose theirs too.
-    """
-    known: dict[int, tuple[FrameType, bool]] = {}
-    seen: set[int] = set()
-    pending = [exc]
-    while pending:
-        error = pending.pop()
-        if error is None or id(error) in seen:
-            continue
-
-        seen.add(id(error))
-        error.__traceback__ = _without_queue_frames(error.__traceback__, known)
-        pending += (error.__cause__, error.__context__)
-        if isinstance(error, BaseExceptionGroup):
-            pending += error.exceptions
-
-    return exc
-
-
-def _without_queue_frames(
-    tb: TracebackType | None, known: dict[int, tuple[FrameType, bool]]
-) -> TracebackType | None:
-    """Return ``tb``, or a copy without the entries whose frames lead to a queue."""
-    entries = []
-    total = 0
-    current = tb
-    while current is not None:
-        total += 1
-        if not _leads_to_queue(current.tb_frame, known):
-            entries.append(current)
-        current = current.tb_next
-
-    if len(entries) == total:
-        return tb
-
-    kept = None
-    for entry in reversed(entries):
-        kept = TracebackType(kept, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
-
-    return kept
-
-
-def _leads_to_queue(frame: FrameType, known: dict[int, tuple[FrameType, bool]]) -> bool:
-    """Return whether ``frame`` runs a queue method, or was called by one.
-
-    The worker loop's frame is the exception: it lets go of the queue when
-    it ends, so a task's frames that link to it stay. On Python 3.12 and
-    later, a finished coroutine's frame links to the frame that awaited it.
-    ``known`` caches the result per frame, and keeps each frame it names
-    alive so that its id stays its own.
-    """
-    if frame.f_code in _QUEUE_CODES:
-        return True
-
-    path = []
-    found = False
-    current: FrameType | None = frame
-    while current is not None:
-        code = current.f_code
-        if code is _WORKER_CODE:
-            break
-        if code in _QUEUE_CODES:
-            found = True
-            break
-
-        cached = known.get(id(current))
-        if cached is not None:
-            found = cached[1]
-            break
-
-        path.append(current)
-        current = current.f_back
-
-    for visited in path:
-        known[id(visited)] = (visited, found)
-
-    return found
-
-
 def _is_call_error(exc: BaseException) -> bool:
     """Return whether ``exc`` is a ``TypeError`` from calling the task's function.
 
@@ -2309,36 +2223,6 @@ def _settle_future(
             future.set_exception(exc)
 
 
-def _reject_retry(retry: object) -> NoReturn:
-    raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
-
-
-def _check_task_id_value(task_id: object) -> str:
-    if not isinstance(task_id, str):
-        raise TypeError(
-            f"task_id must be a non-empty str, got {task_id!r}; "
-            "omit it to get an int id from the queue"
-        )
-
-    if not task_id:
-        raise ValueError(
-            "task_id must be a non-empty str, got ''; "
-            "omit it to get an int id from the queue"
-        )
-
-    return task_id
-
-
-def _check_hooks(hooks: object) -> Sequence[object]:
-    if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence):
-        raise TypeError(
-            f"hooks must be a list or tuple of hooks, got {hooks!r}; "
-            "wrap a single hook in a list"
-        )
-
-    return hooks
-
-
 def _is_fatal(exc: BaseException | None) -> bool:
     """Return whether ``exc`` must end the worker and the event loop.
 
@@ -2346,40 +2230,6 @@ def _is_fatal(exc: BaseException | None) -> bool:
     any other ``BaseException`` fails its task like an ordinary exception.
     """
     return isinstance(exc, (KeyboardInterrupt, SystemExit))
-
-
-def _check_mode(mode: object) -> ShutdownMode:
-    if isinstance(mode, str):
-        mode = mode.lower()  # "DRAIN" as written in the docs' tables
-
-    try:
-        return ShutdownMode(mode)
-    except ValueError:
-        choices = ", ".join(repr(member.value) for member in ShutdownMode)
-        error = ValueError if isinstance(mode, str) else TypeError
-        raise error(
-            f"mode must be a ShutdownMode or one of {choices}, got {mode!r}"
-        ) from None
-
-
-def _check_coroutine_object(
-    fn: object, args: tuple[Any, ...], retry: RetryPolicy
-) -> None:
-    if not inspect.iscoroutine(fn):
-        _checks.check_coroutine_function(fn)
-
-    if args:
-        raise TypeError(
-            f"got the coroutine object {fn!r} and positional arguments; pass "
-            "the coroutine function with its arguments instead"
-        )
-
-    if retry.max_retries > 0:
-        raise ValueError(
-            f"the coroutine object {fn!r} cannot be retried, because a coroutine "
-            "runs only once; submit the coroutine function and its arguments, "
-            "or pass retry=RetryPolicy(max_retries=0)"
-        )
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__
@@ -2390,3 +2240,8 @@ _QUEUE_CODES = frozenset(
     if isinstance(member, FunctionType)
 )
 _BOUND_CALL_CODE = BoundCall.__call__.__code__
+
+
+def _strip_queue_frames(exc: BaseException | None) -> BaseException | None:
+    """Drop the frames that lead to a queue from ``exc``'s traceback."""
+    return strip_frames(exc, _QUEUE_CODES, _WORKER_CODE)
