@@ -202,6 +202,15 @@ def check_task_id(task_id: object) -> str:
     return task_id
 
 
+def check_task_key(task_id: object) -> None:
+    """Raise ``TypeError`` unless ``task_id`` has the type of a task id."""
+    if isinstance(task_id, bool) or not isinstance(task_id, (int, str)):
+        raise TypeError(
+            f"task_id must be the int id the queue gave or the str id given to "
+            f"submit(), got {task_id!r}"
+        )
+
+
 def check_hooks(hooks: object) -> Sequence[object]:
     """Return ``hooks`` if it is a sequence, but not a str or bytes."""
     if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Sequence):

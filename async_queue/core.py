@@ -227,6 +227,7 @@ class AsyncTaskQueue:
         "_joins",
         "_lifecycle",
         "_loop",
+        "_lost_workers",
         "_max_pending",
         "_max_workers",
         "_on_dead_letter",
@@ -333,6 +334,9 @@ class AsyncTaskQueue:
         # the queue accepts tasks and has no admission rule (max_pending,
         # aging) or submit hook that the path skips.
         self._fast_submit = False
+        # Workers cancelled from outside while the queue ran; the next
+        # submission through the checked path replaces them.
+        self._lost_workers = 0
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._clock: Callable[[], float] = time.monotonic  # the loop's, from start()
         self._slack = _CLOCK_RESOLUTION  # how early the loop may run a timer
@@ -422,9 +426,7 @@ class AsyncTaskQueue:
         self._clock = _fast_clock(self._loop)
         self._slack = _timer_slack(self._loop)
         self._lifecycle = _Lifecycle.RUNNING
-        self._fast_submit = (
-            not self._aging and self._max_pending is None and not self._submitted_hooks
-        )
+        self._fast_submit = self._submits_inline()
         self._tokens_at = self._loop.time()
         self._table.clock = self._loop.time
         if isinstance(self._ready, AgingHeap):
@@ -460,7 +462,8 @@ class AsyncTaskQueue:
 
         Growing starts the new workers at once. Shrinking stops idle workers
         at once and lets busy ones finish their current task before they
-        exit; no running task is cancelled.
+        exit; no running task is cancelled, and no task starts until fewer
+        than ``max_workers`` tasks run.
 
         Raises:
             QueueStateError: ``stop()`` has begun.
@@ -476,8 +479,18 @@ class AsyncTaskQueue:
 
         staying = [w for w in self._workers if not w.retire]
         if count > len(staying):
+            # Keep the workers that an earlier shrink retired and that still
+            # finish a task, before starting new ones: a worker that stays
+            # and a new one beside it would run more tasks than max_workers.
+            for worker in self._workers:
+                if worker.retire and len(staying) < count:
+                    worker.retire = False
+                    staying.append(worker)
+
+            self._update_gate()
             self._add_workers(count - len(staying))
             self._wake_workers()
+            logger.debug("resized the pool from %d to %d workers", old, count)
             return
 
         # Retire idle workers first, so that running tasks are not delayed.
@@ -774,6 +787,9 @@ class AsyncTaskQueue:
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
 
+        if self._lost_workers:
+            self._replace_lost_workers()
+
         if type(priority) is not int:
             priority = _checks.check_priority(priority)
         if self._aging and not -_FLOAT_MAX <= priority <= _FLOAT_MAX:
@@ -952,6 +968,9 @@ class AsyncTaskQueue:
         options: dict[str, Any],
     ) -> None:
         if future.cancelled():
+            if inspect.iscoroutine(fn):
+                fn.close()  # the caller gave it up before it was queued
+
             return
 
         try:
@@ -1086,10 +1105,12 @@ class AsyncTaskQueue:
         Raises:
             TaskNotFoundError: no dead letter has this id.
             ValueError: the task was a coroutine object, which cannot rerun.
+            TypeError: ``task_id`` is neither an int nor a str.
         """
         # Check everything that can fail at once before taking the letter
         # out, so that a rejected call leaves the store and its order as they
         # were.
+        _checks.check_task_key(task_id)
         letter = self._dead_letters.get(task_id)
         if letter is None:
             raise TaskNotFoundError(
@@ -1136,7 +1157,9 @@ class AsyncTaskQueue:
 
         Raises:
             TaskNotFoundError: no such task, or it was evicted.
+            TypeError: ``task_id`` is neither an int nor a str.
         """
+        _checks.check_task_key(task_id)
         handle = self._table.get(task_id)
         if handle is None:
             raise TaskNotFoundError(
@@ -1152,6 +1175,7 @@ class AsyncTaskQueue:
 
         Raises:
             TaskNotFoundError: no such task, or it was evicted.
+            TypeError: ``task_id`` is neither an int nor a str.
         """
         return self.task(task_id).cancel(msg)
 
@@ -1222,9 +1246,13 @@ class AsyncTaskQueue:
                         self._workers.remove(worker)
                         del self._workers_by_task[worker.task]  # type: ignore[arg-type]
                         self._update_gate()
+                        # A worker that waited for this one to finish may
+                        # start a task now.
+                        self._wake_workers()
                         return
 
                     if self._workers_exit:
+                        self._drop_idle_watchdog()  # kept for a stop caller
                         return
 
                     await self._wait_for_work(worker)
@@ -1266,6 +1294,7 @@ class AsyncTaskQueue:
                     self._ended += 1
                     run_time.add(clock() - started_at)
                     if self._settle_error(worker, handle, exc):
+                        self._forget_worker(worker, handle)
                         raise
 
                     now = clock()
@@ -1305,18 +1334,61 @@ class AsyncTaskQueue:
                     else:
                         # Interrupted, but the coroutine returned: hooks run here.
                         if self._settle_error(worker, handle, None):
+                            self._forget_worker(worker, handle)
                             raise asyncio.CancelledError from None
 
                         now = clock()
         finally:
             # On Python 3.12 and later, a finished task coroutine's frame links
             # to this one, and a failed task's stored traceback keeps those
-            # frames. Once this frame ends it must not keep the queue alive.
-            del self
+            # frames. Once this frame ends, its locals must not keep the queue
+            # alive: neither the queue, nor its heap, nor hooks that name it.
+            del self, pop, started_hooks, succeeded_hooks
+
+    def _forget_worker(self, worker: _Worker, handle: TaskHandle[Any]) -> None:
+        """Drop a worker that exits because it was cancelled from outside."""
+        self._workers.remove(worker)
+        del self._workers_by_task[worker.task]  # type: ignore[arg-type]
+        self._update_gate()
+        if self._lifecycle is not _ACCEPTING:
+            return
+
+        # NOTE: the queue cannot tell a task that cancels its own asyncio
+        # task from the event loop cancelling every task as it closes. So the
+        # replacement waits for the next submission: one started now could
+        # outlive the loop.
+        self._lost_workers += 1
+        self._fast_submit = False
+        logger.warning(
+            "worker %s was cancelled from outside the queue while it ran task "
+            "%r, and has exited; the next submission starts a new worker. A "
+            "task runs inside its worker's asyncio task, so it must not cancel "
+            "asyncio.current_task()",
+            worker.task.get_name() if worker.task is not None else "?",
+            handle._id,
+        )
+
+    def _replace_lost_workers(self) -> None:
+        """Start workers in place of those cancelled from outside."""
+        self._lost_workers = 0
+        self._fast_submit = self._submits_inline()
+        staying = sum(1 for worker in self._workers if not worker.retire)
+        if staying < self._max_workers:
+            self._add_workers(self._max_workers - staying)
+
+    def _submits_inline(self) -> bool:
+        """Return whether submissions may take the inline path."""
+        return (
+            not self._aging and self._max_pending is None and not self._submitted_hooks
+        )
 
     def _held_back(self, worker: _Worker) -> bool:
         """Return whether ``worker`` must not start a task now."""
         if self._paused or worker.retire:
+            return True
+
+        if self._started - self._ended >= self._max_workers:
+            # Workers that a shrink retired still finish their tasks.
             return True
 
         # Without a token, a timer wakes a worker when the next one is due.
@@ -1330,13 +1402,15 @@ class AsyncTaskQueue:
             or any(worker.retire for worker in self._workers)
         )
 
-    async def _wait_for_work(self, worker: _Worker) -> None:
+    def _drop_idle_watchdog(self) -> None:
         if self._running == 0 and self._watchdog is not None:
             # Nothing runs, so no deadline is left: an idle queue keeps no timer.
             self._watchdog.cancel()
             self._watchdog = None
             self._watchdog_at = math.inf
 
+    async def _wait_for_work(self, worker: _Worker) -> None:
+        self._drop_idle_watchdog()
         waiter = self._loop.create_future()
         worker.waiter = waiter
         self._idle.append(worker)
@@ -1881,7 +1955,11 @@ class AsyncTaskQueue:
         caller = self._stop_caller
 
         def drained() -> bool:
-            return self._table.unfinished <= (caller is not None and not caller.done())
+            # Only while it runs: once its attempt has ended, say by its own
+            # timeout, the caller waits for a retry like any other task.
+            return self._table.unfinished <= (
+                caller is not None and caller._state is RUNNING
+            )
 
         def finished_running() -> bool:
             running = self._running - self._abandoned_running
@@ -2011,12 +2089,23 @@ class AsyncTaskQueue:
 
     async def _stop_workers(self) -> None:
         self._workers_exit = True
+        # A task that called stop() may still run, and no worker is left for
+        # its retry: if it fails, it fails for good.
+        self._accept_retries = False
         if self._timer_handle is not None:
             # Only stale entries remain, of tasks cancelled while waiting.
             self._timer_handle.cancel()
             self._timer_handle = None
 
-        if self._watchdog is not None:
+        caller = self._stop_caller
+        caller_worker = None
+        if caller is not None and caller._state is RUNNING:
+            caller_worker = self._worker_running(caller)
+
+        if self._watchdog is not None and (
+            caller_worker is None or caller_worker.deadline is None
+        ):
+            # Otherwise the watchdog stays, for the caller's own timeout.
             self._watchdog.cancel()
             self._watchdog = None
             self._watchdog_at = math.inf
@@ -2030,12 +2119,9 @@ class AsyncTaskQueue:
             if worker.waiter is not None and not worker.waiter.done():
                 worker.waiter.set_result(None)
 
-        caller = self._stop_caller
         skip = [*self._stuck]
-        if caller is not None and not caller.done():
-            running = self._worker_running(caller)
-            if running is not None:
-                skip.append(running)  # it awaits this very stop
+        if caller_worker is not None:
+            skip.append(caller_worker)  # it awaits this very stop
 
         tasks = [w.task for w in self._workers if w.task is not None and w not in skip]
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -2043,9 +2129,30 @@ class AsyncTaskQueue:
     # Helpers
 
     def _calling_task(self) -> TaskHandle[Any] | None:
-        """Return the task of this queue that the current coroutine runs."""
-        worker = self._workers_by_task.get(asyncio.current_task())  # type: ignore[arg-type]
+        """Return the task of this queue that the current coroutine runs.
+
+        That is the task of the worker whose asyncio task is the current one,
+        or awaits it through child asyncio tasks, as ``gather()`` and
+        ``create_task()`` make.
+        """
+        current = asyncio.current_task()
+        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
+        if worker is None and current is not None:
+            worker = self._worker_awaiting(current)
+
         return None if worker is None else worker.current
+
+    def _worker_awaiting(self, task: asyncio.Task[Any]) -> _Worker | None:
+        """Return the busy worker whose asyncio task awaits ``task``, if any."""
+        # NOTE: this follows what each worker awaits, through attributes that
+        # asyncio's tasks and gather() keep but do not document. shield(),
+        # and wait_for() before Python 3.12, leave no such link, so a task
+        # that calls stop() or join() through them still waits for itself.
+        for worker in self._workers:
+            if worker.current is not None and _awaits(worker.task, task):
+                return worker
+
+        return None
 
     def _worker_running(self, handle: TaskHandle[Any]) -> _Worker | None:
         """Return the worker whose current task is ``handle``, or ``None``."""
@@ -2221,6 +2328,31 @@ def _settle_future(
             future.set_result(result)
         else:
             future.set_exception(exc)
+
+
+def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
+    """Return whether the asyncio task ``waiter`` waits for ``target``.
+
+    Follows the future each task awaits and the children of each future
+    that ``gather()`` returned.
+    """
+    pending = [waiter]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if item is target:
+            return True
+
+        if id(item) in seen:
+            continue
+
+        seen.add(id(item))
+        awaited = getattr(item, "_fut_waiter", None)
+        if awaited is not None:
+            pending.append(awaited)
+        pending += getattr(item, "_children", ())
+
+    return False
 
 
 def _is_fatal(exc: BaseException | None) -> bool:

@@ -17,6 +17,8 @@ that runs over its timeout fails with the builtin ``TimeoutError``.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = (
     "AsyncQueueError",
     "DuplicateTaskIdError",
@@ -67,6 +69,12 @@ class RetryAfter(AsyncQueueError):
         assert seconds is not None
         super().__init__(message or f"retry requested after {seconds} s")
         self.delay = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default passes only the message back to __init__, which needs
+        # the delay first: pickling (as a process pool does) and copying
+        # would fail.
+        return (type(self), (self.delay, *self.args[:1]), self.__dict__)
 
 
 class TaskCancelledError(AsyncQueueError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -249,7 +250,11 @@ class TaskHandle(Generic[T]):
         Callbacks run in the order they were added, through
         ``loop.call_soon()``; an exception from one goes to the loop's
         exception handler.
+
+        Raises:
+            TypeError: ``callback`` is not callable, or is a coroutine function.
         """
+        _check_callback(callback)
         if self._state in _FINAL:
             asyncio.get_running_loop().call_soon(callback, self)
             return
@@ -355,9 +360,10 @@ class TaskHandle(Generic[T]):
         return self.result()
 
     def _awaits_itself(self) -> bool:
-        # NOTE: a task that awaits its own handle through another asyncio
-        # task, as asyncio.wait_for() and gather() make, is not caught here:
-        # it waits for itself until a timeout ends the wait.
+        # NOTE: a task that awaits its own handle through shield(), or
+        # through wait_for() before Python 3.12, is not caught here: it waits
+        # for itself until a timeout ends the wait. gather() and create_task()
+        # are caught (see AsyncTaskQueue._calling_task()).
         queue = self._settings.queue
         assert queue is not None
         return self._state is RUNNING and queue._calling_task() is self
@@ -401,6 +407,21 @@ def _finished() -> Generator[Any, None, None]:
 # at once. Sharing one is safe, since it stays ended.
 _EXHAUSTED: Generator[Any, None, Any] = _finished()
 next(_EXHAUSTED, None)
+
+
+def _check_callback(callback: object) -> None:
+    if inspect.iscoroutinefunction(callback):
+        raise TypeError(
+            f"a done callback must be a plain function, got the coroutine "
+            f"function {callback!r}; pass a function that starts it with "
+            "asyncio.create_task() instead"
+        )
+
+    if not callable(callback):
+        raise TypeError(
+            f"a done callback must be a function that takes the handle, "
+            f"got {callback!r}"
+        )
 
 
 def new_handle(

@@ -546,3 +546,25 @@ async def test_rejected_coroutine_object_stays_usable() -> None:
 
         handle = await queue.submit(coro, retry=NO_RETRY)
         assert await handle == 42
+
+
+@pytest.mark.parametrize("task_id", [["a"], {"id": 1}, 1.0, True, None, b"1"])
+async def test_lookup_rejects_id_type(queue: AsyncTaskQueue, task_id: object) -> None:
+    """task(), cancel() and requeue() name an id of the wrong type."""
+    before = queue.stats()
+    message = (
+        "task_id must be the int id the queue gave or the str id given to "
+        f"submit(), got {task_id!r}"
+    )
+
+    with pytest.raises(TypeError) as by_task:
+        queue.task(task_id)  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as by_cancel:
+        queue.cancel(task_id)  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as by_requeue:
+        await queue.requeue(task_id)  # type: ignore[arg-type]
+
+    assert str(by_task.value) == message
+    assert str(by_cancel.value) == message
+    assert str(by_requeue.value) == message
+    assert queue.stats() == before

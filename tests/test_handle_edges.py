@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -72,6 +73,38 @@ async def test_remove_done_callback_never_added() -> None:
         await asyncio.sleep(0)
 
     assert seen == [handle]
+
+
+async def on_done(handle: TaskHandle[str]) -> None:
+    raise AssertionError("a coroutine function is never a done callback")
+
+
+@pytest.mark.parametrize(
+    ("callback", "message"),
+    [
+        (42, "a done callback must be a function that takes the handle, got 42"),
+        (None, "got None"),
+        (on_done, "got the coroutine function <function on_done"),
+    ],
+)
+async def test_bad_done_callback_rejected(callback: object, message: str) -> None:
+    """A bad callback raises at once, and the task still finishes cleanly."""
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        queue.pause()
+        handle: TaskHandle[str] = await queue.submit(echo, 1)
+        with pytest.raises(TypeError, match=re.escape(message)):
+            handle.add_done_callback(callback)  # type: ignore[arg-type]
+
+        assert handle._waiters is None
+        queue.resume()
+        assert await handle == "1"
+        await queue.join()
+
+        with pytest.raises(TypeError, match=re.escape(message)):
+            handle.add_done_callback(callback)  # type: ignore[arg-type]
+
+    assert queue.stats().succeeded == 1
+    assert queue.stats().workers == 0
 
 
 async def test_awaiter_timeout_leaves_others_waiting() -> None:

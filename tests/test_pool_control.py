@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, QueueClosedError, RetryPolicy, TaskState
 from tests.helpers import until
@@ -164,3 +166,56 @@ async def test_resize_rejects_invalid_count(value: object) -> None:
 
         assert queue.max_workers == 2
         assert queue.stats().workers == 2
+
+
+# One step: the new pool size, then how many of the running tasks finish.
+resize_step = st.tuples(st.integers(min_value=1, max_value=4), st.integers(0, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(resize_step, min_size=1, max_size=8))
+def test_resize_never_exceeds_max_workers(steps: list[tuple[int, int]]) -> None:
+    """A task starts only while fewer than max_workers tasks run, however the
+    pool shrinks and grows; the pool ends with max_workers live workers."""
+    over: list[tuple[int, int]] = []
+    running: list[asyncio.Future[None]] = []
+
+    async def job() -> None:
+        if len(running) >= queue.max_workers:
+            over.append((len(running), queue.max_workers))
+
+        release = asyncio.get_running_loop().create_future()
+        running.append(release)
+        await release
+
+    def finish(count: int) -> None:
+        for release in running[:count]:
+            release.set_result(None)
+        del running[:count]
+
+    async def scenario() -> None:
+        for size, finished in steps:
+            queue.resize(size)
+            finish(finished)
+            await until(lambda: queue.stats().running == len(running))
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+        queue.resize(4)
+        while queue.stats().succeeded < 30:
+            finish(len(running))
+            await asyncio.sleep(0)
+
+        await until(lambda: queue.stats().workers == 4)
+
+    queue = AsyncTaskQueue(4, retry=NO_RETRY)
+
+    async def main() -> None:
+        async with queue:
+            for _ in range(30):
+                queue.submit_nowait(job)
+            await until(lambda: len(running) == 4)
+            await scenario()
+
+    asyncio.run(main())
+    assert over == []

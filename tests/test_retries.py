@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import functools
+import pickle
 from collections.abc import Awaitable, Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState, bind
+from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState, bind
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -262,3 +266,19 @@ async def test_type_error_inside_task_is_retried() -> None:
 
     assert handle.attempts == 3
     assert queue.stats().retries == 2
+
+
+@given(
+    delay=st.floats(min_value=0, max_value=1e6, allow_nan=False),
+    message=st.none() | st.text(max_size=20),
+)
+def test_retry_after_pickles_and_copies(delay: float, message: str | None) -> None:
+    """A process pool sends a task's RetryAfter back by pickling it."""
+    error = RetryAfter(delay, message)
+    error.note = "kept"  # type: ignore[attr-defined]
+
+    for twin in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(twin) is RetryAfter
+        assert twin.delay == error.delay
+        assert str(twin) == str(error)
+        assert twin.note == "kept"  # type: ignore[attr-defined]

@@ -359,3 +359,38 @@ async def test_cancel_then_raise_logs_cancelled(
         "settling an attempt of task 1 failed; the task was cancelled first, "
         "so it ends cancelled"
     ]
+
+
+class QueueReadingHook(Hook):
+    """A hook that references its queue and reads its stats on every event."""
+
+    def __init__(self) -> None:
+        self.queue: AsyncTaskQueue | None = None
+        self.running: list[int] = []
+
+    def on_started(self, event: TaskEvent) -> None:
+        assert self.queue is not None
+        self.running.append(self.queue.stats().running)
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        self.on_started(event)
+
+
+async def test_hook_with_queue_frees_queue() -> None:
+    """A failed handle does not keep a stopped queue whose hooks name it.
+
+    On Python 3.12 and later the task's frames link to the worker loop's
+    frame, whose locals once held the hook lists.
+    """
+    hook = QueueReadingHook()
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[hook])
+    hook.queue = queue
+    running = hook.running
+    del hook  # the queue keeps it, and it keeps the queue
+    handle, reference = await finish_and_stop(queue, fails_permanently)
+    del queue
+    gc.collect()
+
+    assert handle.state is TaskState.FAILED
+    assert running == [1]
+    assert reference() is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
 
 import pytest
@@ -201,3 +202,17 @@ def test_threadsafe_at_waits_for_its_time() -> None:
             assert loop.time() == due
 
     run_virtual(main, autojump=None)
+
+
+async def test_cancelled_future_closes_coroutine() -> None:
+    """A coroutine object whose future is cancelled before it is queued is closed."""
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        coroutine = double(3)
+        future = queue.submit_threadsafe(coroutine)
+
+        assert future.cancel()
+        await asyncio.sleep(0)  # the loop runs the submission, which finds it cancelled
+        await asyncio.sleep(0)
+
+        assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+        assert queue.stats().submitted == 0
