@@ -1076,6 +1076,9 @@ class AsyncTaskQueue:
         if remaining <= 0:
             return
 
+        if self._lost_workers:
+            self._replace_lost_workers()  # or the tasks would never start
+
         exclude = seq_of(caller) if caller is not None else 0
         future = self._loop.create_future()
         join = _Join(remaining, self._seq, future, exclude)
@@ -1355,13 +1358,14 @@ class AsyncTaskQueue:
 
         # NOTE: the queue cannot tell a task that cancels its own asyncio
         # task from the event loop cancelling every task as it closes. So the
-        # replacement waits for the next submission: one started now could
-        # outlive the loop.
+        # replacement waits for the next submission, join() or await of an
+        # unfinished handle: one started now could outlive the loop.
         self._lost_workers += 1
         self._fast_submit = False
         logger.warning(
             "worker %s was cancelled from outside the queue while it ran task "
-            "%r, and has exited; the next submission starts a new worker. A "
+            "%r, and has exited; the next submission, join() or await of a "
+            "handle starts a new worker. A "
             "task runs inside its worker's asyncio task, so it must not cancel "
             "asyncio.current_task()",
             worker.task.get_name() if worker.task is not None else "?",
@@ -1370,8 +1374,12 @@ class AsyncTaskQueue:
 
     def _replace_lost_workers(self) -> None:
         """Start workers in place of those cancelled from outside."""
+        if self._lifecycle is _Lifecycle.STOPPED or self._workers_exit:
+            return
+
         self._lost_workers = 0
-        self._fast_submit = self._submits_inline()
+        if self._lifecycle is _ACCEPTING:
+            self._fast_submit = self._submits_inline()
         staying = sum(1 for worker in self._workers if not worker.retire)
         if staying < self._max_workers:
             self._add_workers(self._max_workers - staying)
@@ -1949,6 +1957,8 @@ class AsyncTaskQueue:
     ) -> ShutdownReport:
         deadline = None if timeout is None else self._loop.time() + timeout
         escalated = False
+        if self._lost_workers:
+            self._replace_lost_workers()  # for the tasks a drain waits for
 
         # A task of this queue that called stop() waits for the stop, so the
         # stop must not wait for it.
@@ -2141,6 +2151,25 @@ class AsyncTaskQueue:
             worker = self._worker_awaiting(current)
 
         return None if worker is None else worker.current
+
+    def _runs_in_caller(self, handle: TaskHandle[Any]) -> bool:
+        """Return whether the current coroutine belongs to ``handle``'s attempt.
+
+        That is, whether it runs in the worker running ``handle``, or in a
+        child asyncio task that the worker awaits. Only that worker's awaits
+        are followed, so the cost does not grow with the pool's busy workers.
+        """
+        current = asyncio.current_task()
+        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
+        if worker is not None:
+            return worker.current is handle
+
+        running = self._worker_running(handle)
+        return (
+            running is not None
+            and current is not None
+            and _awaits(running.task, current)
+        )
 
     def _worker_awaiting(self, task: asyncio.Task[Any]) -> _Worker | None:
         """Return the busy worker whose asyncio task awaits ``task``, if any."""

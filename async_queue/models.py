@@ -363,16 +363,18 @@ class TaskHandle(Generic[T]):
         # NOTE: a task that awaits its own handle through shield(), or
         # through wait_for() before Python 3.12, is not caught here: it waits
         # for itself until a timeout ends the wait. gather() and create_task()
-        # are caught (see AsyncTaskQueue._calling_task()).
+        # are caught (see AsyncTaskQueue._runs_in_caller()).
         queue = self._settings.queue
         assert queue is not None
-        return self._state is RUNNING and queue._calling_task() is self
+        return self._state is RUNNING and queue._runs_in_caller(self)
 
     def _add_waiter(self) -> asyncio.Future[None]:
         # A separate frame from _wait(), whose frame a raised exception's
         # traceback keeps: a local reference to the queue here goes away.
         queue = self._settings.queue
         assert queue is not None
+        if queue._lost_workers:
+            queue._replace_lost_workers()
         waiter: asyncio.Future[None] = queue._loop.create_future()
         waiters = self._waiters
         if waiters is None:

@@ -184,3 +184,45 @@ async def test_cancelled_worker_replaced_on_submit(
     assert queue.stats().workers == 2
     assert await later == "done"
     await queue.stop()
+
+
+async def lose_every_worker(queue: AsyncTaskQueue, count: int) -> list[Any]:
+    """Queue ``count`` tasks behind tasks that cancel every worker."""
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[None] = loop.create_future()
+
+    async def cancels_after_gate() -> None:
+        await gate
+        await cancels_own_worker()
+
+    workers = queue.max_workers
+    for _ in range(workers):
+        queue.submit_nowait(cancels_after_gate)
+    later = [queue.submit_nowait(returns_done) for _ in range(count)]
+    await until(lambda: queue.stats().running == workers)
+    gate.set_result(None)
+    await until(lambda: queue.stats().workers == 0)
+    return later
+
+
+@pytest.mark.parametrize("how", ["join", "await", "drain"])
+async def test_lost_workers_replaced_on_wait(
+    how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Waiting for queued tasks starts workers in place of the lost ones."""
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    with caplog.at_level(logging.ERROR, logger="async_queue"):
+        later = await lose_every_worker(queue, 3)
+
+    assert [h.state for h in later] == [TaskState.PENDING] * 3
+    if how == "join":
+        await queue.join()
+    elif how == "await":
+        assert await later[-1] == "done"
+    else:
+        await queue.stop("drain")
+
+    assert queue.stats().succeeded == 3
+    assert [await h for h in later] == ["done"] * 3
+    await queue.stop()
