@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import enum
 import inspect
 import logging
@@ -111,6 +112,13 @@ class _Worker:
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
+
+
+# The worker whose asyncio task runs the current code, or started the task
+# that runs it: asyncio copies the context into each task it creates.
+_CURRENT_WORKER: contextvars.ContextVar[_Worker | None] = contextvars.ContextVar(
+    "async_queue_worker", default=None
+)
 
 
 class _Summary:
@@ -245,7 +253,7 @@ class AsyncTaskQueue:
         "_slack",
         "_space_waiters",
         "_started",
-        "_stop_caller",
+        "_stop_callers",
         "_stop_mode",
         "_stop_task",
         "_stuck",
@@ -386,7 +394,7 @@ class AsyncTaskQueue:
         self._accept_retries = True
         self._escalate = False  # a later stop("cancel") cuts a graceful stop short
         self._stop_mode: ShutdownMode | None = None
-        self._stop_caller: TaskHandle[Any] | None = None  # a task calling stop()
+        self._stop_callers: list[TaskHandle[Any]] = []  # tasks that called stop()
         self._workers_exit = False
         self._stuck: list[_Worker] = []  # workers running an abandoned task
         self._abandoned_running = 0  # abandoned attempts still in `_running`
@@ -438,12 +446,15 @@ class AsyncTaskQueue:
         for _ in range(count):
             self._worker_count += 1
             worker = _Worker()
-            worker.task = self._loop.create_task(
+            # In the pool before its task exists: an eager task factory runs
+            # the worker, which registers its task, inside create_task().
+            self._workers.append(worker)
+            task = self._loop.create_task(
                 self._run_worker(worker),
                 name=f"async_queue-worker-{self._worker_count}",
             )
-            self._workers.append(worker)
-            self._workers_by_task[worker.task] = worker
+            worker.task = task
+            self._workers_by_task[task] = worker
 
     # Pool control
 
@@ -580,19 +591,37 @@ class AsyncTaskQueue:
 
             self._wake_workers()
             self._stop_mode = mode
-            self._stop_caller = self._calling_task()
+            self._note_stop_caller()
             self._stop_task = self._loop.create_task(
                 self._shut_down(mode, timeout, grace_seconds, dropped),
                 name="async_queue-stop",
             )
-        elif mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
-            self._stop_mode = mode
-            self._escalate = True
-            self._wake_watchers()
+        else:
+            if self._note_stop_caller():
+                self._wake_watchers()  # the stop may wait for nothing more now
+
+            if mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
+                self._stop_mode = mode
+                self._escalate = True
+                self._wake_watchers()
 
         # Shielded, so that cancelling one caller of stop() does not cut the
         # shutdown short for the others.
         return await asyncio.shield(self._stop_task)
+
+    def _note_stop_caller(self) -> bool:
+        """Record the task of this queue that calls stop(), if one does."""
+        caller = self._calling_task()
+        if caller is None or caller in self._stop_callers:
+            return False
+
+        self._stop_callers.append(caller)
+        return True
+
+    def _running_stop_callers(self) -> int:
+        # Only while they run: once its attempt has ended, say by its own
+        # timeout, a caller waits for a retry like any other task.
+        return sum(1 for caller in self._stop_callers if caller._state is RUNNING)
 
     async def __aenter__(self) -> AsyncTaskQueue:
         await self.start()
@@ -700,6 +729,9 @@ class AsyncTaskQueue:
                 self._wake_worker()
 
             return handle
+
+        if self._lost_workers:
+            self._replace_lost_workers()  # before waiting for room they free
 
         if self._max_pending is not None and self._must_wait_for_room():
             # Reject invalid arguments now, not after waiting for room. A
@@ -1231,6 +1263,12 @@ class AsyncTaskQueue:
     # Workers
 
     async def _run_worker(self, worker: _Worker) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        worker.task = task
+        self._workers_by_task[task] = worker
+        _CURRENT_WORKER.set(worker)
+        del task
         pop = self._ready.pop
         clock = self._clock
         wait_time, run_time = self._wait_time, self._run_time
@@ -1247,7 +1285,7 @@ class AsyncTaskQueue:
                     args = result = None
                     if worker.retire:
                         self._workers.remove(worker)
-                        del self._workers_by_task[worker.task]  # type: ignore[arg-type]
+                        del self._workers_by_task[worker.task]
                         self._update_gate()
                         # A worker that waited for this one to finish may
                         # start a task now.
@@ -1258,7 +1296,11 @@ class AsyncTaskQueue:
                         self._drop_idle_watchdog()  # kept for a stop caller
                         return
 
-                    await self._wait_for_work(worker)
+                    try:
+                        await self._wait_for_work(worker)
+                    except asyncio.CancelledError:
+                        self._forget_worker(worker, None)
+                        raise
                     now = clock()
                     continue
 
@@ -1293,6 +1335,12 @@ class AsyncTaskQueue:
                     else:
                         result = await handle._fn(*args)  # type: ignore[operator]
                 except BaseException as exc:
+                    if exc.__class__ is GeneratorExit and not self._loop.is_running():
+                        # Not from the task: this coroutine is being closed,
+                        # as the collector does with a worker left on a loop
+                        # that no longer runs. End at once.
+                        raise
+
                     worker.current = worker.deadline = None
                     self._ended += 1
                     run_time.add(clock() - started_at)
@@ -1348,33 +1396,48 @@ class AsyncTaskQueue:
             # alive: neither the queue, nor its heap, nor hooks that name it.
             del self, pop, started_hooks, succeeded_hooks
 
-    def _forget_worker(self, worker: _Worker, handle: TaskHandle[Any]) -> None:
+    def _forget_worker(self, worker: _Worker, handle: TaskHandle[Any] | None) -> None:
         """Drop a worker that exits because it was cancelled from outside."""
         self._workers.remove(worker)
         del self._workers_by_task[worker.task]  # type: ignore[arg-type]
         self._update_gate()
-        if self._lifecycle is not _ACCEPTING:
+        if self._lifecycle is not _ACCEPTING or self._workers_exit:
             return
 
         # NOTE: the queue cannot tell a task that cancels its own asyncio
         # task from the event loop cancelling every task as it closes. So the
-        # replacement waits for the next submission, join() or await of an
-        # unfinished handle: one started now could outlive the loop.
+        # replacement waits for the next submission, join(), stop() or await
+        # of an unfinished handle: one started now could outlive the loop.
         self._lost_workers += 1
         self._fast_submit = False
+        name = worker.task.get_name() if worker.task is not None else "?"
+        if handle is None:
+            # Mostly the event loop closing with the queue still running,
+            # which needs no warning.
+            logger.debug("idle worker %s was cancelled from outside the queue", name)
+            return
+
         logger.warning(
             "worker %s was cancelled from outside the queue while it ran task "
-            "%r, and has exited; the next submission, join() or await of a "
-            "handle starts a new worker. A "
-            "task runs inside its worker's asyncio task, so it must not cancel "
-            "asyncio.current_task()",
-            worker.task.get_name() if worker.task is not None else "?",
+            "%r, and has exited; the next submission, join(), stop() or await "
+            "of a handle starts a new worker. A task runs inside its worker's "
+            "asyncio task, so it must not cancel asyncio.current_task()",
+            name,
             handle._id,
         )
 
     def _replace_lost_workers(self) -> None:
-        """Start workers in place of those cancelled from outside."""
+        """Start workers in place of those cancelled from outside.
+
+        Only from a task that is not being cancelled: when the event loop
+        closes, it cancels every task, and a worker started then would
+        outlive it.
+        """
         if self._lifecycle is _Lifecycle.STOPPED or self._workers_exit:
+            return
+
+        current = asyncio.current_task()
+        if current is None or current.cancelling():
             return
 
         self._lost_workers = 0
@@ -1957,23 +2020,17 @@ class AsyncTaskQueue:
     ) -> ShutdownReport:
         deadline = None if timeout is None else self._loop.time() + timeout
         escalated = False
-        if self._lost_workers:
-            self._replace_lost_workers()  # for the tasks a drain waits for
+        if self._lost_workers and mode is ShutdownMode.DRAIN:
+            self._replace_lost_workers()  # for the tasks the drain waits for
 
         # A task of this queue that called stop() waits for the stop, so the
         # stop must not wait for it.
-        caller = self._stop_caller
-
         def drained() -> bool:
-            # Only while it runs: once its attempt has ended, say by its own
-            # timeout, the caller waits for a retry like any other task.
-            return self._table.unfinished <= (
-                caller is not None and caller._state is RUNNING
-            )
+            return self._table.unfinished <= self._running_stop_callers()
 
         def finished_running() -> bool:
             running = self._running - self._abandoned_running
-            return running <= (caller is not None and caller._state is RUNNING)
+            return running <= self._running_stop_callers()
 
         if mode is ShutdownMode.DRAIN:
             escalated = not await self._wait_until(drained, deadline)
@@ -2107,15 +2164,16 @@ class AsyncTaskQueue:
             self._timer_handle.cancel()
             self._timer_handle = None
 
-        caller = self._stop_caller
-        caller_worker = None
-        if caller is not None and caller._state is RUNNING:
-            caller_worker = self._worker_running(caller)
-
-        if self._watchdog is not None and (
-            caller_worker is None or caller_worker.deadline is None
+        caller_workers = [
+            worker
+            for caller in self._stop_callers
+            if caller._state is RUNNING
+            and (worker := self._worker_running(caller)) is not None
+        ]
+        if self._watchdog is not None and all(
+            worker.deadline is None for worker in caller_workers
         ):
-            # Otherwise the watchdog stays, for the caller's own timeout.
+            # Otherwise the watchdog stays, for the callers' own timeouts.
             self._watchdog.cancel()
             self._watchdog = None
             self._watchdog_at = math.inf
@@ -2129,9 +2187,7 @@ class AsyncTaskQueue:
             if worker.waiter is not None and not worker.waiter.done():
                 worker.waiter.set_result(None)
 
-        skip = [*self._stuck]
-        if caller_worker is not None:
-            skip.append(caller_worker)  # it awaits this very stop
+        skip = [*self._stuck, *caller_workers]  # these await this very stop
 
         tasks = [w.task for w in self._workers if w.task is not None and w not in skip]
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -2142,46 +2198,33 @@ class AsyncTaskQueue:
         """Return the task of this queue that the current coroutine runs.
 
         That is the task of the worker whose asyncio task is the current one,
-        or awaits it through child asyncio tasks, as ``gather()`` and
-        ``create_task()`` make.
+        or started it and awaits it, directly or through ``gather()``.
         """
         current = asyncio.current_task()
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
         if worker is None and current is not None:
-            worker = self._worker_awaiting(current)
+            worker = self._worker_above(current)
 
         return None if worker is None else worker.current
 
-    def _runs_in_caller(self, handle: TaskHandle[Any]) -> bool:
-        """Return whether the current coroutine belongs to ``handle``'s attempt.
+    def _worker_above(self, task: asyncio.Task[Any]) -> _Worker | None:
+        """Return this queue's worker that started ``task`` and awaits it."""
+        # NOTE: the wait is found through attributes that asyncio's tasks and
+        # gather() keep but do not document. A child awaited through
+        # shield(), wait(), a TaskGroup, wait_for() before Python 3.12, or
+        # only some steps after the call, leaves no such link, so a stop()
+        # or join() made there waits for the task that made it.
+        worker = _CURRENT_WORKER.get()
+        if worker is None or worker.task is None:
+            return None
 
-        That is, whether it runs in the worker running ``handle``, or in a
-        child asyncio task that the worker awaits. Only that worker's awaits
-        are followed, so the cost does not grow with the pool's busy workers.
-        """
-        current = asyncio.current_task()
-        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
-        if worker is not None:
-            return worker.current is handle
+        if self._workers_by_task.get(worker.task) is not worker:
+            return None  # a worker of another queue
 
-        running = self._worker_running(handle)
-        return (
-            running is not None
-            and current is not None
-            and _awaits(running.task, current)
-        )
+        if worker.current is None or not _awaits(worker.task, task):
+            return None
 
-    def _worker_awaiting(self, task: asyncio.Task[Any]) -> _Worker | None:
-        """Return the busy worker whose asyncio task awaits ``task``, if any."""
-        # NOTE: this follows what each worker awaits, through attributes that
-        # asyncio's tasks and gather() keep but do not document. shield(),
-        # and wait_for() before Python 3.12, leave no such link, so a task
-        # that calls stop() or join() through them still waits for itself.
-        for worker in self._workers:
-            if worker.current is not None and _awaits(worker.task, task):
-                return worker
-
-        return None
+        return worker
 
     def _worker_running(self, handle: TaskHandle[Any]) -> _Worker | None:
         """Return the worker whose current task is ``handle``, or ``None``."""
@@ -2363,7 +2406,8 @@ def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
     """Return whether the asyncio task ``waiter`` waits for ``target``.
 
     Follows the future each task awaits and the children of each future
-    that ``gather()`` returned.
+    that ``gather()`` returned, as long as they are not done: a task whose
+    gather() has failed still names it until its next step.
     """
     pending = [waiter]
     seen: set[int] = set()
@@ -2372,7 +2416,7 @@ def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
         if item is target:
             return True
 
-        if id(item) in seen:
+        if id(item) in seen or not isinstance(item, asyncio.Future) or item.done():
             continue
 
         seen.add(id(item))

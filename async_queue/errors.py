@@ -70,10 +70,13 @@ class RetryAfter(AsyncQueueError):
         super().__init__(message or f"retry requested after {seconds} s")
         self.delay = seconds
 
-    def __reduce__(self) -> tuple[Any, ...]:
+    def __reduce__(self) -> str | tuple[Any, ...]:
         # The default passes only the message back to __init__, which needs
         # the delay first: pickling (as a process pool does) and copying
-        # would fail.
+        # would fail. A subclass with its own __init__ keeps the default.
+        if type(self).__init__ is not RetryAfter.__init__:
+            return super().__reduce__()
+
         return (type(self), (self.delay, *self.args[:1]), self.__dict__)
 
 

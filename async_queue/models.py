@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -360,13 +359,13 @@ class TaskHandle(Generic[T]):
         return self.result()
 
     def _awaits_itself(self) -> bool:
-        # NOTE: a task that awaits its own handle through shield(), or
-        # through wait_for() before Python 3.12, is not caught here: it waits
-        # for itself until a timeout ends the wait. gather() and create_task()
-        # are caught (see AsyncTaskQueue._runs_in_caller()).
+        # NOTE: a task that awaits its own handle through shield(), wait(),
+        # a TaskGroup or wait_for() before Python 3.12 is not caught here (see
+        # AsyncTaskQueue._worker_above()): it waits for itself until a
+        # timeout ends the wait.
         queue = self._settings.queue
         assert queue is not None
-        return self._state is RUNNING and queue._runs_in_caller(self)
+        return self._state is RUNNING and queue._calling_task() is self
 
     def _add_waiter(self) -> asyncio.Future[None]:
         # A separate frame from _wait(), whose frame a raised exception's
@@ -412,7 +411,9 @@ next(_EXHAUSTED, None)
 
 
 def _check_callback(callback: object) -> None:
-    if inspect.iscoroutinefunction(callback):
+    from ._checks import is_coroutine_function
+
+    if is_coroutine_function(callback):
         raise TypeError(
             f"a done callback must be a plain function, got the coroutine "
             f"function {callback!r}; pass a function that starts it with "

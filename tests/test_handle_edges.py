@@ -75,6 +75,11 @@ async def test_remove_done_callback_never_added() -> None:
     assert seen == [handle]
 
 
+class AsyncCallable:
+    async def __call__(self, handle: TaskHandle[str]) -> None:
+        raise AssertionError("an async callable is never a done callback")
+
+
 async def on_done(handle: TaskHandle[str]) -> None:
     raise AssertionError("a coroutine function is never a done callback")
 
@@ -85,6 +90,7 @@ async def on_done(handle: TaskHandle[str]) -> None:
         (42, "a done callback must be a function that takes the handle, got 42"),
         (None, "got None"),
         (on_done, "got the coroutine function <function on_done"),
+        (AsyncCallable(), "got the coroutine function <"),
     ],
 )
 async def test_bad_done_callback_rejected(callback: object, message: str) -> None:

@@ -282,3 +282,20 @@ def test_retry_after_pickles_and_copies(delay: float, message: str | None) -> No
         assert twin.delay == error.delay
         assert str(twin) == str(error)
         assert twin.note == "kept"  # type: ignore[attr-defined]
+
+
+class RateLimited(RetryAfter):
+    """A subclass with its own constructor, which pickles by its message."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(30.0, url)
+        self.url = url
+
+
+def test_retry_after_subclass_pickles() -> None:
+    error = RateLimited("http://127.0.0.1/x")
+
+    for twin in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert type(twin) is RateLimited
+        assert twin.delay == 30.0
+        assert twin.url == "http://127.0.0.1/x"

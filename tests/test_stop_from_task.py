@@ -4,7 +4,9 @@ and a task that cancels its own worker."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,8 +33,8 @@ CALLS: dict[str, Call] = {
 }
 
 
-@pytest.mark.parametrize("how", list(CALLS))
-async def test_own_stop_or_join_returns(how: str) -> None:
+@pytest.mark.parametrize("route", list(CALLS))
+async def test_own_stop_or_join_returns(route: str) -> None:
     """The call does not wait for the task that made it."""
     queue = AsyncTaskQueue(2, retry=NO_RETRY)
     await queue.start()
@@ -47,7 +49,7 @@ async def test_own_stop_or_join_returns(how: str) -> None:
     async def caller() -> str:
         await other_started.wait()
         release.set()
-        await CALLS[how](queue)
+        await CALLS[route](queue)
         return "returned"
 
     first = await queue.submit(other)
@@ -197,17 +199,17 @@ async def lose_every_worker(queue: AsyncTaskQueue, count: int) -> list[Any]:
 
     workers = queue.max_workers
     for _ in range(workers):
-        queue.submit_nowait(cancels_after_gate)
-    later = [queue.submit_nowait(returns_done) for _ in range(count)]
+        await queue.submit(cancels_after_gate)
+    later = [await queue.submit(returns_done) for _ in range(count)]
     await until(lambda: queue.stats().running == workers)
     gate.set_result(None)
     await until(lambda: queue.stats().workers == 0)
     return later
 
 
-@pytest.mark.parametrize("how", ["join", "await", "drain"])
+@pytest.mark.parametrize("wait", ["join", "await", "drain"])
 async def test_lost_workers_replaced_on_wait(
-    how: str, caplog: pytest.LogCaptureFixture
+    wait: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Waiting for queued tasks starts workers in place of the lost ones."""
     queue = AsyncTaskQueue(2, retry=NO_RETRY)
@@ -216,13 +218,185 @@ async def test_lost_workers_replaced_on_wait(
         later = await lose_every_worker(queue, 3)
 
     assert [h.state for h in later] == [TaskState.PENDING] * 3
-    if how == "join":
+    if wait == "join":
         await queue.join()
-    elif how == "await":
+    elif wait == "await":
         assert await later[-1] == "done"
     else:
         await queue.stop("drain")
 
     assert queue.stats().succeeded == 3
     assert [await h for h in later] == ["done"] * 3
+    await queue.stop()
+
+
+async def test_idle_worker_cancelled_is_replaced() -> None:
+    """An idle worker cancelled from outside leaves the pool, and a later
+    submission starts one in its place."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    await until(lambda: len(queue._idle) == 1)
+    worker_task = queue._workers[0].task
+    assert worker_task is not None
+
+    worker_task.cancel()
+    await until(worker_task.done)
+
+    assert queue.stats().workers == 0
+    assert queue._workers == []
+    handle = await queue.submit(returns_done)
+    assert await handle == "done"
+    assert queue.stats().workers == 1
+    await queue.stop()
+
+
+def test_loop_end_starts_no_worker(caplog: pytest.LogCaptureFixture) -> None:
+    """Tasks that submit while asyncio.run() cancels them start no worker
+    that would outlive the loop."""
+    follow_ups: list[Any] = []
+
+    async def main() -> None:
+        queue = AsyncTaskQueue(2, retry=NO_RETRY)
+        await queue.start()
+        both_started = asyncio.Barrier(3)
+
+        async def job() -> None:
+            try:
+                await both_started.wait()
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                follow_ups.append(queue.submit_nowait(returns_done))
+                raise
+
+        queue.submit_nowait(job)
+        queue.submit_nowait(job)
+        await both_started.wait()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(main())
+        gc.collect()
+
+    assert [h.state for h in follow_ups] == [TaskState.PENDING] * 2
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+def test_closed_worker_coroutine_ends() -> None:
+    """Closing a worker's coroutine, as the collector does once its loop is
+    gone, ends the worker instead of starting the next task."""
+    started: list[int] = []
+
+    async def job(index: int) -> None:
+        started.append(index)
+        await asyncio.sleep(3600)
+
+    async def main() -> AsyncTaskQueue:
+        queue = AsyncTaskQueue(1, retry=NO_RETRY)
+        await queue.start()
+        queue.submit_nowait(job, 1)
+        queue.submit_nowait(job, 2)
+        await until(lambda: started == [1])
+        return queue
+
+    loop = asyncio.new_event_loop()
+    queue = loop.run_until_complete(main())
+    loop.close()
+    worker_task = queue._workers[0].task
+    assert worker_task is not None
+
+    worker_task.get_coro().close()  # type: ignore[union-attr]
+
+    assert started == [1]
+    assert queue.task(2).state is TaskState.PENDING
+    worker_task._log_destroy_pending = False  # type: ignore[attr-defined]
+
+
+async def test_two_tasks_calling_stop_return() -> None:
+    """Every task that calls stop("drain") gets its report."""
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    both = asyncio.Barrier(2)
+
+    async def stops() -> str:
+        await both.wait()
+        report = await queue.stop("drain")
+        return report.mode.value
+
+    handles = [await queue.submit(stops) for _ in range(2)]
+
+    assert [await h for h in handles] == ["drain", "drain"]
+
+
+async def test_finished_gather_is_no_self_await() -> None:
+    """Once a task's gather() has failed, its child waits for it normally,
+    even before the task has taken its next step."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[object] = loop.create_future()
+    failing = asyncio.Event()
+
+    async def child(own: Any) -> None:
+        await failing.wait()
+        await asyncio.sleep(0)  # gather() fails in between, before its task steps
+        try:
+            outcome.set_result(await own)
+        except Exception as error:
+            outcome.set_result(error)
+
+    async def fails_after_signal() -> None:
+        failing.set()
+        raise ValueError("gather fails")
+
+    async def parent() -> str:
+        waiter = asyncio.create_task(child(queue.task(1)))
+        with pytest.raises(ValueError):
+            await asyncio.gather(waiter, fails_after_signal())
+        return "parent finished"
+
+    handle = await queue.submit(parent)
+
+    assert await handle == "parent finished"
+    assert await outcome == "parent finished"
+    await queue.stop()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need 3.12")
+async def test_eager_worker_registers_first() -> None:
+    """With eager tasks, a worker that resize() starts runs a task before
+    create_task() returns; the task's join() still excludes itself."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    try:
+        queue = AsyncTaskQueue(1, retry=NO_RETRY)
+        await queue.start()
+        gate = asyncio.Event()
+
+        async def joins() -> str:
+            await queue.join()
+            return "joined"
+
+        queue.submit_nowait(gate.wait)
+        handle = queue.submit_nowait(joins)
+        await asyncio.sleep(0)
+        queue.resize(2)
+        gate.set()
+        await until(handle.done)
+
+        assert await handle == "joined"
+        await queue.stop()
+    finally:
+        loop.set_task_factory(None)
+
+
+async def test_full_queue_submit_replaces_lost_workers() -> None:
+    """await submit() on a full queue whose workers are lost starts new
+    ones, which free the room it waits for."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    later = await lose_every_worker(queue, 1)
+
+    handle = await queue.submit(returns_done)
+
+    assert await handle == "done"
+    assert [await h for h in later] == ["done"]
     await queue.stop()
