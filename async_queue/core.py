@@ -236,6 +236,7 @@ class AsyncTaskQueue:
         "_lifecycle",
         "_loop",
         "_lost_workers",
+        "_mass_cancelled",
         "_max_pending",
         "_max_workers",
         "_on_dead_letter",
@@ -345,6 +346,10 @@ class AsyncTaskQueue:
         # Workers cancelled from outside while the queue ran; the next
         # submission through the checked path replaces them.
         self._lost_workers = 0
+        # Set once an idle worker was cancelled from outside, which only code
+        # that cancels every task does, the event loop closing among them:
+        # lost workers are not replaced after that, but resize() still works.
+        self._mass_cancelled = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._clock: Callable[[], float] = time.monotonic  # the loop's, from start()
         self._slack = _CLOCK_RESOLUTION  # how early the loop may run a timer
@@ -394,7 +399,8 @@ class AsyncTaskQueue:
         self._accept_retries = True
         self._escalate = False  # a later stop("cancel") cuts a graceful stop short
         self._stop_mode: ShutdownMode | None = None
-        self._stop_callers: list[TaskHandle[Any]] = []  # tasks that called stop()
+        # Tasks of this queue awaiting stop(), each with its number of calls.
+        self._stop_callers: dict[TaskHandle[Any], int] = {}
         self._workers_exit = False
         self._stuck: list[_Worker] = []  # workers running an abandoned task
         self._abandoned_running = 0  # abandoned attempts still in `_running`
@@ -591,32 +597,31 @@ class AsyncTaskQueue:
 
             self._wake_workers()
             self._stop_mode = mode
-            self._note_stop_caller()
             self._stop_task = self._loop.create_task(
                 self._shut_down(mode, timeout, grace_seconds, dropped),
                 name="async_queue-stop",
             )
-        else:
-            if self._note_stop_caller():
-                self._wake_watchers()  # the stop may wait for nothing more now
+        elif mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
+            self._stop_mode = mode
+            self._escalate = True
+            self._wake_watchers()
 
-            if mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
-                self._stop_mode = mode
-                self._escalate = True
-                self._wake_watchers()
+        # A task of this queue that awaits the stop must not be waited for.
+        caller = self._calling_task(thorough=True)
+        if caller is not None:
+            self._stop_callers[caller] = self._stop_callers.get(caller, 0) + 1
+            self._wake_watchers()  # the stop may wait for nothing more now
 
-        # Shielded, so that cancelling one caller of stop() does not cut the
-        # shutdown short for the others.
-        return await asyncio.shield(self._stop_task)
-
-    def _note_stop_caller(self) -> bool:
-        """Record the task of this queue that calls stop(), if one does."""
-        caller = self._calling_task()
-        if caller is None or caller in self._stop_callers:
-            return False
-
-        self._stop_callers.append(caller)
-        return True
+        try:
+            # Shielded, so that cancelling one caller of stop() does not cut
+            # the shutdown short for the others.
+            return await asyncio.shield(self._stop_task)
+        finally:
+            if caller is not None:
+                # A caller that stops waiting is waited for again.
+                calls = self._stop_callers.pop(caller) - 1
+                if calls:
+                    self._stop_callers[caller] = calls
 
     def _running_stop_callers(self) -> int:
         # Only while they run: once its attempt has ended, say by its own
@@ -1103,7 +1108,7 @@ class AsyncTaskQueue:
         calling task when a task of this queue calls it. Cancelling the caller
         does not affect the tasks.
         """
-        caller = self._calling_task()
+        caller = self._calling_task(thorough=True)
         remaining = self._table.unfinished - (caller is not None)
         if remaining <= 0:
             return
@@ -1404,10 +1409,14 @@ class AsyncTaskQueue:
         if self._lifecycle is not _ACCEPTING or self._workers_exit:
             return
 
+        if handle is None:
+            self._mass_cancelled = True
+
         # NOTE: the queue cannot tell a task that cancels its own asyncio
-        # task from the event loop cancelling every task as it closes. So the
-        # replacement waits for the next submission, join(), stop() or await
-        # of an unfinished handle: one started now could outlive the loop.
+        # task from the event loop cancelling every task as it closes, when
+        # there is no other worker to compare. So the replacement waits for
+        # the next submission, join(), stop() or await of an unfinished
+        # handle from a task: one started now could outlive the loop.
         self._lost_workers += 1
         self._fast_submit = False
         name = worker.task.get_name() if worker.task is not None else "?"
@@ -1429,15 +1438,15 @@ class AsyncTaskQueue:
     def _replace_lost_workers(self) -> None:
         """Start workers in place of those cancelled from outside.
 
-        Only from a task that is not being cancelled: when the event loop
-        closes, it cancels every task, and a worker started then would
-        outlive it.
+        Only from a task that is not being cancelled, and not once an idle
+        worker was cancelled: when the event loop closes, it cancels every
+        task, and a worker started then would outlive it.
         """
         if self._lifecycle is _Lifecycle.STOPPED or self._workers_exit:
             return
 
         current = asyncio.current_task()
-        if current is None or current.cancelling():
+        if self._mass_cancelled or current is None or current.cancelling():
             return
 
         self._lost_workers = 0
@@ -2194,16 +2203,28 @@ class AsyncTaskQueue:
 
     # Helpers
 
-    def _calling_task(self) -> TaskHandle[Any] | None:
+    def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
         """Return the task of this queue that the current coroutine runs.
 
         That is the task of the worker whose asyncio task is the current one,
-        or started it and awaits it, directly or through ``gather()``.
+        or started it and awaits it, directly or through ``gather()``. With
+        ``thorough``, for stop() and join(), which are rare, it is also the
+        task of any busy worker that awaits the current one, whoever made it:
+        O(workers) instead of O(1).
         """
         current = asyncio.current_task()
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
         if worker is None and current is not None:
             worker = self._worker_above(current)
+            if worker is None and thorough:
+                worker = next(
+                    (
+                        busy
+                        for busy in self._workers
+                        if busy.current is not None and _awaits(busy.task, current)
+                    ),
+                    None,
+                )
 
         return None if worker is None else worker.current
 

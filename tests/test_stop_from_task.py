@@ -230,9 +230,10 @@ async def test_lost_workers_replaced_on_wait(
     await queue.stop()
 
 
-async def test_idle_worker_cancelled_is_replaced() -> None:
-    """An idle worker cancelled from outside leaves the pool, and a later
-    submission starts one in its place."""
+async def test_idle_worker_cancelled_leaves_pool() -> None:
+    """An idle worker cancelled from outside leaves the pool. Only code that
+    cancels every task does that, the loop closing among them, so nothing
+    replaces it but resize()."""
     queue = AsyncTaskQueue(1, retry=NO_RETRY)
     await queue.start()
     await until(lambda: len(queue._idle) == 1)
@@ -241,10 +242,14 @@ async def test_idle_worker_cancelled_is_replaced() -> None:
 
     worker_task.cancel()
     await until(worker_task.done)
+    handle = await queue.submit(returns_done)
+    await asyncio.sleep(0)
 
     assert queue.stats().workers == 0
-    assert queue._workers == []
-    handle = await queue.submit(returns_done)
+    assert handle.state is TaskState.PENDING
+
+    queue.resize(1)
+
     assert await handle == "done"
     assert queue.stats().workers == 1
     await queue.stop()
@@ -400,3 +405,59 @@ async def test_full_queue_submit_replaces_lost_workers() -> None:
     assert await handle == "done"
     assert [await h for h in later] == ["done"]
     await queue.stop()
+
+
+@pytest.mark.parametrize("call", ["join", "stop"])
+async def test_child_made_outside_counts(call: str) -> None:
+    """A child task made outside the queue, which a queue task awaits, is
+    that task's for stop() and join()."""
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    awaited = asyncio.Event()
+
+    async def child() -> str:
+        await awaited.wait()
+        await CALLS[call](queue)
+        return f"{call} returned"
+
+    outside = asyncio.create_task(child())
+
+    async def job() -> str:
+        awaited.set()
+        return await outside
+
+    handle = await queue.submit(job)
+
+    assert await handle == f"{call} returned"
+    await queue.stop()
+
+
+def test_retried_stop_caller_ends_drain() -> None:
+    """A stop caller whose attempt timed out is retried, calls stop() again,
+    and the drain then ends."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        # The other task ends while the caller waits out its backoff.
+        policy = RetryPolicy(max_retries=1, base_delay=0.5, jitter="none")
+        queue = AsyncTaskQueue(2, retry=policy)
+        await queue.start()
+        attempts: list[int] = []
+
+        async def stops() -> str:
+            attempts.append(len(attempts) + 1)
+            if len(attempts) == 1:
+                async with asyncio.timeout(0.05):
+                    await queue.stop("drain")
+            else:
+                await queue.stop("drain")
+            return "stopped"
+
+        other = await queue.submit(asyncio.sleep, 0.1)
+        handle = await queue.submit(stops)
+
+        assert await handle == "stopped"
+        assert attempts == [1, 2]
+        assert other.state is TaskState.SUCCEEDED
+        assert (await queue.stop()).escalated is False
+
+    run_virtual(main)
