@@ -343,12 +343,12 @@ class AsyncTaskQueue:
         # the queue accepts tasks and has no admission rule (max_pending,
         # aging) or submit hook that the path skips.
         self._fast_submit = False
-        # Workers cancelled from outside while the queue ran; the next
-        # submission through the checked path replaces them.
+        # The number of workers cancelled from outside while the queue ran.
+        # A later submission, join(), stop() or await of a handle replaces them.
         self._lost_workers = 0
-        # Set once an idle worker was cancelled from outside, which only code
-        # that cancels every task does, the event loop closing among them:
-        # lost workers are not replaced after that, but resize() still works.
+        # Set once an idle worker was cancelled from outside. Only code that
+        # cancels every task does that, such as the event loop as it closes,
+        # so lost workers are no longer replaced. resize() still starts some.
         self._mass_cancelled = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._clock: Callable[[], float] = time.monotonic  # the loop's, from start()
@@ -735,9 +735,6 @@ class AsyncTaskQueue:
 
             return handle
 
-        if self._lost_workers:
-            self._replace_lost_workers()  # before waiting for room they free
-
         if self._max_pending is not None and self._must_wait_for_room():
             # Reject invalid arguments now, not after waiting for room. A
             # dedup_key of an unfinished task queues nothing, so it needs no
@@ -746,6 +743,9 @@ class AsyncTaskQueue:
                 fn, args, priority, timeout, retry, task_id, delay, at, dedup_key
             )
             if duplicate is None:
+                if self._lost_workers:
+                    self._replace_lost_workers()  # they free the room to wait for
+
                 await self._wait_for_room()
 
         try:
@@ -1412,11 +1412,10 @@ class AsyncTaskQueue:
         if handle is None:
             self._mass_cancelled = True
 
-        # NOTE: the queue cannot tell a task that cancels its own asyncio
-        # task from the event loop cancelling every task as it closes, when
-        # there is no other worker to compare. So the replacement waits for
-        # the next submission, join(), stop() or await of an unfinished
-        # handle from a task: one started now could outlive the loop.
+        # NOTE: a busy worker cancelled from outside may be a task cancelling
+        # its own asyncio task, or the event loop closing. So the replacement
+        # waits for a later call from a task that is not being cancelled,
+        # because a worker started now could outlive the loop.
         self._lost_workers += 1
         self._fast_submit = False
         name = worker.task.get_name() if worker.task is not None else "?"
@@ -2208,9 +2207,9 @@ class AsyncTaskQueue:
 
         That is the task of the worker whose asyncio task is the current one,
         or started it and awaits it, directly or through ``gather()``. With
-        ``thorough``, for stop() and join(), which are rare, it is also the
-        task of any busy worker that awaits the current one, whoever made it:
-        O(workers) instead of O(1).
+        ``thorough``, for the rare stop() and join(), it is also the task of
+        any busy worker that awaits the current one, even if another task
+        made it. That check costs O(workers) instead of O(1).
         """
         current = asyncio.current_task()
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]

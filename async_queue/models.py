@@ -360,9 +360,9 @@ class TaskHandle(Generic[T]):
 
     def _awaits_itself(self) -> bool:
         # NOTE: a task that awaits its own handle through shield(), wait(),
-        # a TaskGroup or wait_for() before Python 3.12 is not caught here (see
-        # AsyncTaskQueue._worker_above()): it waits for itself until a
-        # timeout ends the wait.
+        # a TaskGroup, wait_for() before Python 3.12 or a child task made
+        # outside the queue is not caught here (see _worker_above()). It
+        # waits for itself until a timeout ends the wait.
         queue = self._settings.queue
         assert queue is not None
         return self._state is RUNNING and queue._calling_task() is self

@@ -80,15 +80,15 @@ async def test_thread_told_how_to_wait_for_room() -> None:
     loop = asyncio.get_running_loop()
 
     def from_thread() -> tuple[BaseException | None, object]:
-        refused = queue.submit_threadsafe(gate, 98).exception()
+        rejected = queue.submit_threadsafe(gate, 98).exception()
         waiting = asyncio.run_coroutine_threadsafe(queue.submit(gate, 99), loop)
-        return refused, waiting
+        return rejected, waiting
 
-    refused, waiting = await asyncio.to_thread(from_thread)
+    rejected, waiting = await asyncio.to_thread(from_thread)
 
-    assert isinstance(refused, QueueFullError)
-    assert "asyncio.run_coroutine_threadsafe()" in str(refused)
-    assert "await queue.submit()" not in str(refused)
+    assert isinstance(rejected, QueueFullError)
+    assert "asyncio.run_coroutine_threadsafe()" in str(rejected)
+    assert "await queue.submit()" not in str(rejected)
     assert isinstance(waiting, concurrent.futures.Future)
     await until(lambda: len(queue._space_waiters) == 1)
     assert not waiting.done()
