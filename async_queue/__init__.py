@@ -35,6 +35,7 @@ from .models import (
     threaded,
 )
 from .policies import Jitter, RetryPolicy
+from .schedules import Schedule
 
 __all__ = (
     "AsyncQueueError",
@@ -52,6 +53,7 @@ __all__ = (
     "QueueStats",
     "RetryAfter",
     "RetryPolicy",
+    "Schedule",
     "ShutdownMode",
     "ShutdownReport",
     "TaskCancelledError",

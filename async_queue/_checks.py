@@ -134,6 +134,23 @@ def check_rate(name: str, value: object, unit: str, *, zero_ok: bool) -> float:
     return float(value)
 
 
+def check_interval(value: object) -> float:
+    """Return the ``interval`` of a schedule: finite seconds > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"interval must be a number of seconds, got {value!r} "
+            f"of type {type(value).__name__}"
+        )
+
+    if not is_finite(value) or value <= 0:
+        raise ValueError(
+            f"interval must be a finite number of seconds > 0, got {value!r}; "
+            "to run a task once, submit it with delay= instead"
+        )
+
+    return float(value)
+
+
 def check_seconds(
     name: str, value: object, *, allow_none: bool = False
 ) -> float | None:

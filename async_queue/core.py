@@ -60,6 +60,7 @@ from .models import (
     seq_of,
 )
 from .policies import RetryPolicy
+from .schedules import Schedule
 from .testing import _TestMode
 
 __all__ = ("AsyncTaskQueue",)
@@ -252,6 +253,7 @@ class AsyncTaskQueue:
         "_retries",
         "_retry",
         "_run_time",
+        "_schedules",
         "_seq",
         "_settings",
         "_settings_cache",
@@ -384,6 +386,7 @@ class AsyncTaskQueue:
         self._table = TaskTable(max_results, ttl, _no_time)
         self._finished = self._table.finished
         self._seq = 0
+        self._schedules: set[Schedule[Any]] = set()  # active ones, ended by stop()
 
         self._workers: list[_Worker] = []
         self._workers_by_task: dict[asyncio.Task[None], _Worker] = {}
@@ -590,6 +593,7 @@ class AsyncTaskQueue:
 
             self._lifecycle = _Lifecycle.STOPPING
             self._fast_submit = False
+            self._end_schedules()
             self._paused = False  # a paused queue could not drain
             self._update_gate()
             self._release_space_waiters()
@@ -1036,6 +1040,62 @@ class AsyncTaskQueue:
                 loop.call_soon_threadsafe(handle.cancel, "the future was cancelled")
 
         future.add_done_callback(cancel_task)
+
+    # Periodic tasks
+
+    def every(
+        self,
+        interval: float,
+        fn: Callable[[*Ts], Awaitable[T]],
+        /,
+        *args: *Ts,
+        priority: int = 0,
+        timeout: float | Literal[_Unset.UNSET] | None = _UNSET,
+        retry: RetryPolicy | None = None,
+        delay: float | None = None,
+        max_runs: int | None = None,
+    ) -> Schedule[T]:
+        """Submit ``fn(*args)`` every ``interval`` seconds until cancelled.
+
+        The first run is due after ``delay`` seconds (``interval`` if omitted;
+        0 runs it at once), and run ``k`` is due ``k * interval`` seconds
+        after it. Each run is submitted with ``submit_nowait()`` and the given
+        ``priority``, ``timeout`` and ``retry``. A run is skipped while the
+        previous one is unfinished, or when a full queue rejects it. The
+        schedule ends after ``max_runs`` runs, on ``Schedule.cancel()``, or
+        when ``stop()`` is called.
+
+        Raises:
+            QueueStateError: the queue has not been started.
+            QueueClosedError: the queue is stopping or stopped.
+        """
+        interval = _checks.check_interval(interval)
+        _checks.check_coroutine_function(fn)
+        self._check_options(fn, args, priority, timeout, retry, *(None,) * 4)
+        first_delay = _checks.check_seconds("delay", delay, allow_none=True)
+        if max_runs is not None:
+            _checks.check_count("max_runs", max_runs, 1)
+        if self._lifecycle is not _ACCEPTING:
+            self._raise_not_running()
+
+        if first_delay is None:
+            first_delay = interval
+        options = (priority, timeout, retry, max_runs)
+        first = self._loop.time() + first_delay
+        schedule = Schedule(self, interval, first, fn, args, options)
+        self._schedules.add(schedule)
+        schedule._start(self._loop)
+        return schedule
+
+    @property
+    def schedules(self) -> tuple[Schedule[Any], ...]:
+        """The active schedules that ``every()`` made."""
+        return tuple(self._schedules)
+
+    def _end_schedules(self) -> None:
+        schedules, self._schedules = self._schedules, set()
+        for schedule in schedules:
+            schedule._end()
 
     # Backpressure
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import assert_type
 
-from async_queue import AsyncTaskQueue, Hook, RetryPolicy, TaskEvent, TaskHandle, bind
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    RetryPolicy,
+    Schedule,
+    TaskEvent,
+    TaskHandle,
+    bind,
+)
 
 
 async def fetch(url: str, *, timeout: float = 1.0, priority: str = "") -> bytes:
@@ -32,6 +40,12 @@ async def usage(queue: AsyncTaskQueue) -> None:
 
     nowait = queue.submit_nowait(fetch, "u")
     assert_type(nowait, TaskHandle[bytes])
+
+    schedule = queue.every(60, add, 1, 2, priority=1)
+    assert_type(schedule, Schedule[int])
+    assert_type(schedule.last, TaskHandle[int] | None)
+    queue.every(60, add, 1)  # type: ignore[arg-type]
+    queue.every(60, add(1, 2))  # type: ignore[arg-type]
 
     await queue.submit(add, 1, "2")  # type: ignore[arg-type]
     await queue.submit(add, 1)  # type: ignore[arg-type]
