@@ -205,6 +205,8 @@ class AsyncTaskQueue:
             starve lower ones forever.
         rate_limit: if set, the most task starts per second, as a token
             bucket on the loop clock holding up to ``rate_burst`` starts.
+        rate_burst: the size of the token bucket, at least 1, which is how
+            many tasks may start at once after an idle spell.
         hooks: lifecycle hooks (see ``Hook``), called after the built-in
             ``LoggingHook``.
     """
@@ -490,11 +492,14 @@ class AsyncTaskQueue:
         than ``max_workers`` tasks run.
 
         Raises:
-            QueueStateError: ``stop()`` has begun.
+            QueueClosedError: ``stop()`` has begun.
+            QueueStateError: the queue's event loop is closed.
         """
         count = _checks.check_count("max_workers", max_workers, 1)
         if self.closed:
             self._raise_pool_closed("resize")
+        if self._lifecycle is not _Lifecycle.NEW:
+            self._check_loop()
 
         old = self._max_workers
         self._max_workers = count
@@ -591,6 +596,7 @@ class AsyncTaskQueue:
             if self._empty_report is not None:
                 return self._empty_report
 
+            self._check_loop()
             self._lifecycle = _Lifecycle.STOPPING
             self._fast_submit = False
             self._end_schedules()
@@ -1066,7 +1072,8 @@ class AsyncTaskQueue:
         when ``stop()`` is called.
 
         Raises:
-            QueueStateError: the queue has not been started.
+            QueueStateError: the queue has not been started, or its event
+                loop is closed.
             QueueClosedError: the queue is stopping or stopped.
         """
         interval = _checks.check_interval(interval)
@@ -1077,6 +1084,7 @@ class AsyncTaskQueue:
             _checks.check_count("max_runs", max_runs, 1)
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
+        self._check_loop()
 
         if first_delay is None:
             first_delay = interval
@@ -1170,7 +1178,8 @@ class AsyncTaskQueue:
 
         Tasks submitted after the call do not delay it, and neither does the
         calling task when a task of this queue calls it. Cancelling the caller
-        does not affect the tasks.
+        does not affect the tasks. On a paused queue it waits until
+        ``resume()`` lets the pending tasks run.
         """
         caller = self._calling_task(thorough=True)
         remaining = self._table.unfinished - (caller is not None)
@@ -1508,6 +1517,7 @@ class AsyncTaskQueue:
         if self._lifecycle is _Lifecycle.STOPPED or self._workers_exit:
             return
 
+        self._check_loop()
         current = asyncio.current_task()
         if self._mass_cancelled or current is None or current.cancelling():
             return
@@ -2356,7 +2366,9 @@ class AsyncTaskQueue:
         if task_id in self._table:
             raise DuplicateTaskIdError(
                 f"task_id {task_id!r} is already used by a task that is "
-                "active or retained; choose another id"
+                "unfinished, or finished and still retained (see max_results "
+                "and result_ttl); choose another id, or pass dedup_key= to get "
+                "the unfinished task's handle instead"
             )
 
         return task_id
@@ -2397,6 +2409,25 @@ class AsyncTaskQueue:
             f"cannot {action} a queue that is {self._lifecycle.value}: stop() "
             "has begun and runs the workers until it returns; call "
             f"{action}() before stop()"
+        )
+
+    def _check_loop(self) -> None:
+        """Raise unless the queue's event loop is open and no other loop runs.
+
+        The queue's futures and worker tasks belong to the loop that ran
+        ``start()``. Called where the queue starts workers or waits, and
+        before every submission once workers were lost, which is what the
+        closing of that loop does.
+        """
+        running = asyncio._get_running_loop()
+        if running is self._loop or (running is None and not self._loop.is_closed()):
+            return
+
+        state = "is closed" if self._loop.is_closed() else "is not the running loop"
+        raise QueueStateError(
+            f"the queue belongs to the event loop that ran start(), which "
+            f"{state}; create and start a queue inside each asyncio.run() or "
+            "test that uses one, for example with 'async with AsyncTaskQueue()'"
         )
 
     def _raise_not_running(self) -> None:

@@ -24,7 +24,9 @@ class DeadLetter:
     fn: Callable[..., Any] | Coroutine[Any, Any, Any]
     """Its coroutine function, or the coroutine object it was submitted as."""
     args: tuple[Any, ...] | None
-    """Its positional arguments; ``None`` for a coroutine object."""
+    """Its positional arguments; ``None`` for a coroutine object. For a task
+    made with ``bind()`` or ``threaded()`` it is ``()``, and ``fn`` is the
+    ``BoundCall`` that contains the arguments."""
     priority: int
     """Its priority."""
     timeout: float | None

@@ -33,7 +33,7 @@ __all__ = (
 T = TypeVar("T")
 P = ParamSpec("P")
 
-TaskId = Hashable
+TaskId = int | str
 """A task id: an ``int`` chosen by the queue, or a ``str`` chosen by the caller."""
 
 
@@ -519,13 +519,27 @@ class BoundCall(Generic[T]):
 
     @property
     def name(self) -> str:
-        """The qualified name of the bound function."""
-        return str(getattr(self.fn, "__qualname__", type(self.fn).__qualname__))
+        """The qualified name of the bound function, or of the function that
+        ``threaded()`` runs in a thread."""
+        return _qualname(self._target()[0])
 
     def __repr__(self) -> str:
-        parts = [self.name, *map(repr, self.args)]
+        target, args = self._target()
+        parts = [_qualname(target), *map(repr, args)]
         parts += [f"{key}={value!r}" for key, value in self.kwargs.items()]
-        return f"bind({', '.join(parts)})"
+        maker = "bind" if target is self.fn else "threaded"
+        return f"{maker}({', '.join(parts)})"
+
+    def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
+        # threaded() binds asyncio.to_thread to the function and its arguments.
+        if self.fn is asyncio.to_thread and self.args:
+            return self.args[0], self.args[1:]
+
+        return self.fn, self.args
+
+
+def _qualname(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", type(fn).__qualname__))
 
 
 def bind(
@@ -631,7 +645,9 @@ class QueueStats:
     workers: int
     """Worker coroutines alive."""
     submitted: int
-    """Tasks accepted by ``submit()``."""
+    """Tasks accepted so far, by any submit method, ``requeue()`` or
+    ``every()``. A submission for which ``dedup_key`` returned an existing
+    handle counts in ``deduplicated`` instead."""
     retained: int
     """Finished tasks kept for lookup by id."""
     paused: bool

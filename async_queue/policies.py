@@ -86,7 +86,8 @@ class RetryPolicy:
     Args:
         max_retries: retries after the first attempt; 0 disables retrying.
         base_delay: delay in seconds before the first retry.
-        max_delay: cap on any single delay, in seconds; at least ``base_delay``.
+        max_delay: cap on any single backoff delay, in seconds; at least
+            ``base_delay``. A ``RetryAfter`` delay is not capped.
         multiplier: growth factor per retry, at least 1.
         jitter: a ``Jitter`` member or its value (``"none"``, ``"full"``,
             ``"equal"``, ``"decorrelated"``).

@@ -55,6 +55,31 @@ def test_retry_after_overrides_backoff() -> None:
     run_virtual(main)
 
 
+def test_retry_after_not_capped_by_max_delay() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        attempts_at: list[float] = []
+
+        async def throttled() -> str:
+            attempts_at.append(loop.time())
+            if len(attempts_at) == 1:
+                raise RetryAfter(300)
+            return "ok"
+
+        policy = RetryPolicy(max_retries=1, base_delay=1, max_delay=2)
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            handle = await queue.submit(throttled)
+            await until(lambda: handle.state is TaskState.WAITING_RETRY)
+            loop.advance(299)
+            await settle()
+            assert len(attempts_at) == 1
+
+            loop.advance(1)
+            assert await handle == "ok"
+            assert attempts_at[1] - attempts_at[0] == pytest.approx(300)
+
+    run_virtual(main, autojump=None)
+
+
 async def test_retry_after_counts_against_max_retries() -> None:
     calls = 0
 

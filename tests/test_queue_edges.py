@@ -138,3 +138,45 @@ async def test_unreadable_name_fails_task(
     assert (stats.failed, stats.pending, stats.waiting_retry) == (1, 0, 0)
     messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert messages[0].startswith("settling an attempt of task 1 failed")
+
+
+def test_queue_from_closed_loop_rejected() -> None:
+    queue = AsyncTaskQueue(2)
+
+    async def job() -> str:
+        return "ran"
+
+    async def first_loop() -> str:
+        await queue.start()
+        return await (await queue.submit(job))
+
+    async def second_loop() -> list[str]:
+        messages = []
+        calls = [
+            lambda: queue.submit_nowait(job),
+            lambda: queue.submit_nowait(job, timeout=5),
+            lambda: queue.every(1, job),
+            lambda: queue.resize(4),
+        ]
+        for call in calls:
+            with pytest.raises(QueueStateError) as info:
+                call()
+            messages.append(str(info.value))
+
+        with pytest.raises(QueueStateError, match="is closed"):
+            await queue.submit(job)
+        with pytest.raises(QueueStateError, match="is closed"):
+            await queue.stop()
+        return messages
+
+    assert asyncio.run(first_loop()) == "ran"
+    stats = queue.stats()
+    messages = asyncio.run(second_loop())
+
+    assert len(messages) == 4
+    for message in messages:
+        assert "the event loop that ran start(), which is closed" in message
+        assert "inside each asyncio.run()" in message
+    assert queue.stats() == stats
+    assert queue.max_workers == 2
+    assert queue.schedules == ()

@@ -132,6 +132,21 @@ async def test_threaded_runs_plain_function_in_thread() -> None:
     assert thread_id != main_thread
 
 
+async def test_threaded_task_named_after_function() -> None:
+    def resize_image(path: str, *, width: int) -> str:
+        return f"{path}@{width}"
+
+    call = threaded(resize_image, "a.png", width=64)
+    assert call.name.endswith("resize_image")
+    assert repr(call).startswith("threaded(")
+    assert repr(call).endswith("resize_image, 'a.png', width=64)")
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        handle = await queue.submit(call)
+        assert handle.name == call.name
+        assert await handle == "a.png@64"
+
+
 async def test_threaded_timeout_frees_the_worker() -> None:
     """A timed-out thread keeps running, but the task and worker move on."""
     gate = threading.Event()

@@ -41,6 +41,9 @@ async def usage(queue: AsyncTaskQueue) -> None:
     nowait = queue.submit_nowait(fetch, "u")
     assert_type(nowait, TaskHandle[bytes])
 
+    assert_type(handle.id, int | str)
+    queue.cancel(("a", 1))  # type: ignore[arg-type]
+
     schedule = queue.every(60, add, 1, 2, priority=1)
     assert_type(schedule, Schedule[int])
     assert_type(schedule.last, TaskHandle[int] | None)
