@@ -23,12 +23,14 @@ limit and aging), so on this loop all of them run in virtual time::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import math
 import selectors
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
 
 from ._checks import check_seconds
 
@@ -43,6 +45,7 @@ __all__ = (
 )
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class _TestMode:
@@ -88,12 +91,14 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     exact. ``advance()`` makes every timer due within the jump fire on the
     next loop iteration.
 
-    When the loop has nothing to run and no I/O arrives for ``autojump``
-    real seconds, the clock jumps to the next timer, so a coroutine that
-    awaits a timer nobody advances to still finishes, at its exact virtual
-    time. A test that checks a timer has not fired yet keeps the loop busy
-    (``await asyncio.sleep(0)``) between its steps. ``autojump=None`` turns
-    the jumps off: then only ``advance()`` moves the clock.
+    When the loop has nothing to run, no I/O arrives for ``autojump`` real
+    seconds and no function it passed to an executor (``run_in_executor()``,
+    ``asyncio.to_thread()``) is still running, the clock jumps to the next
+    timer, so a coroutine that awaits a timer nobody advances to still
+    finishes, at its exact virtual time. A test that checks a timer has not
+    fired yet keeps the loop busy (``await asyncio.sleep(0)``) between its
+    steps. ``autojump=None`` turns the jumps off: then only ``advance()``
+    moves the clock.
 
     asyncio's debug mode times callbacks with the loop's clock, so it would
     report each callback that calls ``advance()`` as slow; this loop turns
@@ -115,6 +120,10 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self.autojump = autojump
         """Real seconds of idleness after which the clock jumps, or ``None``."""
         self.slow_callback_duration = math.inf
+        # Executor calls submitted and not yet returned. A thread's work takes
+        # real time, so the clock must not jump while one runs.
+        self._executor_calls = 0
+        self._executor_lock = threading.Lock()
 
     def time(self) -> float:
         return self._start + self.offset
@@ -124,6 +133,74 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         checked = check_seconds("seconds", seconds)
         assert checked is not None
         self.offset += checked
+
+    def run_in_executor(
+        self,
+        executor: concurrent.futures.Executor | None,
+        func: Callable[[*Ts], T],
+        *args: *Ts,
+    ) -> asyncio.Future[T]:
+        call = _ExecutorCall(self, func, args)
+        with self._executor_lock:
+            self._executor_calls += 1
+        try:
+            future = super().run_in_executor(executor, call)
+        except BaseException:
+            call.give_up()
+            raise
+
+        future.add_done_callback(call.on_future_done)
+        return future
+
+    def _executor_busy(self) -> bool:
+        """Return whether a function passed to an executor may still run."""
+        with self._executor_lock:
+            return self._executor_calls > 0
+
+
+class _ExecutorCall(Generic[T]):
+    """A function run by an executor, counted while it may still run.
+
+    It counts until it returns in its thread, or, if the executor never
+    started it (the future was cancelled first), until its future is done.
+    """
+
+    def __init__(
+        self, loop: VirtualClockLoop, func: Callable[..., T], args: tuple[Any, ...]
+    ) -> None:
+        self._loop = loop
+        self._func = func
+        self._args = args
+        self._started = False
+        self._counted = True
+
+    def __call__(self) -> T:
+        with self._loop._executor_lock:
+            self._started = True
+            if not self._counted:
+                # Its future was cancelled as the thread picked it up.
+                self._counted = True
+                self._loop._executor_calls += 1
+
+        try:
+            return self._func(*self._args)
+        finally:
+            self.give_up()
+
+    def on_future_done(self, future: asyncio.Future[T]) -> None:
+        with self._loop._executor_lock:
+            if self._started or not self._counted:
+                return  # the thread stops counting it when it returns
+
+            self._counted = False
+            self._loop._executor_calls -= 1
+
+    def give_up(self) -> None:
+        """Stop counting this call, once."""
+        with self._loop._executor_lock:
+            if self._counted:
+                self._counted = False
+                self._loop._executor_calls -= 1
 
 
 class _JumpingSelector(selectors.BaseSelector):
@@ -145,6 +222,11 @@ class _JumpingSelector(selectors.BaseSelector):
     ) -> list[tuple[selectors.SelectorKey, int]]:
         autojump = self._loop.autojump
         if timeout is None or timeout <= 0 or autojump is None:
+            return self._selector.select(timeout)
+
+        if self._loop._executor_busy():
+            # The thread's result arrives through the loop's self-pipe, which
+            # wakes this wait.
             return self._selector.select(timeout)
 
         events = self._selector.select(min(timeout, autojump))
