@@ -259,6 +259,7 @@ class AsyncTaskQueue:
         "_seq",
         "_settings",
         "_settings_cache",
+        "_settling",
         "_slack",
         "_space_waiters",
         "_started",
@@ -340,6 +341,9 @@ class AsyncTaskQueue:
         # Attempts started and ended; the difference is the number running.
         self._started = 0
         self._ended = 0
+        # Tasks whose attempt has ended and is being settled. Hooks and the
+        # retry_on predicate run meanwhile and see the task still RUNNING.
+        self._settling: list[TaskHandle[Any]] = []
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
         self._space_waiters: deque[asyncio.Future[bool]] = deque()
@@ -1302,7 +1306,7 @@ class AsyncTaskQueue:
             pending=len(self._ready),
             waiting_retry=self._waiting,
             delayed=self._delayed,
-            running=self._running - self._abandoned_running,
+            running=self._reported_running(),
             # Every final task passes through the table once.
             succeeded=self._table.finished_count - self._failed - self._cancelled,
             failed=self._failed,
@@ -1323,6 +1327,15 @@ class AsyncTaskQueue:
             dead_letters_evicted=self._dead_letters.evicted,
         )
 
+    def _reported_running(self) -> int:
+        """Return the tasks in the RUNNING state, abandoned ones left out."""
+        running = self._running - self._abandoned_running
+        for handle in self._settling:
+            if handle._state is RUNNING:
+                running += 1  # its attempt has ended, its task not yet
+
+        return running
+
     def _oldest_wait(self) -> float:
         oldest = self._ready.oldest_queued_at()
         if oldest is None:
@@ -1334,7 +1347,7 @@ class AsyncTaskQueue:
         return (
             f"<AsyncTaskQueue {self._lifecycle.value} workers={self._max_workers} "
             f"pending={len(self._ready)} "
-            f"running={self._running - self._abandoned_running} "
+            f"running={self._reported_running()} "
             f"closed={self.closed}>"
         )
 
@@ -1629,6 +1642,7 @@ class AsyncTaskQueue:
         the settling itself, such as a ``retry_on`` predicate that raises,
         fails the task with that exception instead.
         """
+        self._settling.append(handle)
         try:
             return self._on_attempt_error(worker, handle, exc)
         except asyncio.CancelledError as error:
@@ -1649,6 +1663,8 @@ class AsyncTaskQueue:
         except Exception as error:
             self._fail_unsettled(handle, error)
             return False
+        finally:
+            self._settling.remove(handle)
 
     def _fail_unsettled(self, handle: TaskHandle[Any], error: Exception) -> None:
         extras = extras_of(handle)

@@ -7,7 +7,14 @@ import asyncio
 import concurrent.futures
 import threading
 
-from async_queue import AsyncTaskQueue, RetryPolicy, threaded
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    QueueStats,
+    RetryPolicy,
+    TaskEvent,
+    threaded,
+)
 from async_queue.testing import VirtualClockLoop, run_virtual
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -72,3 +79,56 @@ def test_virtual_clock_jumps_after_cancelled_thread_call() -> None:
         assert run_virtual(main, autojump=0.001) == 30.0
     finally:
         executor.shutdown()
+
+
+def _state_counts(stats: QueueStats) -> int:
+    """Return the tasks that ``stats`` counts in some state."""
+    return (
+        stats.pending
+        + stats.delayed
+        + stats.waiting_retry
+        + stats.running
+        + stats.succeeded
+        + stats.failed
+        + stats.cancelled
+    )
+
+
+def test_stats_add_up_while_attempt_settles() -> None:
+    # An attempt that timed out is settled while its task is still RUNNING:
+    # on_timed_out hooks and the retry_on predicate see it so.
+    seen: list[tuple[str, int, int, int]] = []
+    queue: AsyncTaskQueue
+
+    def record(where: str) -> None:
+        stats = queue.stats()
+        seen.append((where, _state_counts(stats), stats.submitted, stats.running))
+
+    class Record(Hook):
+        def on_timed_out(self, event: TaskEvent) -> None:
+            record("on_timed_out")
+
+        def on_retry_scheduled(self, event: TaskEvent) -> None:
+            record("on_retry_scheduled")
+
+    def retry_on(exc: BaseException) -> bool:
+        record("retry_on")
+        return True
+
+    policy = RetryPolicy(
+        max_retries=1, base_delay=1.0, jitter="none", retry_on=retry_on
+    )
+
+    async def main(loop: VirtualClockLoop) -> None:
+        nonlocal queue
+        queue = AsyncTaskQueue(retry=policy, timeout=1.0, hooks=[Record()])
+        async with queue:
+            handle = await queue.submit(asyncio.sleep, 10)
+            await asyncio.gather(handle, return_exceptions=True)
+
+    run_virtual(main)
+    assert seen[:3] == [
+        ("on_timed_out", 1, 1, 1),
+        ("retry_on", 1, 1, 1),
+        ("on_retry_scheduled", 1, 1, 0),
+    ]
