@@ -2078,10 +2078,39 @@ class AsyncTaskQueue:
     def _release_dedup_key(self, handle: TaskHandle[Any]) -> None:
         """Free the dedup_key of a task that has just finished, if it had one."""
         key = self._dedup_keys.pop(handle, None)  # a dedup_key is never None
-        if key is not None:
+        if key is None:
+            return
+
+        try:
+            owner = self._dedup.get(key)
+        except Exception:
+            owner = None  # its __hash__ or __eq__ raises now
+        if owner is handle:
             del self._dedup[key]
-            if handle._state is FAILED:
-                extras_of(handle).dedup_key = key  # for the dead letter
+        else:
+            self._drop_changed_key(handle, key)
+
+        if handle._state is FAILED:
+            extras_of(handle).dedup_key = key  # for the dead letter
+
+    def _drop_changed_key(self, handle: TaskHandle[Any], key: Hashable) -> None:
+        """Free a dedup_key that no longer finds its task by hash and equality."""
+        with contextlib.suppress(Exception):
+            logger.warning(
+                "dedup_key %r of task %r changed its hash or equality after "
+                "submission; use an immutable key such as a str, an int or a "
+                "tuple of them",
+                key,
+                handle._id,
+            )
+
+        # Rebuilt without the task's entry, since the key cannot find it.
+        try:
+            self._dedup = {k: h for k, h in self._dedup.items() if h is not handle}
+        except Exception:
+            # NOTE: another key raised as it was hashed again; the entry stays,
+            # and that dedup_key stays taken.
+            logger.exception("could not free the dedup_key of task %r", handle._id)
 
     def _release_waiters(self, handle: TaskHandle[Any]) -> None:
         waiters = handle._waiters

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import threading
+
+import pytest
 
 from async_queue import (
     AsyncTaskQueue,
@@ -132,3 +135,47 @@ def test_stats_add_up_while_attempt_settles() -> None:
         ("retry_on", 1, 1, 1),
         ("on_retry_scheduled", 1, 1, 0),
     ]
+
+
+class ChangingKey:
+    """A dedup key whose hash its owner changes after submitting it."""
+
+    def __init__(self) -> None:
+        self.hash = 1
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+async def test_dedup_key_with_changed_hash_keeps_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def job() -> int:
+        return 1
+
+    queue = AsyncTaskQueue(max_workers=1)
+    await queue.start()
+    key = ChangingKey()
+    first = await queue.submit(job, dedup_key=key)
+    key.hash = 2
+
+    assert await first == 1
+    assert queue.stats().workers == 1
+    second = await queue.submit(job, dedup_key=key)
+    assert second is not first
+    assert await second == 1
+
+    cancelled = await queue.submit(job, dedup_key=key, delay=60)
+    key.hash = 3
+    assert cancelled.cancel() is True
+    assert queue.stats().cancelled == 1
+
+    report = await queue.stop("drain")
+    assert report.never_started == ()
+    assert queue.stats().succeeded == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "changed its hash or equality" in warnings[0].getMessage()
