@@ -25,12 +25,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import math
 import selectors
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, cast
 
 from ._checks import check_seconds
 
@@ -267,10 +268,26 @@ def run_virtual(
     ``autojump`` is passed to the loop: ``None`` leaves the clock to
     ``advance()`` alone.
     """
+    main_object: object = main  # typed, but not checked at run time
+    if inspect.iscoroutine(main_object) or not callable(main_object):
+        if inspect.iscoroutine(main_object):
+            main_object.close()  # it never runs, so Python need not warn
+        raise TypeError(
+            f"main must be a function such as 'async def main(loop)', got "
+            f"{main!r}; pass main itself, not main(...)"
+        )
+
     loop = VirtualClockLoop(autojump=autojump)  # checks autojump before running
 
     async def wrapper() -> T:
-        return await main(loop)
+        awaitable: object = main(loop)  # typed, but not checked at run time
+        if not inspect.isawaitable(awaitable):
+            raise TypeError(
+                f"main(loop) must return an awaitable, so define it as "
+                f"'async def main(loop)'; {main!r} returned {awaitable!r}"
+            )
+
+        return await cast(Awaitable[T], awaitable)
 
     with asyncio.Runner(loop_factory=lambda: loop) as runner:
         return runner.run(wrapper())

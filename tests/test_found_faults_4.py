@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import logging
 import threading
 
@@ -179,3 +180,22 @@ async def test_dedup_key_with_changed_hash_keeps_worker(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
     assert "changed its hash or equality" in warnings[0].getMessage()
+
+
+def test_run_virtual_rejects_sync_main() -> None:
+    def main(loop: VirtualClockLoop) -> int:
+        return 5
+
+    with pytest.raises(TypeError, match=r"async def main\(loop\).*returned 5"):
+        run_virtual(main)  # type: ignore[arg-type]
+
+
+def test_run_virtual_rejects_coroutine_object() -> None:
+    async def main(loop: VirtualClockLoop) -> int:
+        return 5
+
+    coroutine = main(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"pass main itself, not main\(\.\.\.\)"):
+        run_virtual(coroutine)  # type: ignore[arg-type]
+
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
