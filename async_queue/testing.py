@@ -141,16 +141,35 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         func: Callable[[*Ts], T],
         *args: *Ts,
     ) -> asyncio.Future[T]:
+        function: object = func  # typed, but not checked at run time
+        if self.get_debug() and (
+            inspect.iscoroutine(function) or inspect.iscoroutinefunction(function)
+        ):
+            # The wrapper below would hide it from asyncio's own check.
+            raise TypeError(
+                f"run_in_executor() runs plain functions, got the coroutine "
+                f"function or coroutine {func!r}; await it on the loop instead"
+            )
+
         call = _ExecutorCall(self, func, args)
         with self._executor_lock:
             self._executor_calls += 1
         try:
-            future = super().run_in_executor(executor, call)
+            if executor is None or isinstance(
+                executor, concurrent.futures.ThreadPoolExecutor
+            ):
+                future = super().run_in_executor(executor, call)
+                future.add_done_callback(call.on_future_done)
+            else:
+                # Another executor, such as a process pool, may pickle the
+                # function, so it gets the function itself. The call then
+                # counts until its future is done.
+                future = super().run_in_executor(executor, func, *args)
+                future.add_done_callback(lambda _: call.give_up())
         except BaseException:
             call.give_up()
             raise
 
-        future.add_done_callback(call.on_future_done)
         return future
 
     def _executor_busy(self) -> bool:

@@ -7,9 +7,11 @@ import asyncio
 import concurrent.futures
 import inspect
 import logging
+import multiprocessing
 import threading
 
 import pytest
+from blockbuster import BlockBuster
 
 from async_queue import (
     AsyncTaskQueue,
@@ -22,12 +24,6 @@ from async_queue import (
 from async_queue.testing import VirtualClockLoop, run_virtual
 
 NO_RETRY = RetryPolicy(max_retries=0)
-
-
-async def settle(steps: int = 20) -> None:
-    """Let the loop run callbacks and woken coroutines for a few iterations."""
-    for _ in range(steps):
-        await asyncio.sleep(0)
 
 
 def test_virtual_clock_waits_for_threads() -> None:
@@ -61,6 +57,23 @@ def test_virtual_loop_closes_with_thread_running() -> None:
 
     run_virtual(main, autojump=0.001)
     assert release.is_set() is False
+
+
+def test_virtual_clock_runs_process_pool_calls(blockbuster: BlockBuster) -> None:
+    # A process pool pickles the function it runs, so the loop must pass it
+    # on as it is. Its submit() writes to a pipe, by design, so the detector
+    # of blocking calls is off here.
+    blockbuster.deactivate()
+    context = multiprocessing.get_context("spawn")
+    executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+
+    async def main(loop: VirtualClockLoop) -> int:
+        return await loop.run_in_executor(executor, abs, -3)
+
+    try:
+        assert run_virtual(main) == 3
+    finally:
+        executor.shutdown()
 
 
 def test_virtual_clock_jumps_after_cancelled_thread_call() -> None:
@@ -199,3 +212,16 @@ def test_run_virtual_rejects_coroutine_object() -> None:
         run_virtual(coroutine)  # type: ignore[arg-type]
 
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
+
+
+def test_virtual_clock_debug_rejects_coroutine_in_executor() -> None:
+    # As asyncio's own loops do in debug mode.
+    async def job() -> None:
+        pass
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_debug(True)
+        with pytest.raises(TypeError, match="run_in_executor"):
+            await loop.run_in_executor(None, job)  # type: ignore[arg-type]
+
+    run_virtual(main)
