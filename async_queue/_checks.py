@@ -203,7 +203,7 @@ def reject_retry(retry: object) -> NoReturn:
 
 
 def check_task_id(task_id: object) -> str:
-    """Return ``task_id`` if it is a non-empty str; raise otherwise."""
+    """Return ``task_id`` as a plain str if it is a non-empty str; raise otherwise."""
     if not isinstance(task_id, str):
         raise TypeError(
             f"task_id must be a non-empty str, got {task_id!r}; "
@@ -216,7 +216,9 @@ def check_task_id(task_id: object) -> str:
             "omit it to get an int id from the queue"
         )
 
-    return task_id
+    # A str subclass may define a hash that changes while the task table keys
+    # on it, so the table gets a plain str copy (str.__str__ makes one).
+    return task_id if type(task_id) is str else str.__str__(task_id)
 
 
 def check_task_key(task_id: object) -> None:

@@ -195,6 +195,39 @@ async def test_dedup_key_with_changed_hash_keeps_worker(
     assert "changed its hash or equality" in warnings[0].getMessage()
 
 
+class ChangingId(str):
+    """A str subclass whose hash the test changes after submission."""
+
+    hash = 1
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+async def test_task_id_subclass_stored_as_str() -> None:
+    async def job() -> int:
+        return 1
+
+    queue = AsyncTaskQueue(max_workers=1, max_results=1)
+    await queue.start()
+    task_id = ChangingId("report")
+    first = await queue.submit(job, task_id=task_id)
+    ChangingId.hash = 2
+
+    assert await first == 1
+    assert type(first.id) is str
+    assert first.id == "report"
+    assert queue.task("report") is first
+
+    second = await queue.submit(job)  # evicts the first from the results
+    assert await second == 1
+    assert queue.stats().workers == 1
+
+    report = await queue.stop("drain")
+    assert report.never_started == ()
+    assert queue.stats().succeeded == 2
+
+
 def test_run_virtual_rejects_sync_main() -> None:
     def main(loop: VirtualClockLoop) -> int:
         return 5
