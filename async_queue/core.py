@@ -92,6 +92,7 @@ class _Unset(enum.Enum):
 
 _UNSET = _Unset.UNSET
 _FLOAT_MAX = sys.float_info.max
+_YEAR = 365 * 24 * 3600.0
 _CO_COROUTINE = inspect.CO_COROUTINE
 
 
@@ -2438,6 +2439,16 @@ class AsyncTaskQueue:
 
         if not _checks.is_finite(at):
             raise ValueError(f"at must be a finite loop time, got {at!r}")
+
+        now = self._loop.time()
+        if at - now > _YEAR and abs(at - time.time()) < at - now:
+            # Nearer the wall clock than the loop clock, and years ahead on
+            # the loop clock: a time.time() value, which would never be due.
+            raise ValueError(
+                f"at={at!r} is a wall-clock time (time.time()), not a time on "
+                f"the event loop clock, which reads {now!r}; pass "
+                "delay=at - time.time() instead"
+            )
 
         return float(at)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -177,3 +178,20 @@ async def test_invalid_delay_leaves_queue_unchanged(
         assert queue.stats() == before
         handle = await queue.submit(job)
         assert handle.id == 1
+
+
+async def test_wall_clock_at_rejected() -> None:
+    async def job() -> None:
+        pass
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        before = queue.stats()
+        with pytest.raises(ValueError, match="wall-clock time") as info:
+            queue.submit_nowait(job, at=time.time() + 30)
+        assert "delay=at - time.time()" in str(info.value)
+        assert queue.stats() == before
+
+        loop_time = asyncio.get_running_loop().time()
+        far = await queue.submit(job, at=loop_time + 2 * 365 * 24 * 3600)
+        assert far.state is TaskState.DELAYED
+        assert far.cancel() is True
