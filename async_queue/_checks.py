@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 _CO_COROUTINE = inspect.CO_COROUTINE
 
+MIN_INTERVAL = 1e-9
+"""The shortest interval of a schedule, in seconds."""
+
 
 def is_coroutine_function(fn: object) -> bool:
     """Return whether calling ``fn`` returns a coroutine.
@@ -146,6 +149,15 @@ def check_interval(value: object) -> float:
         raise ValueError(
             f"interval must be a finite number of seconds > 0, got {value!r}; "
             "to run a task once, submit it with delay= instead"
+        )
+
+    # A due time is the float first + k * interval. Floats near a loop time
+    # of 10**4 s are about 1e-12 s apart, and near 10**9 s about 1e-7 s, so a
+    # much smaller interval does not move the due time past the current one.
+    if value < MIN_INTERVAL:
+        raise ValueError(
+            f"interval must be >= {MIN_INTERVAL!r} seconds, got {value!r}, "
+            "which is below the resolution of the event loop's clock"
         )
 
     return float(value)

@@ -1,0 +1,51 @@
+"""Faults found in periodic tasks, each pinned by the test named after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from async_queue import AsyncTaskQueue, RetryPolicy
+from tests.clock import VirtualClockLoop, run_virtual
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def tick() -> None:
+    pass
+
+
+@pytest.mark.parametrize("interval", [1e-10, 1e-20, 1e-300, 5e-324])
+def test_interval_below_clock_resolution_rejected(interval: float) -> None:
+    """An interval far below the float spacing of loop times hung _on_due.
+
+    Near a loop time of 10**4 s, adding 1e-20 to a due time does not change
+    it, so the loop that looked for the next due time after ``now`` ran for
+    hundreds of millions of steps. 5e-324 made ``(now - first) / interval``
+    infinite, so ``math.floor()`` raised OverflowError.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            with pytest.raises(ValueError, match="interval") as info:
+                queue.every(interval, tick, delay=10)  # never due in this test
+            assert f"got {interval!r}" in str(info.value)
+            assert ">= 1e-09" in str(info.value)
+            assert queue.schedules == ()
+
+    run_virtual(main, autojump=None)
+
+
+def test_smallest_interval_keeps_coalescing() -> None:
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            schedule = queue.every(1e-9, tick, delay=0)
+            loop.advance(10)
+            for _ in range(20):
+                await asyncio.sleep(0)
+            assert schedule.runs >= 1
+            assert schedule.skipped >= 10**10 - schedule.runs
+            schedule.cancel()
+
+    run_virtual(main, autojump=None)
