@@ -1078,7 +1078,7 @@ class AsyncTaskQueue:
 
         Raises:
             QueueStateError: the queue has not been started, or its event
-                loop is closed.
+                loop is closed or runs in another thread.
             QueueClosedError: the queue is stopping or stopped.
         """
         interval = _checks.check_interval(interval)
@@ -2468,7 +2468,8 @@ class AsyncTaskQueue:
         )
 
     def _check_loop(self) -> None:
-        """Raise unless the queue's event loop is open and no other loop runs.
+        """Raise unless the queue's event loop is open, no other loop runs, and
+        the loop does not run in another thread.
 
         The queue's futures and worker tasks belong to the loop that ran
         ``start()``. Called where the queue starts workers or waits, and
@@ -2476,7 +2477,17 @@ class AsyncTaskQueue:
         closing of that loop does.
         """
         running = asyncio._get_running_loop()
-        if running is self._loop or (running is None and not self._loop.is_closed()):
+        if running is self._loop:
+            return
+
+        if running is None and self._loop.is_running():
+            raise QueueStateError(
+                "the queue's event loop is running in another thread, and the "
+                "queue is not thread-safe; use submit_threadsafe(), or run the "
+                "call on the loop with loop.call_soon_threadsafe()"
+            )
+
+        if running is None and not self._loop.is_closed():
             return
 
         state = "is closed" if self._loop.is_closed() else "is not the running loop"

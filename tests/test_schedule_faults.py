@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue import AsyncTaskQueue, QueueStateError, RetryPolicy
 from tests.clock import VirtualClockLoop, run_virtual
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -49,3 +49,21 @@ def test_smallest_interval_keeps_coalescing() -> None:
             schedule.cancel()
 
     run_virtual(main, autojump=None)
+
+
+def test_every_from_other_thread_rejected() -> None:
+    """every() from a thread left a schedule listed as active with no timer.
+
+    In debug mode ``loop.call_at()`` raised RuntimeError after the schedule
+    was added to ``queue.schedules``, and outside debug mode it added the
+    timer without waking the loop.
+    """
+
+    async def main() -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            with pytest.raises(QueueStateError, match="another thread") as info:
+                await asyncio.to_thread(queue.every, 1, tick)
+            assert "call_soon_threadsafe" in str(info.value)
+            assert queue.schedules == ()
+
+    asyncio.run(main())
