@@ -213,11 +213,7 @@ class TaskHandle(Generic[T]):
         if type(fn) is FunctionType:  # the common case, first: hooks read it
             return fn.__qualname__
 
-        if isinstance(fn, BoundCall):
-            return fn.name
-
-        target = getattr(fn, "func", fn)  # functools.partial
-        return str(getattr(target, "__qualname__", type(target).__qualname__))
+        return function_name(fn)
 
     def done(self) -> bool:
         """Return whether the task is in a final state."""
@@ -536,6 +532,19 @@ class BoundCall(Generic[T]):
             return self.args[0], self.args[1:]
 
         return self.fn, self.args
+
+
+def function_name(fn: object) -> str:
+    """Return the qualified name of the coroutine function that ``fn`` calls.
+
+    Looks through ``bind()``, ``threaded()`` and ``functools.partial``, and
+    names a callable object by its class.
+    """
+    if isinstance(fn, BoundCall):
+        return fn.name
+
+    target = getattr(fn, "func", fn)  # functools.partial
+    return _qualname(target)
 
 
 def _qualname(fn: object) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .errors import QueueFullError
-from .models import TaskHandle
+from .models import TaskHandle, function_name
 from .policies import RetryPolicy
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Schedule(Generic[T]):
     @property
     def name(self) -> str:
         """The qualified name of the coroutine function."""
-        return str(getattr(self._fn, "__qualname__", repr(self._fn)))
+        return function_name(self._fn)
 
     @property
     def interval(self) -> float:

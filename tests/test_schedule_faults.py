@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from async_queue import AsyncTaskQueue, QueueStateError, RetryPolicy
+from async_queue import AsyncTaskQueue, QueueStateError, RetryPolicy, bind
 from tests.clock import VirtualClockLoop, run_virtual
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -67,3 +69,33 @@ def test_every_from_other_thread_rejected() -> None:
             assert queue.schedules == ()
 
     asyncio.run(main())
+
+
+async def double(value: int, *, factor: int = 2) -> int:
+    return value * factor
+
+
+class Refresher:
+    async def __call__(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [bind(double, 1, factor=3), functools.partial(double, 1), Refresher()],
+    ids=["bind", "partial", "callable-object"],
+)
+def test_schedule_name_matches_run_name(fn: Callable[[], Awaitable[object]]) -> None:
+    """Schedule.name was the repr of a bind(), a partial or a callable object."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            schedule = queue.every(10, fn, delay=0)
+            await asyncio.sleep(1)
+            last = schedule.last
+            assert last is not None
+            assert schedule.name == last.name
+            assert schedule.name in ("double", "Refresher")
+            schedule.cancel()
+
+    run_virtual(main)
