@@ -393,7 +393,9 @@ class AsyncTaskQueue:
         self._table = TaskTable(max_results, ttl, _no_time)
         self._finished = self._table.finished
         self._seq = 0
-        self._schedules: set[Schedule[Any]] = set()  # active ones, ended by stop()
+        # The active schedules, in the order every() made them; a dict
+        # rather than a set, so that the schedules property keeps that order.
+        self._schedules: dict[Schedule[Any], None] = {}
 
         self._workers: list[_Worker] = []
         self._workers_by_task: dict[asyncio.Task[None], _Worker] = {}
@@ -1096,17 +1098,17 @@ class AsyncTaskQueue:
         options = (priority, timeout, retry, max_runs)
         first = self._loop.time() + first_delay
         schedule = Schedule(self, interval, first, fn, args, options)
-        self._schedules.add(schedule)
+        self._schedules[schedule] = None
         schedule._start(self._loop)
         return schedule
 
     @property
     def schedules(self) -> tuple[Schedule[Any], ...]:
-        """The active schedules that ``every()`` made."""
+        """The active schedules, in the order ``every()`` made them."""
         return tuple(self._schedules)
 
     def _end_schedules(self) -> None:
-        schedules, self._schedules = self._schedules, set()
+        schedules, self._schedules = self._schedules, {}
         for schedule in schedules:
             schedule._end()
 

@@ -122,7 +122,7 @@ class Schedule(Generic[T]):
         if queue is None:
             return False
 
-        queue._schedules.discard(self)
+        queue._schedules.pop(self, None)
         self._end()
         return True
 
@@ -166,7 +166,7 @@ class Schedule(Generic[T]):
             self._submit(queue)
         finally:
             if self._max_runs is not None and self._runs >= self._max_runs:
-                queue._schedules.discard(self)
+                queue._schedules.pop(self, None)
                 self._end()
             elif self._queue is not None:
                 self._timer = loop.call_at(self.next_run, self._on_due)  # type: ignore[arg-type]

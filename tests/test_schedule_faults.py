@@ -99,3 +99,18 @@ def test_schedule_name_matches_run_name(fn: Callable[[], Awaitable[object]]) -> 
             schedule.cancel()
 
     run_virtual(main)
+
+
+def test_schedules_listed_in_creation_order() -> None:
+    """queue.schedules came from a set, so its order followed object ids."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            created = [queue.every(1 + index, tick) for index in range(50)]
+            assert queue.schedules == tuple(created)
+
+            created[10].cancel()
+            del created[10]
+            assert queue.schedules == tuple(created)
+
+    run_virtual(main)
