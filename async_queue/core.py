@@ -1105,6 +1105,9 @@ class AsyncTaskQueue:
     @property
     def schedules(self) -> tuple[Schedule[Any], ...]:
         """The active schedules, in the order ``every()`` made them."""
+        if self._schedules and self._loop.is_closed():
+            return ()  # the loop dropped their timers
+
         return tuple(self._schedules)
 
     def _end_schedules(self) -> None:

@@ -88,7 +88,7 @@ class Schedule(Generic[T]):
     @property
     def active(self) -> bool:
         """Whether more runs will be submitted."""
-        return self._queue is not None
+        return self._open_queue() is not None
 
     @property
     def runs(self) -> int:
@@ -103,7 +103,7 @@ class Schedule(Generic[T]):
     @property
     def next_run(self) -> float | None:
         """The loop time at which the next run is due, or ``None`` if inactive."""
-        if self._queue is None:
+        if self._open_queue() is None:
             return None
 
         return self._first + self._ticks * self._interval
@@ -117,6 +117,7 @@ class Schedule(Generic[T]):
         """Submit no more runs; return ``False`` if the schedule had ended.
 
         A run that is unfinished keeps going: cancel ``last`` to end it too.
+        A schedule whose event loop has closed has ended too.
         """
         queue = self._queue
         if queue is None:
@@ -124,7 +125,7 @@ class Schedule(Generic[T]):
 
         queue._schedules.pop(self, None)
         self._end()
-        return True
+        return not queue._loop.is_closed()
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"
@@ -132,6 +133,17 @@ class Schedule(Generic[T]):
             f"<Schedule {self.name} every {self._interval:g}s {state} "
             f"runs={self._runs} skipped={self._skipped}>"
         )
+
+    def _open_queue(self) -> AsyncTaskQueue | None:
+        """Return the queue, or ``None`` once ended or once the loop closed.
+
+        A loop that closes without ``stop()`` drops the timer of the next run.
+        """
+        queue = self._queue
+        if queue is None or queue._loop.is_closed():
+            return None
+
+        return queue
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = loop.call_at(self._first, self._on_due)

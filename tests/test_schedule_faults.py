@@ -13,6 +13,7 @@ from async_queue import (
     AsyncTaskQueue,
     QueueStateError,
     RetryPolicy,
+    Schedule,
     bind,
     threaded,
 )
@@ -161,3 +162,19 @@ def test_timed_out_threaded_run_not_overlapped() -> None:
                 release.set()
 
     run_virtual(main, autojump=None)
+
+
+def test_schedule_inactive_once_loop_closed() -> None:
+    """A schedule stayed active, with a due time in the past, on a closed loop."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+
+    async def main() -> Schedule[None]:
+        await queue.start()
+        return queue.every(10, tick)  # the loop closes without stop()
+
+    schedule = asyncio.run(main())
+
+    assert not schedule.active
+    assert schedule.next_run is None
+    assert queue.schedules == ()
+    assert schedule.cancel() is False
