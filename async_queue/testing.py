@@ -87,10 +87,10 @@ def is_testing() -> bool:
 class VirtualClockLoop(asyncio.SelectorEventLoop):
     """A selector event loop whose clock moves only when the test moves it.
 
-    ``time()`` starts at the real monotonic time of the loop's creation and
-    then stays fixed: however long a callback takes, virtual times stay
-    exact. ``advance()`` makes every timer due within the jump fire on the
-    next loop iteration.
+    ``time()`` starts at the whole seconds of the real monotonic time of the
+    loop's creation and then stays fixed: however long a callback takes,
+    virtual times stay exact. ``advance()`` makes every timer due within the
+    jump fire on the next loop iteration.
 
     When the loop has nothing to run, no I/O arrives for ``autojump`` real
     seconds and no function it passed to an executor (``run_in_executor()``,
@@ -115,7 +115,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
                 self.close()
                 raise
 
-        self._start = time.monotonic()
+        # Whole seconds, so that the start plus whole seconds is exact: from
+        # a fractional start such as 32753.3, adding 20 rounds the result.
+        self._start = float(math.floor(time.monotonic()))
         self.offset = 0.0
         """Virtual seconds advanced so far."""
         self.autojump = autojump

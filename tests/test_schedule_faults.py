@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -178,3 +179,31 @@ def test_schedule_inactive_once_loop_closed() -> None:
     assert schedule.next_run is None
     assert queue.schedules == ()
     assert schedule.cancel() is False
+
+
+def test_virtual_times_exact_at_any_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole-second due times came out inexact after some machine uptimes.
+
+    The virtual clock started at the fractional ``time.monotonic()``. Just
+    below a power of two, 32753.3 + 20 rounds to the next float spacing, so
+    a run due 20 s after the start ran 20.000000000003638 s after it.
+    """
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: 2.0**15 - 14.7)
+        loop = VirtualClockLoop()
+
+    async def main() -> list[float]:
+        start = loop.time()
+        times: list[float] = []
+
+        async def record() -> None:
+            times.append(loop.time() - start)
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+            queue.every(10, record)
+            await asyncio.sleep(35)
+
+        return times
+
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        assert runner.run(main()) == [10.0, 20.0, 30.0]
