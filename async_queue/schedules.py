@@ -41,6 +41,7 @@ class Schedule(Generic[T]):
         "_args",
         "_first",
         "_fn",
+        "_full_skips",
         "_interval",
         "_last",
         "_max_runs",
@@ -72,6 +73,7 @@ class Schedule(Generic[T]):
         self._ticks = 0  # due times passed so far, run or skipped
         self._runs = 0
         self._skipped = 0
+        self._full_skips = 0  # due times skipped in a row for a full queue
         self._last: TaskHandle[T] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -205,7 +207,23 @@ class Schedule(Generic[T]):
             )
         except QueueFullError as exc:
             self._skipped += 1
-            logger.warning("skipped a run of schedule %s: %s", self.name, exc)
+            self._full_skips += 1
+            if self._full_skips == 1:
+                # Once per spell of a full queue, which may last many due times.
+                logger.warning(
+                    "skipped a run of schedule %s, and will skip more until "
+                    "the queue has room: %s",
+                    self.name,
+                    exc,
+                )
             return
 
         self._runs += 1
+        if self._full_skips:
+            logger.info(
+                "schedule %s submitted a run again, after %d skipped because "
+                "the queue was full",
+                self.name,
+                self._full_skips,
+            )
+            self._full_skips = 0

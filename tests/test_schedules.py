@@ -289,20 +289,34 @@ def test_full_queue_skips_run(caplog: pytest.LogCaptureFixture) -> None:
             await queue.submit(block)  # fills max_pending
             schedule = queue.every(1, tick)
 
-            loop.advance(1)
-            await settle()
+            for _ in range(3):
+                loop.advance(1)
+                await settle()
             assert schedule.runs == 0
-            assert schedule.skipped == 1
+            assert schedule.skipped == 3
             assert schedule.last is None
             assert queue.stats().pending == 1
-            release.set()
 
-    with caplog.at_level(logging.WARNING, logger="async_queue"):
+            release.set()
+            await until(lambda: queue.stats().pending == 0)
+            loop.advance(1)
+            await until(lambda: schedule.runs == 1)
+            assert schedule.skipped == 3
+
+    with caplog.at_level(logging.INFO, logger="async_queue"):
         run_virtual(main, autojump=None)
 
-    messages = [record.getMessage() for record in caplog.records]
-    assert any("skipped a run of schedule" in message for message in messages)
-    assert any("max_pending" in message for message in messages)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "skipped a run of schedule" in warnings[0]
+    assert "max_pending" in warnings[0]
+    resumed = [
+        r.getMessage()
+        for r in caplog.records
+        if "submitted a run again" in r.getMessage()
+    ]
+    assert len(resumed) == 1
+    assert "after 3 skipped" in resumed[0]
 
 
 @pytest.mark.parametrize(
