@@ -1098,8 +1098,8 @@ class AsyncTaskQueue:
         options = (priority, timeout, retry, max_runs)
         first = self._loop.time() + first_delay
         schedule = Schedule(self, interval, first, fn, args, options)
+        schedule._start(self._loop)  # first, so that a failure registers nothing
         self._schedules[schedule] = None
-        schedule._start(self._loop)
         return schedule
 
     @property
