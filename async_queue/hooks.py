@@ -223,8 +223,8 @@ def collect_callbacks(hooks: Sequence[object]) -> HookCallbacks:
                 continue
 
             found = True
-            if getattr(type(hook), name, None) is getattr(Hook, name):
-                continue
+            if getattr(method, "__func__", None) is getattr(Hook, name):
+                continue  # the no-op of Hook, not set on the instance either
 
             if not callable(method):
                 raise TypeError(f"hook {hook!r} has a non-callable {name}")

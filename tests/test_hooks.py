@@ -167,6 +167,20 @@ async def test_plain_object_with_some_methods_is_a_hook() -> None:
     assert seen == [1]
 
 
+async def test_hook_instance_attribute_called() -> None:
+    seen: list[object] = []
+    hook = Hook()
+    hook.on_succeeded = lambda event: seen.append(event.task_id)  # type: ignore[method-assign]
+
+    async def job() -> None:
+        pass
+
+    async with AsyncTaskQueue(1, hooks=[hook]) as queue:
+        await (await queue.submit(job))
+
+    assert seen == [1]
+
+
 @pytest.mark.parametrize("hooks", [object(), [object()], "hook", [42]])
 def test_invalid_hooks_rejected(hooks: object) -> None:
     with pytest.raises(TypeError, match="hook"):
