@@ -1537,7 +1537,7 @@ class AsyncTaskQueue:
             return
 
         self._check_loop()
-        current = asyncio.current_task()
+        current = asyncio.current_task(self._loop)
         if self._mass_cancelled or current is None or current.cancelling():
             return
 
@@ -1841,7 +1841,7 @@ class AsyncTaskQueue:
         extras.cancel_reason = reason
         task = worker.task
         assert task is not None
-        if asyncio.current_task() is task:
+        if asyncio.current_task(self._loop) is task:
             # The task cancels itself. Task.cancel() here would only take
             # effect at the worker's next await, which may belong to the next
             # task, so deliver it from a callback once the task is suspended.
@@ -2336,7 +2336,7 @@ class AsyncTaskQueue:
         any busy worker that awaits the current one, even if another task
         made it. That check costs O(workers) instead of O(1).
         """
-        current = asyncio.current_task()
+        current = asyncio.current_task(self._loop)
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
         if worker is None and current is not None:
             worker = self._worker_above(current)

@@ -248,10 +248,21 @@ class TaskHandle(Generic[T]):
 
         Raises:
             TypeError: ``callback`` is not callable, or is a coroutine function.
+            RuntimeError: the task is final and no event loop is running.
         """
         _check_callback(callback)
         if self._state in _FINAL:
-            asyncio.get_running_loop().call_soon(callback, self)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                raise RuntimeError(
+                    f"task {self._id!r} is {self._state.value}, so its callback "
+                    "would be scheduled on the running event loop, but none "
+                    "runs; call add_done_callback() on the loop, or call the "
+                    "callback directly"
+                ) from None
+
+            loop.call_soon(callback, self)
             return
 
         if self._waiters is None:

@@ -15,6 +15,7 @@ from async_queue import (
     bind,
     threaded,
 )
+from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -213,3 +214,39 @@ async def test_finished_value_handle_awaits_its_value() -> None:
         values = [await handle, await handle, *(await asyncio.gather(handle))]
 
     assert values == ["0", "0", "0"]
+
+
+def test_handle_calls_outside_running_loop() -> None:
+    """cancel() and add_done_callback() from plain code between loop runs."""
+    loop = asyncio.new_event_loop()
+    called: list[object] = []
+    never = asyncio.Event()
+
+    async def quick() -> str:
+        return "done"
+
+    async def blocked() -> None:
+        await never.wait()
+
+    async def start() -> tuple[AsyncTaskQueue, TaskHandle[str], TaskHandle[None]]:
+        queue = AsyncTaskQueue(2)
+        await queue.start()
+        finished = await queue.submit(quick)
+        assert await finished == "done"
+        running = await queue.submit(blocked)
+        await until(lambda: running.state is TaskState.RUNNING)
+        return queue, finished, running
+
+    try:
+        queue, finished, running = loop.run_until_complete(start())
+
+        with pytest.raises(RuntimeError, match=r"call add_done_callback\(\) on"):
+            finished.add_done_callback(called.append)
+        running.add_done_callback(called.append)
+        assert running.cancel("from outside the loop") is True
+
+        loop.run_until_complete(until(lambda: called == [running]))
+        assert running.state is TaskState.CANCELLED
+        loop.run_until_complete(queue.stop())
+    finally:
+        loop.close()
