@@ -1071,8 +1071,8 @@ class AsyncTaskQueue:
         """Submit ``fn(*args)`` every ``interval`` seconds until cancelled.
 
         The first run is due after ``delay`` seconds (``interval`` if omitted;
-        0 runs it at once), and run ``k`` is due ``k * interval`` seconds
-        after it. Each run is submitted with ``submit_nowait()`` and the given
+        0 submits it on the loop's next iteration), and run ``k`` is due
+        ``k * interval`` seconds after it. Each run is submitted with ``submit_nowait()`` and the given
         ``priority``, ``timeout`` and ``retry``. A run is skipped while the
         previous one is unfinished, or when a full queue rejects it. The
         schedule ends after ``max_runs`` runs, on ``Schedule.cancel()``, or
@@ -2447,8 +2447,8 @@ class AsyncTaskQueue:
 
         now = self._loop.time()
         if at - now > _YEAR and abs(at - time.time()) < at - now:
-            # Nearer the wall clock than the loop clock, and years ahead on
-            # the loop clock: a time.time() value, which would never be due.
+            # More than a year ahead on the loop clock and nearer the wall
+            # clock: a time.time() value, which would not be due for decades.
             raise ValueError(
                 f"at={at!r} is a wall-clock time (time.time()), not a time on "
                 f"the event loop clock, which reads {now!r}; pass "
