@@ -1074,10 +1074,9 @@ class AsyncTaskQueue:
         0 submits it on the loop's next iteration), and run ``k`` is due
         ``k * interval`` seconds after it. Each run is submitted with
         ``submit_nowait()`` and the given ``priority``, ``timeout`` and
-        ``retry``. A run is skipped while the
-        previous one is unfinished, or when a full queue rejects it. The
-        schedule ends after ``max_runs`` runs, on ``Schedule.cancel()``, or
-        when ``stop()`` is called.
+        ``retry``. A run is skipped while the previous one is unfinished, or
+        when a full queue rejects it. The schedule ends after ``max_runs``
+        runs, on ``Schedule.cancel()``, or when ``stop()`` is called.
 
         Raises:
             QueueStateError: the queue has not been started, or its event
