@@ -118,8 +118,8 @@ class Schedule(Generic[T]):
     def cancel(self) -> bool:
         """Submit no more runs; return ``False`` if the schedule had ended.
 
-        A run that is unfinished keeps going: cancel ``last`` to end it too.
-        A schedule whose event loop has closed has ended too.
+        A schedule has ended once its event loop has closed. A run that is
+        unfinished keeps going: cancel ``last`` to end it as well.
         """
         queue = self._queue
         if queue is None:

@@ -95,11 +95,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
     When the loop has nothing to run, no I/O arrives for ``autojump`` real
     seconds and no function it passed to an executor (``run_in_executor()``,
     ``asyncio.to_thread()``) is still running, the clock jumps to the next
-    timer, so a coroutine that awaits a timer nobody advances to still
-    finishes, at its exact virtual time. A test that checks a timer has not
-    fired yet keeps the loop busy (``await asyncio.sleep(0)``) between its
-    steps. ``autojump=None`` turns the jumps off: then only ``advance()``
-    moves the clock.
+    timer, so a coroutine that awaits a timer which no ``advance()`` reaches
+    still finishes, at its exact virtual time. A test that checks a timer
+    has not fired yet keeps the loop busy (``await asyncio.sleep(0)``)
+    between its steps. ``autojump=None`` turns the jumps off: then only
+    ``advance()`` moves the clock.
 
     asyncio's debug mode times callbacks with the loop's clock, so it would
     report each callback that calls ``advance()`` as slow; this loop turns
@@ -167,9 +167,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
                 # function, so it gets the function itself. The call then
                 # counts until its future is done.
                 future = super().run_in_executor(executor, func, *args)
-                future.add_done_callback(lambda _: call.give_up())
+                future.add_done_callback(lambda _: call.stop_counting())
         except BaseException:
-            call.give_up()
+            call.stop_counting()
             raise
 
         return future
@@ -207,7 +207,7 @@ class _ExecutorCall(Generic[T]):
         try:
             return self._func(*self._args)
         finally:
-            self.give_up()
+            self.stop_counting()
 
     def on_future_done(self, future: asyncio.Future[T]) -> None:
         with self._loop._executor_lock:
@@ -217,7 +217,7 @@ class _ExecutorCall(Generic[T]):
             self._counted = False
             self._loop._executor_calls -= 1
 
-    def give_up(self) -> None:
+    def stop_counting(self) -> None:
         """Stop counting this call, once."""
         with self._loop._executor_lock:
             if self._counted:

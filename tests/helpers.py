@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
+
+from async_queue import QueueStats, TaskState
 
 
 async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> None:
@@ -48,3 +50,28 @@ class Gate:
 def frame_names(tb: TracebackType | None) -> list[str]:
     """Return the function name of each entry of a traceback, outermost first."""
     return [frame.name for frame in traceback.extract_tb(tb)]
+
+
+def counted_tasks(stats: QueueStats) -> int:
+    """Return the tasks that ``stats`` counts in some state."""
+    return (
+        stats.pending
+        + stats.delayed
+        + stats.waiting_retry
+        + stats.running
+        + stats.succeeded
+        + stats.failed
+        + stats.cancelled
+    )
+
+
+def assert_state_counts(stats: QueueStats, states: Sequence[TaskState]) -> None:
+    """Assert that each state count of ``stats`` matches ``states``, one per task."""
+    assert stats.submitted == len(states)
+    assert stats.pending == states.count(TaskState.PENDING)
+    assert stats.delayed == states.count(TaskState.DELAYED)
+    assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
+    assert stats.running == states.count(TaskState.RUNNING)
+    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+    assert stats.failed == states.count(TaskState.FAILED)
+    assert stats.cancelled == states.count(TaskState.CANCELLED)

@@ -31,7 +31,7 @@ from async_queue import (
 )
 from async_queue.hooks import EVENTS
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import assert_state_counts, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -613,14 +613,7 @@ class FeatureProgram:
         unique = list({id(h): h for h in self.handles}.values())
         states = [h.state for h in unique]
         stats = queue.stats()
-        assert stats.submitted == len(unique)
-        assert stats.pending == states.count(TaskState.PENDING)
-        assert stats.delayed == states.count(TaskState.DELAYED)
-        assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
-        assert stats.running == states.count(TaskState.RUNNING)
-        assert stats.succeeded == states.count(TaskState.SUCCEEDED)
-        assert stats.failed == states.count(TaskState.FAILED)
-        assert stats.cancelled == states.count(TaskState.CANCELLED)
+        assert_state_counts(stats, states)
         assert stats.running <= stats.workers
         # A retry may exceed max_pending, a first attempt never.
         waiting = (TaskState.PENDING, TaskState.DELAYED)

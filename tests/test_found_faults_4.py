@@ -16,12 +16,12 @@ from blockbuster import BlockBuster
 from async_queue import (
     AsyncTaskQueue,
     Hook,
-    QueueStats,
     RetryPolicy,
     TaskEvent,
     threaded,
 )
 from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import counted_tasks
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -98,19 +98,6 @@ def test_virtual_clock_jumps_after_cancelled_thread_call() -> None:
         executor.shutdown()
 
 
-def _state_counts(stats: QueueStats) -> int:
-    """Return the tasks that ``stats`` counts in some state."""
-    return (
-        stats.pending
-        + stats.delayed
-        + stats.waiting_retry
-        + stats.running
-        + stats.succeeded
-        + stats.failed
-        + stats.cancelled
-    )
-
-
 def test_stats_add_up_while_attempt_settles() -> None:
     # An attempt that timed out is settled while its task is still RUNNING:
     # on_timed_out hooks and the retry_on predicate see it so.
@@ -119,7 +106,7 @@ def test_stats_add_up_while_attempt_settles() -> None:
 
     def record(where: str) -> None:
         stats = queue.stats()
-        seen.append((where, _state_counts(stats), stats.submitted, stats.running))
+        seen.append((where, counted_tasks(stats), stats.submitted, stats.running))
 
     class Record(Hook):
         def on_timed_out(self, event: TaskEvent) -> None:

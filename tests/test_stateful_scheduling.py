@@ -42,6 +42,7 @@ from async_queue import (
     TaskState,
 )
 from async_queue.testing import VirtualClockLoop
+from tests.helpers import assert_state_counts, counted_tasks
 
 T = TypeVar("T")
 
@@ -203,15 +204,7 @@ class SchedulingMachine(RuleBasedStateMachine):
     def check_counts(self, where: str) -> None:
         """Check that the counts of stats() add up to the tasks submitted."""
         stats = self.live.stats()
-        counted = (
-            stats.pending
-            + stats.delayed
-            + stats.waiting_retry
-            + stats.running
-            + stats.succeeded
-            + stats.failed
-            + stats.cancelled
-        )
+        counted = counted_tasks(stats)
         if counted != stats.submitted:
             self.errors.append(f"in {where}: {counted} counted, {stats}")
 
@@ -494,15 +487,7 @@ class SchedulingMachine(RuleBasedStateMachine):
             return
 
         stats = self.live.stats()
-        states = [handle.state for handle in self.handles()]
-        assert stats.submitted == len(states)
-        assert stats.pending == states.count(TaskState.PENDING)
-        assert stats.delayed == states.count(TaskState.DELAYED)
-        assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
-        assert stats.running == states.count(TaskState.RUNNING)
-        assert stats.succeeded == states.count(TaskState.SUCCEEDED)
-        assert stats.failed == states.count(TaskState.FAILED)
-        assert stats.cancelled == states.count(TaskState.CANCELLED)
+        assert_state_counts(stats, [handle.state for handle in self.handles()])
         depth: dict[int, int] = {}
         for handle in self.handles():
             if handle.state is TaskState.PENDING:
