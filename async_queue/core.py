@@ -35,7 +35,8 @@ from .hooks import (
     TaskEvent,
     call_hooks,
     collect_callbacks,
-    make_event,
+    log_hook_failure,
+    new_event,
 )
 from .models import (
     CANCELLED,
@@ -56,10 +57,11 @@ from .models import (
     TaskSettings,
     TimeSummary,
     extras_of,
+    function_name,
     new_handle,
     seq_of,
 )
-from .policies import RetryPolicy
+from .policies import Jitter, RetryPolicy
 from .schedules import Schedule
 from .testing import _TestMode
 
@@ -241,6 +243,7 @@ class AsyncTaskQueue:
         "_hooks",
         "_idle",
         "_joins",
+        "_later",
         "_lifecycle",
         "_loop",
         "_lost_workers",
@@ -323,8 +326,10 @@ class AsyncTaskQueue:
         self._max_pending = max_pending
         self._hooks = collect_callbacks([LoggingHook(), *_checks.check_hooks(hooks)])
         self._submitted_hooks = self._hooks["on_submitted"]
-        # Events that hooks caused while the hooks were being called.
-        self._emitting: deque[_PendingEvent] | None = None
+        # Whether hooks are being called, and the events that they caused
+        # meanwhile, which wait for their turn.
+        self._emitting = False
+        self._later: deque[_PendingEvent] = deque()
         _checks.check_count("max_dead_letters", max_dead_letters, 0)
         if on_dead_letter is not None and not callable(on_dead_letter):
             raise TypeError(
@@ -1440,7 +1445,10 @@ class AsyncTaskQueue:
 
                     worker.current = worker.deadline = None
                     self._ended += 1
-                    run_time.add(clock() - started_at)
+                    ran = clock() - started_at
+                    run_time.total += ran
+                    if ran > run_time.max:
+                        run_time.max = ran
                     if self._settle_error(worker, handle, exc):
                         self._forget_worker(worker, handle)
                         raise
@@ -1748,7 +1756,7 @@ class AsyncTaskQueue:
         if handle._state is RUNNING:
             self._retry_or_fail(handle, exc)
 
-        return _is_fatal(exc)
+        return isinstance(exc, _FATAL)  # _is_fatal(), inlined for retries
 
     def _on_interrupted(
         self,
@@ -1867,21 +1875,26 @@ class AsyncTaskQueue:
         if isinstance(exc, RetryAfter):
             # The task chose its delay; only the retry count still applies.
             retry = retries_done < policy.max_retries
-        elif _is_call_error(exc):
+        elif isinstance(exc, TypeError) and _is_call_error(exc):
             retry = False  # the arguments do not fit the function: retries cannot help
         else:
             retry = policy.should_retry(exc, retries_done)
 
-        extras = extras_of(handle)
         retry = retry and self._accept_retries
         delay = 0.0
         if retry and not _TestMode.enabled:
             if isinstance(exc, RetryAfter):
                 delay = exc.delay
             else:
-                delay = policy.delay(retries_done, extras.last_delay)
+                extras = handle._extras
+                previous = None if extras is None else extras.last_delay
+                delay = policy.delay(retries_done, previous)
 
-        if extras.cancel_reason is CancelReason.CANCEL:
+        # Read again, since the policy's random source may have cancelled the
+        # task. The extras are made only when needed: most retried tasks
+        # never need them.
+        extras = handle._extras
+        if extras is not None and extras.cancel_reason is CancelReason.CANCEL:
             # Cancelled while this attempt was settled, by an on_timed_out
             # hook, the retry_on predicate or the policy's random source:
             # the task must not run again.
@@ -1890,14 +1903,15 @@ class AsyncTaskQueue:
             return
 
         if retry:
-            extras.last_delay = delay
+            if policy.jitter is Jitter.DECORRELATED:
+                extras_of(handle).last_delay = delay  # the next delay grows from it
             self._retries += 1
             self._park(handle, delay)
             self._emit("on_retry_scheduled", handle, delay=delay, exception=exc)
             return
 
         handle._result = _strip_queue_frames(exc)
-        extras.traceback = exc.__traceback__
+        extras_of(handle).traceback = exc.__traceback__
         handle._state = FAILED
         self._failed += 1
         self._finish(handle)
@@ -1905,7 +1919,13 @@ class AsyncTaskQueue:
         self._add_dead_letter(handle, exc)
         _strip_queue_frames(exc)  # again, in case a callback raised it
 
-    def _emit(self, event: str, handle: TaskHandle[Any], **extra: Any) -> None:
+    def _emit(
+        self,
+        event: str,
+        handle: TaskHandle[Any],
+        delay: float | None = None,
+        exception: BaseException | None = None,
+    ) -> None:
         """Call the hooks that observe ``event``, if any.
 
         An event caused by a hook, such as ``on_cancelled`` when a hook
@@ -1917,19 +1937,46 @@ class AsyncTaskQueue:
         if not callbacks:
             return
 
-        record = make_event(handle, self._clock(), **extra)
-        if self._emitting is not None:
-            self._emitting.append((callbacks, record))
+        # The event is built and the hooks are called inline, because a hook
+        # that observes on_started or on_succeeded brings every task here.
+        fn = handle._fn
+        record = new_event(
+            TaskEvent,
+            (
+                handle._id,
+                fn.__qualname__ if type(fn) is FunctionType else function_name(fn),
+                handle._priority,
+                handle._attempts,
+                handle._state,
+                self._clock(),
+                delay,
+                exception,
+            ),
+        )
+        if self._emitting:
+            self._later.append((callbacks, record))
             return
 
-        later: deque[_PendingEvent] = deque()
-        self._emitting = later
+        self._emitting = True
         try:
-            call_hooks(callbacks, record)
+            for callback in callbacks:
+                try:
+                    callback(record)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException:
+                    log_hook_failure(callback, record)
+
+            later = self._later
             while later:
                 call_hooks(*later.popleft())
+        except BaseException:
+            # Only KeyboardInterrupt or SystemExit gets here: drop the events
+            # still waiting.
+            self._later.clear()
+            raise
         finally:
-            self._emitting = None
+            self._emitting = False
 
     def _add_dead_letter(self, handle: TaskHandle[Any], exc: BaseException) -> None:
         letter = DeadLetter(
@@ -1963,7 +2010,7 @@ class AsyncTaskQueue:
     def _park(self, handle: TaskHandle[Any], delay: float) -> None:
         if delay <= 0:
             handle._state = PENDING
-            handle._queued_at = self._loop.time()
+            handle._queued_at = self._clock()
             self._ready.push(handle)
             if self._idle:
                 self._wake_worker()
@@ -2621,7 +2668,10 @@ def _is_fatal(exc: BaseException | None) -> bool:
     As in ``asyncio.Task``, only ``KeyboardInterrupt`` and ``SystemExit`` do;
     any other ``BaseException`` fails its task like an ordinary exception.
     """
-    return isinstance(exc, (KeyboardInterrupt, SystemExit))
+    return isinstance(exc, _FATAL)
+
+
+_FATAL = (KeyboardInterrupt, SystemExit)
 
 
 _WORKER_CODE = AsyncTaskQueue._run_worker.__code__

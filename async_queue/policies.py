@@ -200,6 +200,10 @@ class RetryPolicy:
         ``previous`` is the delay before the preceding retry; only decorrelated
         jitter reads it, and treats ``None`` as ``base_delay``.
         """
+        if self.base_delay == 0 and self.jitter is not Jitter.DECORRELATED:
+            # The backoff of every retry is 0, and so is any jitter of it.
+            return self.backoff(retry) if retry < 0 else 0.0
+
         delay = self._jittered(retry, previous)
         if math.isnan(delay):
             # Only a broken random source gets here; fall back to no jitter.

@@ -13,25 +13,34 @@ cost of one task: submit, pick, run, resolve the handle, await it.
     python -m benchmarks.instructions [--size N] [KEY ...]
 
 KEY is a contender of the throughput scenario (``pool``, ``aq``,
-``aq-timeout`` and so on); the default compares the hand-written pool with
-async_queue's four variants. It needs ``valgrind`` on the PATH.
+``aq-timeout`` and so on), of the hook scenario (``aq-noop-hook`` and so
+on), or of the retry scenario with a ``retry-`` prefix (``retry-pool`` and
+``retry-aq``, whose tasks fail once each). The default compares the
+hand-written pool with async_queue's four variants. It needs ``valgrind`` on
+the PATH.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from functools import partial
+from typing import Any
 
+from . import hooks, retry
 from .contenders import POOL, THROUGHPUT_POOLS
 from .harness import check_contender_args, contender_parser, print_captioned_table
 from .throughput import time_pool
 
 DEFAULT_KEYS = (POOL, "aq", "aq-await", "aq-timeout", "aq-retry")
 DEFAULT_SIZE = 10_000
+RETRY_PREFIX = "retry-"
+RETRY_POOL = RETRY_PREFIX + POOL
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -66,28 +75,49 @@ def per_task(key: str, size: int) -> float:
     return (count_instructions(key, size) - count_instructions(key, 0)) / size
 
 
+def runners() -> dict[str, Callable[[int], Coroutine[Any, Any, float]]]:
+    """Return the timed run of each contender by key, given a task count."""
+    found: dict[str, Callable[[int], Coroutine[Any, Any, float]]] = {}
+    for contender in (*THROUGHPUT_POOLS, *hooks.CONTENDERS):
+        found.setdefault(contender.key, partial(time_pool, contender))
+
+    for contender in retry.CONTENDERS:
+        found[RETRY_PREFIX + contender.key] = partial(retry.time_retries, contender)
+
+    return found
+
+
 def run_contender(key: str, size: int) -> None:
-    """Run the contender's throughput run with ``size`` tasks; nothing for 0."""
-    contenders = {c.key: c for c in THROUGHPUT_POOLS}
+    """Run the contender's timed run with ``size`` tasks; nothing for 0."""
+    # As in the timed scenarios: the WARNING of each retry is not formatted.
+    logging.getLogger("async_queue").setLevel(logging.ERROR)
     if size:
-        asyncio.run(time_pool(contenders[key], size))
+        asyncio.run(runners()[key](size))
+
+
+def reference_of(key: str) -> str:
+    """Return the key of the pool that ``key``'s count is compared with."""
+    return RETRY_POOL if key.startswith(RETRY_PREFIX) else POOL
 
 
 def report(keys: Sequence[str], size: int) -> None:
     counts = {key: per_task(key, size) for key in keys}
-    pool = counts.get(POOL)
     rows = []
     for key, count in counts.items():
+        pool = counts.get(reference_of(key))
         ratio = "-" if pool is None or count <= 0 else f"{pool / count:.2f}x"
         rows.append([key, f"{count:,.0f}", ratio])
 
     headers = ["contender", "instructions/task", "vs hand-written pool"]
-    caption = f"N={size:,}, asyncio loop; above 1.00x is fewer than the pool"
+    caption = (
+        f"N={size:,}, asyncio loop; above 1.00x is fewer than the pool "
+        f"({RETRY_POOL} for the {RETRY_PREFIX} contenders)"
+    )
     print_captioned_table(caption, headers, rows)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    known = sorted(c.key for c in THROUGHPUT_POOLS)
+    known = sorted(runners())
     parser = contender_parser(
         "python -m benchmarks.instructions",
         "Count machine instructions per no-op task with callgrind.",

@@ -12,7 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState, bind
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    RetryAfter,
+    RetryPolicy,
+    TaskEvent,
+    TaskState,
+    bind,
+)
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -221,6 +229,54 @@ async def test_decorrelated_jitter_runs_through_queue() -> None:
         assert await handle == "done"
 
     assert handle.attempts == 4
+
+
+class DelayRecorder(Hook):
+    """Records the delay of every scheduled retry."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def on_retry_scheduled(self, event: TaskEvent) -> None:
+        assert event.delay is not None
+        self.delays.append(event.delay)
+
+
+@given(
+    seed=st.integers(0, 2**32),
+    jitter=st.sampled_from(["decorrelated", "full", "equal", "none"]),
+    base_delay=st.sampled_from([0.0, 0.5]),
+)
+def test_retry_delays_follow_the_policy(
+    seed: int, jitter: str, base_delay: float
+) -> None:
+    # Each delay is the policy's delay for that retry; decorrelated jitter
+    # grows each one from the delay before it.
+    import random
+
+    def policy() -> RetryPolicy:
+        return RetryPolicy(
+            max_retries=4,
+            base_delay=base_delay,
+            max_delay=30.0,
+            jitter=jitter,  # type: ignore[arg-type]
+            rng=random.Random(seed),
+        )
+
+    twin = policy()
+    expected: list[float] = []
+    for retry in range(4):
+        expected.append(twin.delay(retry, expected[-1] if expected else None))
+
+    recorder = DelayRecorder()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=policy(), hooks=[recorder]) as queue:
+            handle = queue.submit_nowait(Flaky(failures=4))
+            assert await handle == "done"
+
+    run_virtual(main)
+    assert recorder.delays == expected
 
 
 async def takes_one(x: int) -> int:
