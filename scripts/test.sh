@@ -21,8 +21,8 @@ if [ ! -e "$stamp" ]; then
 fi
 
 echo "== ruff"
-.venv/bin/ruff check async_queue tests queue.py
-.venv/bin/ruff format --check async_queue tests queue.py
+.venv/bin/ruff check async_queue tests queue.py queue.pyi
+.venv/bin/ruff format --check async_queue tests queue.py queue.pyi
 
 echo "== mypy --strict"
 .venv/bin/mypy --strict async_queue tests/typing
