@@ -184,15 +184,19 @@ def check_seconds(
     return float(value)
 
 
-def check_count(name: str, value: object, minimum: int) -> int:
-    """Return ``value`` if it is an int of at least ``minimum``."""
+def check_count(name: str, value: object, minimum: int, advice: str = "") -> int:
+    """Return ``value`` if it is an int of at least ``minimum``.
+
+    ``advice``, if given, ends the error message: what to pass instead.
+    """
+    tail = f"; {advice}" if advice else ""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(
-            f"{name} must be an int, got {value!r} of type {type(value).__name__}"
+            f"{name} must be an int, got {value!r} of type {type(value).__name__}{tail}"
         )
 
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}{tail}")
 
     return value
 

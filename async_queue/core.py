@@ -96,6 +96,7 @@ _UNSET = _Unset.UNSET
 _FLOAT_MAX = sys.float_info.max
 _YEAR = 365 * 24 * 3600.0
 _CO_COROUTINE = inspect.CO_COROUTINE
+_WORKERS_ADVICE = "the pool has a fixed size: pass the number of workers to run at once"
 
 
 class _Lifecycle(enum.Enum):
@@ -307,7 +308,9 @@ class AsyncTaskQueue:
         rate_burst: int = 1,
         hooks: Sequence[AnyHook] = (),
     ) -> None:
-        self._max_workers = _checks.check_count("max_workers", max_workers, 1)
+        self._max_workers = _checks.check_count(
+            "max_workers", max_workers, 1, _WORKERS_ADVICE
+        )
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy or None, got {retry!r}")
 
@@ -321,7 +324,9 @@ class AsyncTaskQueue:
         _checks.check_count("max_results", max_results, 0)
         ttl = _checks.check_seconds("result_ttl", result_ttl, allow_none=True)
         if max_pending is not None:
-            _checks.check_count("max_pending", max_pending, 1)
+            _checks.check_count(
+                "max_pending", max_pending, 1, "pass max_pending=None for no bound"
+            )
 
         self._max_pending = max_pending
         self._hooks = collect_callbacks([LoggingHook(), *_checks.check_hooks(hooks)])
@@ -507,7 +512,7 @@ class AsyncTaskQueue:
             QueueClosedError: ``stop()`` has begun.
             QueueStateError: the queue's event loop is closed.
         """
-        count = _checks.check_count("max_workers", max_workers, 1)
+        count = _checks.check_count("max_workers", max_workers, 1, _WORKERS_ADVICE)
         if self.closed:
             self._raise_pool_closed("resize")
         if self._lifecycle is not _Lifecycle.NEW:
@@ -1093,7 +1098,9 @@ class AsyncTaskQueue:
         self._check_options(fn, args, priority, timeout, retry, *(None,) * 4)
         first_delay = _checks.check_seconds("delay", delay, allow_none=True)
         if max_runs is not None:
-            _checks.check_count("max_runs", max_runs, 1)
+            _checks.check_count(
+                "max_runs", max_runs, 1, "pass max_runs=None to run until cancelled"
+            )
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
         self._check_loop()

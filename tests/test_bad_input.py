@@ -191,6 +191,24 @@ def test_queue_option_rejected(
     assert repr(value) in message
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "advice"),
+    [
+        ("max_workers", None, "pass the number of workers"),
+        ("max_workers", 0, "pass the number of workers"),
+        ("max_pending", 0, "pass max_pending=None for no bound"),
+    ],
+)
+def test_queue_option_advice(name: str, value: object, advice: str) -> None:
+    # Values that mean "no limit" elsewhere, such as in aiojobs.
+    with pytest.raises((TypeError, ValueError)) as caught:
+        AsyncTaskQueue(**{name: value})  # type: ignore[arg-type]
+
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be")
+    assert advice in message
+
+
 @settings(max_examples=60)
 @given(st.floats())
 def test_queue_timeout_validated(value: float) -> None:
