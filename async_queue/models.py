@@ -7,7 +7,16 @@ import enum
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, final
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Generic,
+    NoReturn,
+    ParamSpec,
+    SupportsIndex,
+    TypeVar,
+    final,
+)
 
 from .errors import TaskCancelledError
 
@@ -388,6 +397,22 @@ class TaskHandle(Generic[T]):
 
         waiters.append(waiter)
         return waiter
+
+    def __copy__(self) -> TaskHandle[T]:
+        # The queue updates the one handle of a task in place, so a copy would
+        # never change state, and cancelling it would corrupt the queue's
+        # counts. A handle refers to its task, as a weak reference does.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> TaskHandle[T]:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            f"a TaskHandle cannot be pickled: task {self._id!r} lives on the "
+            "event loop of its queue; pickle handle.id, or the result of "
+            "await handle, instead"
+        )
 
     def __repr__(self) -> str:
         return (
