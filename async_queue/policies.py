@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ._checks import is_coroutine_function
+
 __all__ = ("Jitter", "RetryPolicy")
 
 # The filter that decides which exceptions are retried: exception classes, or a
@@ -239,6 +241,14 @@ def _check_filter(retry_on: object) -> None:
         isinstance(item, type) and issubclass(item, BaseException) for item in retry_on
     ):
         return
+
+    if is_coroutine_function(retry_on):
+        # Its coroutine is truthy, so every exception would be retried.
+        raise TypeError(
+            f"retry_on must be a plain function that returns whether to retry, "
+            f"got the coroutine function {retry_on!r}; the queue calls it "
+            "without awaiting it, so decide without awaiting anything"
+        )
 
     if callable(retry_on) and not isinstance(retry_on, (type, tuple)):
         return

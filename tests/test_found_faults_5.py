@@ -56,3 +56,22 @@ async def test_handle_pickle_raises_clear_error() -> None:
             pickle.dumps(handle)
 
         handle.cancel()
+
+
+class _AsyncPredicate:
+    async def __call__(self, exc: BaseException) -> bool:
+        return False
+
+
+async def _async_predicate(exc: BaseException) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("predicate", [_async_predicate, _AsyncPredicate()])
+def test_async_retry_on_predicate_rejected(predicate: object) -> None:
+    # The coroutine it returns is truthy, so every exception was retried
+    # whatever the predicate meant, and the coroutine was never awaited.
+    with pytest.raises(
+        TypeError, match=r"retry_on must be a plain function.*coroutine function"
+    ):
+        RetryPolicy(retry_on=predicate)  # type: ignore[arg-type]
