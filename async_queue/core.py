@@ -1891,7 +1891,7 @@ class AsyncTaskQueue:
         delay = 0.0
         if retry and not _TestMode.enabled:
             if isinstance(exc, RetryAfter):
-                delay = exc.delay
+                delay = _checked_retry_after(exc)
             else:
                 extras = handle._extras
                 previous = None if extras is None else extras.last_delay
@@ -2604,6 +2604,22 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
         return time.monotonic
 
     return loop.time
+
+
+def _checked_retry_after(exc: RetryAfter) -> float:
+    """Return the delay of ``exc``, checked again as the task raises it.
+
+    ``RetryAfter()`` checks its delay, but the attribute can be changed later
+    or set by a subclass. A NaN due time would stop the retry timer that
+    every waiting task shares.
+    """
+    try:
+        seconds = _checks.check_seconds("RetryAfter.delay", exc.delay)
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{error}; set it only through RetryAfter(seconds)") from exc
+
+    assert seconds is not None
+    return seconds
 
 
 def _is_call_error(exc: BaseException) -> bool:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import math
 import pickle
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
-from tests.helpers import Gate
+from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState
+from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import Gate, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -75,3 +77,45 @@ def test_async_retry_on_predicate_rejected(predicate: object) -> None:
         TypeError, match=r"retry_on must be a plain function.*coroutine function"
     ):
         RetryPolicy(retry_on=predicate)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "delay",
+    [math.nan, math.inf, -1.0, "5", 10**400],
+    ids=["nan", "inf", "negative", "str", "huge_int"],
+)
+def test_retry_after_delay_checked_when_raised(delay: object) -> None:
+    # A delay changed after RetryAfter checked it: NaN as the due time of the
+    # shared retry timer kept every other task's retry from ever firing.
+    async def main(loop: VirtualClockLoop) -> None:
+        async def odd_delay() -> None:
+            error = RetryAfter(1)
+            error.delay = delay  # type: ignore[assignment]
+            raise error
+
+        calls = 0
+
+        async def retry_once() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RetryAfter(3)
+            return "done"
+
+        async with AsyncTaskQueue(retry=RetryPolicy(max_retries=1)) as queue:
+            odd = await queue.submit(odd_delay)
+            other = await queue.submit(retry_once)
+            await until(lambda: odd.done() and other.state is TaskState.WAITING_RETRY)
+
+            loop.advance(3)
+            await until(other.done)
+
+        assert other.result() == "done"
+        assert odd.state is TaskState.FAILED
+        assert odd.attempts == 1
+        error = odd.exception()
+        assert isinstance(error, (TypeError, ValueError))
+        assert "RetryAfter" in str(error)
+        assert repr(delay)[:10] in str(error)
+
+    run_virtual(main, autojump=None)
