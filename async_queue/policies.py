@@ -174,8 +174,8 @@ class RetryPolicy:
 
     def backoff(self, retry: int) -> float:
         """Return the delay before retry ``retry`` (0-based) without jitter."""
-        if retry < 0:
-            raise ValueError(f"retry must be >= 0, got {retry!r}")
+        if type(retry) is not int or retry < 0:
+            _check_retry_number(retry)
 
         base, cap, multiplier = self.base_delay, self.max_delay, self.multiplier
         if base == 0 or multiplier == 1:
@@ -202,9 +202,11 @@ class RetryPolicy:
         ``previous`` is the delay before the preceding retry; only decorrelated
         jitter reads it, and treats ``None`` as ``base_delay``.
         """
+        if type(retry) is not int or retry < 0:
+            _check_retry_number(retry)
+
         if self.base_delay == 0 and self.jitter is not Jitter.DECORRELATED:
-            # The backoff of every retry is 0, and so is any jitter of it.
-            return self.backoff(retry) if retry < 0 else 0.0
+            return 0.0  # the backoff of every retry is 0, and so is any jitter of it
 
         delay = self._jittered(retry, previous)
         if math.isnan(delay):
@@ -231,6 +233,18 @@ class RetryPolicy:
 
         half = delay / 2
         return half + self.rng.uniform(0.0, half)
+
+
+def _check_retry_number(retry: object) -> None:
+    # The callers check the common case, a plain int >= 0, inline first.
+    if isinstance(retry, bool) or not isinstance(retry, int):
+        raise TypeError(
+            f"retry must be an int (0 for the first retry), got {retry!r} "
+            f"of type {type(retry).__name__}"
+        )
+
+    if retry < 0:
+        raise ValueError(f"retry must be >= 0 (0 for the first retry), got {retry!r}")
 
 
 def _check_filter(retry_on: object) -> None:

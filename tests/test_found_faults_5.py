@@ -119,3 +119,14 @@ def test_retry_after_delay_checked_when_raised(delay: object) -> None:
         assert repr(delay)[:10] in str(error)
 
     run_virtual(main, autojump=None)
+
+
+@pytest.mark.parametrize("retry", [math.nan, 2.5, True, "1", None])
+@pytest.mark.parametrize("jitter", ["none", "decorrelated"])
+def test_backoff_and_delay_reject_non_int_retry(retry: object, jitter: str) -> None:
+    # backoff(nan) and delay(nan) returned NaN, and backoff(2.5) a delay
+    # between two retries.
+    policy = RetryPolicy(jitter=jitter)  # type: ignore[arg-type]
+    for method in (policy.backoff, policy.delay):
+        with pytest.raises(TypeError, match=r"retry must be an int .*got"):
+            method(retry)  # type: ignore[arg-type]
