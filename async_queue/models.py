@@ -18,7 +18,7 @@ from typing import (
     final,
 )
 
-from .errors import TaskCancelledError
+from .errors import QueueStateError, TaskCancelledError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -388,6 +388,16 @@ class TaskHandle(Generic[T]):
         # traceback keeps: a local reference to the queue here goes away.
         queue = self._settings.queue
         assert queue is not None
+        if asyncio._get_running_loop() is not queue._loop:
+            # Checked before any change, since the waiter list belongs to the
+            # thread of the queue's loop.
+            raise QueueStateError(
+                f"task {self._id!r} belongs to the event loop that started its "
+                "queue, and a different loop awaits it; await the handle in a "
+                "coroutine on that loop, for example through "
+                "asyncio.run_coroutine_threadsafe() from another thread"
+            )
+
         if queue._lost_workers:
             queue._replace_lost_workers()
         waiter: asyncio.Future[None] = queue._loop.create_future()

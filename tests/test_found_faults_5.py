@@ -11,7 +11,14 @@ import pickle
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    QueueStateError,
+    RetryAfter,
+    RetryPolicy,
+    TaskHandle,
+    TaskState,
+)
 from async_queue.testing import VirtualClockLoop, run_virtual
 from tests.helpers import Gate, until
 
@@ -130,3 +137,31 @@ def test_backoff_and_delay_reject_non_int_retry(retry: object, jitter: str) -> N
     for method in (policy.backoff, policy.delay):
         with pytest.raises(TypeError, match=r"retry must be an int .*got"):
             method(retry)  # type: ignore[arg-type]
+
+
+async def test_await_handle_from_other_thread_loop() -> None:
+    # The awaiting coroutine added its waiter to the handle from the other
+    # thread, racing with the queue's loop, before asyncio rejected the
+    # future of another loop with a message that named no fix.
+    def await_elsewhere(handle: TaskHandle[object]) -> Exception | None:
+        async def wait() -> object:
+            return await handle
+
+        try:
+            asyncio.run(wait())
+        except Exception as error:
+            return error
+        return None
+
+    gate = Gate(result="done")
+    async with AsyncTaskQueue(retry=NO_RETRY) as queue:
+        handle = await queue.submit(gate)
+        error = await asyncio.to_thread(await_elsewhere, handle)
+
+        assert isinstance(error, QueueStateError)
+        assert "a different loop awaits it" in str(error)
+        assert "asyncio.run_coroutine_threadsafe()" in str(error)
+        assert handle._waiters is None or handle._waiters == []
+
+        gate.release.set()
+        assert await handle == "done"
