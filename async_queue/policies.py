@@ -29,6 +29,10 @@ JitterName = Literal["none", "full", "equal", "decorrelated"]
 # Jitter" (2015).
 _DECORRELATED_GROWTH = 3.0
 
+# A cancellation ends the task. KeyboardInterrupt and SystemExit end the
+# worker and stop the event loop, so a retry could never run.
+_NEVER_RETRIED = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+
 
 class Jitter(enum.Enum):
     """The randomisation applied to a backoff delay."""
@@ -81,7 +85,8 @@ class RetryPolicy:
     While it waits, a task occupies no worker: it is parked on a timer and
     re-enters the ready heap at its priority when the delay ends.
 
-    ``asyncio.CancelledError`` is never retried, whatever ``retry_on`` says.
+    ``asyncio.CancelledError``, ``KeyboardInterrupt`` and ``SystemExit`` are
+    never retried, whatever ``retry_on`` says.
     A task that runs over its timeout fails with ``TimeoutError``, which
     ``retry_on`` sees like any other exception.
 
@@ -163,7 +168,7 @@ class RetryPolicy:
         if retries_done >= self.max_retries:
             return False
 
-        if isinstance(exc, asyncio.CancelledError):
+        if isinstance(exc, _NEVER_RETRIED):
             return False
 
         retry_on = self.retry_on

@@ -165,3 +165,42 @@ async def test_await_handle_from_other_thread_loop() -> None:
 
         gate.release.set()
         assert await handle == "done"
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("retry_on", [BaseException, lambda exc: True])
+def test_fatal_exception_never_retried(
+    fatal: type[BaseException], retry_on: object
+) -> None:
+    # The worker re-raises a fatal exception and the event loop stops, so a
+    # retry could never run: the task was left WAITING_RETRY for good.
+    policy = RetryPolicy(max_retries=2, base_delay=0, retry_on=retry_on)  # type: ignore[arg-type]
+    assert policy.should_retry(fatal(), 0) is False
+
+    queue = AsyncTaskQueue(retry=policy)
+    handles: list[TaskHandle[None]] = []
+    contexts: list[dict[str, object]] = []
+
+    async def raise_fatal() -> None:
+        raise fatal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: contexts.append(context))
+        await queue.start()
+        handles.append(await queue.submit(raise_fatal))
+        await asyncio.Event().wait()
+
+    with asyncio.Runner() as runner:
+        with pytest.raises(fatal):
+            runner.run(main())
+
+        runner.run(queue.stop())
+
+    handle = handles[0]
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+    assert isinstance(handle.exception(), fatal)
+    assert queue.stats().waiting_retry == 0
+    assert queue.stats().retries == 0
+    assert contexts == []
