@@ -6,7 +6,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, SupportsIndex, TypeVar
 
 from .errors import QueueFullError
 from .models import TaskHandle, function_name
@@ -128,6 +128,20 @@ class Schedule(Generic[T]):
         queue._schedules.pop(self, None)
         self._end()
         return not queue._loop.is_closed()
+
+    def __copy__(self) -> Schedule[T]:
+        # A copy would share the timer of the next run, so that cancelling the
+        # copy would stop this schedule while `active` still returned True.
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Schedule[T]:
+        return self
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            f"a Schedule cannot be pickled: schedule {self.name} runs on the "
+            "event loop of its queue; pickle its interval and function instead"
+        )
 
     def __repr__(self) -> str:
         state = "active" if self.active else "ended"

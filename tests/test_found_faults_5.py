@@ -204,3 +204,33 @@ def test_fatal_exception_never_retried(
     assert queue.stats().waiting_retry == 0
     assert queue.stats().retries == 0
     assert contexts == []
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy])
+def test_copied_schedule_is_the_schedule(copier: object) -> None:
+    # A copy shared the timer of the schedule, so cancelling the copy stopped
+    # the schedule, which still said it was active.
+    async def tick() -> None:
+        pass
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(retry=NO_RETRY) as queue:
+            schedule = queue.every(1, tick)
+            copied = copier(schedule)  # type: ignore[operator]
+            assert copied is schedule
+
+            await asyncio.sleep(3.5)
+            assert schedule.runs == 3
+            assert schedule.active
+
+    run_virtual(main)
+
+
+async def test_schedule_pickle_raises_clear_error() -> None:
+    async def tick() -> None:
+        pass
+
+    async with AsyncTaskQueue(retry=NO_RETRY) as queue:
+        schedule = queue.every(1, tick)
+        with pytest.raises(TypeError, match=r"cannot be pickled"):
+            pickle.dumps(schedule)
