@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from types import FunctionType, TracebackType
-from typing import Any, Literal, TypeVar, TypeVarTuple, final
+from typing import Any, Literal, NoReturn, SupportsIndex, TypeVar, TypeVarTuple, final
 
 from . import _checks
 from ._frames import strip_frames
@@ -512,7 +512,9 @@ class AsyncTaskQueue:
             QueueClosedError: ``stop()`` has begun.
             QueueStateError: the queue's event loop is closed.
         """
-        count = _checks.check_count("max_workers", max_workers, 1, _WORKERS_ADVICE)
+        count = _checks.check_count(
+            "max_workers", max_workers, 1, "call pause() to stop starting tasks"
+        )
         if self.closed:
             self._raise_pool_closed("resize")
         if self._lifecycle is not _Lifecycle.NEW:
@@ -1360,6 +1362,23 @@ class AsyncTaskQueue:
             return 0.0
 
         return max(0.0, self._loop.time() - oldest)
+
+    def __copy__(self) -> NoReturn:
+        # A copy would share the heap, the workers and the task table with
+        # this queue while keeping counters of its own.
+        raise TypeError(
+            "an AsyncTaskQueue cannot be copied: it owns its workers and "
+            "tasks; pass the queue itself, or create another one"
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NoReturn:
+        self.__copy__()
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> NoReturn:
+        raise TypeError(
+            "an AsyncTaskQueue cannot be pickled: it runs on one event loop "
+            "of this process; pickle the tasks' functions and arguments instead"
+        )
 
     def __repr__(self) -> str:
         return (

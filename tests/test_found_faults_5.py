@@ -208,8 +208,8 @@ def test_fatal_exception_never_retried(
 
 @pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy])
 def test_copied_schedule_is_the_schedule(copier: object) -> None:
-    # A copy shared the timer of the schedule, so cancelling the copy stopped
-    # the schedule, which still said it was active.
+    # A copy shared the timer of the schedule: cancelling the copy stopped
+    # the schedule while its `active` stayed True.
     async def tick() -> None:
         pass
 
@@ -234,3 +234,25 @@ async def test_schedule_pickle_raises_clear_error() -> None:
         schedule = queue.every(1, tick)
         with pytest.raises(TypeError, match=r"cannot be pickled"):
             pickle.dumps(schedule)
+
+
+@pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy, pickle.dumps])
+async def test_queue_copy_raises(copier: object) -> None:
+    # A copy shared the heap and the workers but kept counters of its own,
+    # and its stop() hung.
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        with pytest.raises(TypeError, match="AsyncTaskQueue cannot be"):
+            copier(queue)  # type: ignore[operator]
+
+        handle = await queue.submit(asyncio.sleep, 0)
+        assert await handle is None
+
+    assert queue.stats().succeeded == 1
+
+
+async def test_resize_to_zero_points_to_pause() -> None:
+    async with AsyncTaskQueue(2) as queue:
+        with pytest.raises(ValueError, match=r"got 0; call pause\(\)"):
+            queue.resize(0)
+
+        assert queue.max_workers == 2
