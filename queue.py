@@ -8,7 +8,8 @@ starts there (scripts run from the root, ``python -m pip``, ``python -m pytest``
 multiprocessing spawn children) imports it in place of the standard library's
 ``queue`` module. So it also provides that module's whole public API, the very
 same objects (``Queue``, ``LifoQueue``, ``PriorityQueue``, ``SimpleQueue``,
-``Empty``, ``Full``, and ``ShutDown`` on Python 3.13+). That keeps
+``Empty``, ``Full``, and ``ShutDown`` on Python 3.13+), and on access its
+other names, such as ``_PySimpleQueue``. That keeps
 ``concurrent.futures``, ``asyncio.to_thread``, ``logging.handlers`` and
 ``multiprocessing`` working in the same process.
 
@@ -82,6 +83,12 @@ def __getattr__(name: str) -> Any:
         names = _public_names()
         globals()["__all__"] = names
         return names
+    # The standard module's other names, such as _PySimpleQueue, come first:
+    # reading one must not import async_queue either.
+    if not name.startswith("__") and name in vars(_stdlib_queue):
+        value = getattr(_stdlib_queue, name)
+        globals()[name] = value
+        return value
     # `from queue import X` looks up __path__ first, so underscore names must
     # not import async_queue.
     if not name.startswith("_"):

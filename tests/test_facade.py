@@ -452,6 +452,34 @@ def test_stub_lists_facade_names() -> None:
     assert stub_names() == {*facade_names, "ShutDown"}
 
 
+def test_stdlib_private_names_resolve() -> None:
+    # Code that reaches for the pure-Python SimpleQueue or a helper the
+    # standard module imports gets the same object as from that module.
+    report = run_child(
+        """
+        import json, sys
+        import collections, heapq
+        import queue
+
+        print(json.dumps({
+            "simple": queue._PySimpleQueue.__qualname__,
+            "simple_module": queue._PySimpleQueue.__module__,
+            "deque": queue.deque is collections.deque,
+            "heappush": queue.heappush is heapq.heappush,
+            "loaded": "async_queue" in sys.modules,
+        }))
+        """
+    )
+
+    assert report == {
+        "simple": "_PySimpleQueue",
+        "simple_module": "queue",
+        "deque": True,
+        "heappush": True,
+        "loaded": False,
+    }
+
+
 def test_stdlib_users_skip_async_queue() -> None:
     """Importing ``queue`` for its standard API does not import the project."""
     report = run_child(
