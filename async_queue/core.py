@@ -1104,7 +1104,7 @@ class AsyncTaskQueue:
                 "max_runs", max_runs, 1, "pass max_runs=None to run until cancelled"
             )
         if self._lifecycle is not _ACCEPTING:
-            self._raise_not_running()
+            self._raise_not_running("call every()")
         self._check_loop()
 
         if first_delay is None:
@@ -2575,19 +2575,19 @@ class AsyncTaskQueue:
             "test that uses one, for example with 'async with AsyncTaskQueue()'"
         )
 
-    def _raise_not_running(self) -> None:
+    def _raise_not_running(self, action: str = "submit") -> None:
         if self._lifecycle is _Lifecycle.NEW:
             raise QueueStateError(
                 "the queue has not been started; call 'await queue.start()' "
                 "first, or use 'async with AsyncTaskQueue() as queue'"
             )
 
-        raise self._closed_error()
+        raise self._closed_error(action)
 
-    def _closed_error(self) -> QueueClosedError:
+    def _closed_error(self, action: str = "submit") -> QueueClosedError:
         return QueueClosedError(
             f"the queue is {self._lifecycle.value} and accepts no new tasks; "
-            "submit before calling stop(), or create a new queue"
+            f"{action} before calling stop(), or create a new queue"
         )
 
 

@@ -393,7 +393,7 @@ def test_every_needs_running_queue() -> None:
 
         await queue.start()
         await queue.stop()
-        with pytest.raises(QueueClosedError, match="accepts no new tasks"):
+        with pytest.raises(QueueClosedError, match=r"call every\(\) before calling"):
             queue.every(1, tick)
         assert queue.schedules == ()
 
