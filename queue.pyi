@@ -21,6 +21,7 @@ from async_queue import DuplicateTaskIdError as DuplicateTaskIdError
 from async_queue import Hook as Hook
 from async_queue import Jitter as Jitter
 from async_queue import LoggingHook as LoggingHook
+from async_queue import Overflow as Overflow
 from async_queue import QueueClosedError as QueueClosedError
 from async_queue import QueueFullError as QueueFullError
 from async_queue import QueueHook as QueueHook

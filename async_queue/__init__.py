@@ -24,6 +24,7 @@ from .errors import (
 from .hooks import Hook, LoggingHook, QueueHook, TaskEvent
 from .models import (
     BoundCall,
+    Overflow,
     QueueStats,
     ShutdownMode,
     ShutdownReport,
@@ -46,6 +47,7 @@ __all__ = (
     "Hook",
     "Jitter",
     "LoggingHook",
+    "Overflow",
     "QueueClosedError",
     "QueueFullError",
     "QueueHook",

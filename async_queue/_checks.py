@@ -6,18 +6,20 @@ the fix, before anything has been changed.
 
 from __future__ import annotations
 
+import enum
 import inspect
 import math
 from collections.abc import Sequence
 from types import FunctionType, MethodType
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .models import ShutdownMode
+from .models import Overflow, ShutdownMode
 
 if TYPE_CHECKING:
     from .policies import RetryPolicy
 
 _CO_COROUTINE = inspect.CO_COROUTINE
+_E = TypeVar("_E", bound=enum.Enum)
 
 MIN_INTERVAL = 1e-9
 """The shortest interval of a schedule, in seconds."""
@@ -259,16 +261,39 @@ def check_hooks(hooks: object) -> Sequence[object]:
 
 def check_mode(mode: object) -> ShutdownMode:
     """Return the ``ShutdownMode`` that ``mode`` names, in any letter case."""
-    if isinstance(mode, str):
-        mode = mode.lower()  # "DRAIN" as written in the docs' tables
+    return _member(ShutdownMode, "mode", mode)
 
+
+def check_overflow(overflow: object, max_pending: int | None, aging: bool) -> Overflow:
+    """Return the ``Overflow`` that ``overflow`` names, if it fits the queue."""
+    policy = _member(Overflow, "overflow", overflow)
+    if policy is not Overflow.WAIT and max_pending is None:
+        raise ValueError(
+            f"overflow={policy.value!r} needs a bound: pass max_pending as well"
+        )
+
+    if policy is Overflow.DROP_LOWEST and aging:
+        raise ValueError(
+            "overflow='drop_lowest' cannot be used with aging_rate, whose "
+            "priorities change while tasks wait; use 'drop_newest' or no aging"
+        )
+
+    return policy
+
+
+def _member(kind: type[_E], name: str, value: object) -> _E:
+    """Return the member of ``kind`` that ``value`` is or names, in any case.
+
+    Names are matched in any letter case, such as "DRAIN" as written in the
+    docs' tables.
+    """
     try:
-        return ShutdownMode(mode)
+        return kind(value.lower() if isinstance(value, str) else value)
     except ValueError:
-        choices = ", ".join(repr(member.value) for member in ShutdownMode)
-        error = ValueError if isinstance(mode, str) else TypeError
+        choices = ", ".join(repr(member.value) for member in kind)
+        error = ValueError if isinstance(value, str) else TypeError
         raise error(
-            f"mode must be a ShutdownMode or one of {choices}, got {mode!r}"
+            f"{name} must be a {kind.__name__} or one of {choices}, got {value!r}"
         ) from None
 
 

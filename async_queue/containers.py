@@ -157,6 +157,21 @@ class ReadyHeap:
 
             return depth
 
+    def last_to_start(self) -> TaskHandle[Any] | None:
+        """Return the pending task that would start last, or ``None``.
+
+        It is the newest task of the lowest priority present. Costs
+        O(L log L) for L priorities, plus the stale entries skipped.
+        """
+        with self._lock:
+            handle: TaskHandle[Any]
+            for priority in sorted(self._levels):
+                for handle in reversed(self._levels[priority]):
+                    if handle._state is PENDING:
+                        return handle
+
+            return None
+
     def oldest_queued_at(self) -> float | None:
         """Return the earliest ``_queued_at`` of the pending tasks, or ``None``.
 

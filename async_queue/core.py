@@ -48,6 +48,8 @@ from .models import (
     WAITING_RETRY,
     BoundCall,
     CancelReason,
+    Overflow,
+    OverflowName,
     QueueStats,
     ShutdownMode,
     ShutdownReport,
@@ -200,6 +202,11 @@ class AsyncTaskQueue:
         max_pending: if set, the most tasks that may wait to start (pending
             or delayed). ``await submit()`` then waits for room, in order of
             arrival, and ``submit_nowait()`` raises ``QueueFullError``.
+        overflow: what a submission to a full queue does: ``"wait"`` as
+            above, ``"raise"`` (``QueueFullError`` from every submit method),
+            ``"drop_newest"`` (the new task comes back ``CANCELLED``) or
+            ``"drop_lowest"`` (the pending task of lowest priority is
+            dropped for a new task of higher priority). Needs ``max_pending``.
         max_dead_letters: failed tasks kept by ``dead_letters()``, oldest
             evicted first.
         on_dead_letter: called with the ``DeadLetter`` of each task that ends
@@ -252,6 +259,7 @@ class AsyncTaskQueue:
         "_max_pending",
         "_max_workers",
         "_on_dead_letter",
+        "_overflow",
         "_paused",
         "_rate",
         "_ready",
@@ -301,6 +309,7 @@ class AsyncTaskQueue:
         max_results: int = 10_000,
         result_ttl: float | None = None,
         max_pending: int | None = None,
+        overflow: Overflow | OverflowName = Overflow.WAIT,
         max_dead_letters: int = 1000,
         on_dead_letter: Callable[[DeadLetter], object] | None = None,
         aging_rate: float | None = None,
@@ -329,6 +338,9 @@ class AsyncTaskQueue:
             )
 
         self._max_pending = max_pending
+        self._overflow = _checks.check_overflow(
+            overflow, max_pending, aging_rate is not None
+        )
         self._hooks = collect_callbacks([LoggingHook(), *_checks.check_hooks(hooks)])
         self._submitted_hooks = self._hooks["on_submitted"]
         # Whether hooks are being called, and the events that they caused
@@ -768,7 +780,11 @@ class AsyncTaskQueue:
 
             return handle
 
-        if self._max_pending is not None and self._must_wait_for_room():
+        if (
+            self._max_pending is not None
+            and self._overflow is Overflow.WAIT
+            and self._must_wait_for_room()
+        ):
             # Reject invalid arguments now, not after waiting for room. A
             # dedup_key of an unfinished task queues nothing, so it needs no
             # room.
@@ -852,8 +868,12 @@ class AsyncTaskQueue:
         delay: float | None,
         at: float | None,
         dedup_key: Hashable | None,
+        overflow: Overflow | None = None,
     ) -> TaskHandle[Any]:
-        """Check every option, then queue the task; see ``submit_nowait()``."""
+        """Check every option, then queue the task; see ``submit_nowait()``.
+
+        ``overflow`` replaces the queue's policy for this submission.
+        """
         if self._lifecycle is not _ACCEPTING:
             self._raise_not_running()
 
@@ -904,8 +924,13 @@ class AsyncTaskQueue:
         else:
             key = self._check_task_id(task_id)
 
-        if self._max_pending is not None:
-            self._take_room()
+        victim = None
+        drop_new = False
+        if self._max_pending is not None and not self._take_room(
+            self._overflow if overflow is None else overflow
+        ):
+            victim = self._lowest_below(priority) if overflow is None else None
+            drop_new = victim is None
 
         self._seq = seq
         if retry is self._retry and timeout is self._timeout:
@@ -916,6 +941,12 @@ class AsyncTaskQueue:
         if task_id is not None:
             handle._extras = TaskExtras(seq)
         self._table.tasks[key] = handle
+        if drop_new:
+            self._drop(handle, self._drop_message("a full queue"))
+            self._emit("on_submitted", handle)
+            self._emit("on_dropped", handle)
+            return handle
+
         if dedup_key is not None:
             self._dedup[dedup_key] = handle
             self._dedup_keys[handle] = dedup_key
@@ -933,6 +964,8 @@ class AsyncTaskQueue:
         # Last, once the task is fully queued: a hook may cancel it.
         if self._submitted_hooks:
             self._emit("on_submitted", handle)
+        if victim is not None:
+            self._emit("on_dropped", victim)
 
         return handle
 
@@ -1142,16 +1175,59 @@ class AsyncTaskQueue:
 
         return bool(self._space_waiters) or self._is_full()
 
-    def _take_room(self) -> None:
+    def _take_room(self, overflow: Overflow) -> bool:
+        """Take room for a new task; return ``False`` if the queue is full.
+
+        A full queue raises ``QueueFullError`` unless ``overflow`` drops tasks.
+        """
         if self._admitting:
             self._admitting = False
             self._reserved -= 1
-            return
+            return True
 
-        if self._space_waiters or self._is_full():
-            raise self._full_error(
-                "use 'await queue.submit()' to wait for room, or raise max_pending"
-            )
+        if not (self._space_waiters or self._is_full()):
+            return True
+
+        if overflow is Overflow.WAIT:
+            advice = "use 'await queue.submit()' to wait for room, or raise max_pending"
+        elif overflow is Overflow.RAISE:
+            advice = "submit again later, or raise max_pending"
+        else:
+            return False
+
+        raise self._full_error(advice)
+
+    def _lowest_below(self, priority: int) -> TaskHandle[Any] | None:
+        """Drop the pending task that would start last, if ``priority`` beats it.
+
+        Only the ``"drop_lowest"`` policy drops one. Returns the dropped task,
+        whose ``on_dropped`` event the caller emits once the new task is in.
+        """
+        if self._overflow is not Overflow.DROP_LOWEST:
+            return None
+
+        assert isinstance(self._ready, ReadyHeap)  # no aging with drop_lowest
+        victim = self._ready.last_to_start()
+        if victim is None or victim._priority >= priority:
+            return None
+
+        victim._state = CANCELLED  # before mark_stale(), which may compact
+        self._ready.mark_stale(victim)
+        self._drop(victim, self._drop_message(f"a task of priority {priority}"))
+        return victim
+
+    def _drop_message(self, cause: str) -> str:
+        return (
+            f"dropped for {cause}: the queue was full "
+            f"(max_pending={self._max_pending}, overflow={self._overflow.value!r})"
+        )
+
+    def _drop(self, handle: TaskHandle[Any], message: str) -> None:
+        """End a task that the overflow policy dropped, without its hook."""
+        handle._state = CANCELLED
+        extras_of(handle).cancel_message = message
+        self._dropped += 1
+        self._set_cancelled(handle, emit=False)
 
     def _full_error(self, advice: str) -> QueueFullError:
         limit = self._max_pending
@@ -1237,9 +1313,13 @@ class AsyncTaskQueue:
         The new task gets a new int id, the same function, arguments, timeout,
         retry policy and ``dedup_key``, and the same priority unless
         ``priority`` is given. If an unfinished task has the same
-        ``dedup_key``, the call returns its handle and queues nothing.
+        ``dedup_key``, the call returns its handle and queues nothing. A full
+        queue makes it wait for room, or raise ``QueueFullError`` under the
+        ``"raise"``, ``"drop_newest"`` and ``"drop_lowest"`` policies, which
+        never drop a requeued task; the letter then stays in the store.
 
         Raises:
+            QueueFullError: the queue is full, and its policy is not "wait".
             TaskNotFoundError: no dead letter has this id.
             ValueError: the task was a coroutine object, which cannot rerun.
             TypeError: ``task_id`` is neither an int nor a str.
@@ -1272,14 +1352,30 @@ class AsyncTaskQueue:
         # Taken out before any wait, so that a concurrent requeue of the same
         # letter raises TaskNotFoundError instead of running it twice.
         self._dead_letters.pop(task_id)
+        priority = letter.priority if priority is None else priority
         try:
-            return await self.submit(
+            if self._overflow in (Overflow.WAIT, Overflow.RAISE):
+                return await self.submit(
+                    letter.fn,
+                    *letter.args,
+                    priority=priority,
+                    timeout=letter.timeout,
+                    retry=letter.retry,
+                    dedup_key=letter.dedup_key,
+                )
+
+            # A dropping policy would lose the letter: a full queue raises.
+            return self._submit_checked(
                 letter.fn,
-                *letter.args,
-                priority=letter.priority if priority is None else priority,
-                timeout=letter.timeout,
-                retry=letter.retry,
-                dedup_key=letter.dedup_key,
+                letter.args,
+                priority,
+                letter.timeout,
+                letter.retry,
+                None,
+                None,
+                None,
+                letter.dedup_key,
+                overflow=Overflow.RAISE,
             )
         except BaseException:
             # Nothing was queued, so keep the letter.

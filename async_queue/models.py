@@ -11,6 +11,7 @@ from typing import (
     TYPE_CHECKING,
     Any,
     Generic,
+    Literal,
     NoReturn,
     ParamSpec,
     SupportsIndex,
@@ -660,6 +661,28 @@ class ShutdownMode(enum.Enum):
     ``CancelledError``."""
 
 
+OverflowName = Literal["wait", "raise", "drop_newest", "drop_lowest"]
+"""The names of the ``Overflow`` policies, which the queue also accepts."""
+
+
+class Overflow(enum.Enum):
+    """The policy of a queue with ``max_pending`` for a task that finds it full."""
+
+    WAIT = "wait"
+    """``await submit()`` waits for room; ``submit_nowait()`` raises
+    ``QueueFullError``."""
+
+    RAISE = "raise"
+    """Every submit method raises ``QueueFullError`` at once."""
+
+    DROP_NEWEST = "drop_newest"
+    """The new task is dropped: its handle comes back ``CANCELLED``."""
+
+    DROP_LOWEST = "drop_lowest"
+    """The pending task of lowest priority that would start last is dropped,
+    if its priority is below the new task's; otherwise the new task is."""
+
+
 @dataclass(frozen=True, slots=True)
 class TimeSummary:
     """Count, total and maximum of a series of durations, in seconds."""
@@ -712,7 +735,8 @@ class QueueStats:
     deduplicated: int
     """Submissions given an unfinished task's handle through ``dedup_key``."""
     dropped: int
-    """Queued tasks that ``stop()`` cancelled before their next attempt."""
+    """Queued tasks that ``stop()`` or the ``overflow`` policy cancelled
+    before their next attempt, also counted in ``cancelled``."""
     depth_by_priority: tuple[tuple[int, int], ...]
     """``(priority, pending tasks)`` pairs, highest priority first."""
     oldest_wait: float = field(compare=False)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, SupportsIndex, TypeVar
 
 from .errors import QueueFullError
-from .models import TaskHandle, function_name
+from .models import Overflow, TaskHandle, function_name
 from .policies import RetryPolicy
 
 if TYPE_CHECKING:
@@ -212,12 +212,19 @@ class Schedule(Generic[T]):
             return
 
         try:
-            self._last = queue.submit_nowait(
+            # As submit_nowait(), but a full queue raises whatever its
+            # overflow policy: a run is skipped, and never drops another task.
+            self._last = queue._submit_checked(
                 self._fn,
-                *self._args,
-                priority=self._priority,
-                timeout=self._timeout,
-                retry=self._retry,
+                self._args,
+                self._priority,
+                self._timeout,
+                self._retry,
+                None,
+                None,
+                None,
+                None,
+                overflow=Overflow.RAISE,
             )
         except QueueFullError as exc:
             self._skipped += 1

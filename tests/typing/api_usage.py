@@ -11,6 +11,7 @@ from typing import assert_type
 from async_queue import (
     AsyncTaskQueue,
     Hook,
+    Overflow,
     RetryPolicy,
     Schedule,
     TaskEvent,
@@ -72,3 +73,6 @@ def hooks_usage() -> None:
     AsyncTaskQueue(hooks=[OnlyFailures(), CountStarts()])
     AsyncTaskQueue(hooks=(CountStarts(),))
     AsyncTaskQueue(hooks=[object()])  # type: ignore[list-item]
+    AsyncTaskQueue(max_pending=8, overflow="drop_lowest")
+    AsyncTaskQueue(max_pending=8, overflow=Overflow.RAISE)
+    AsyncTaskQueue(max_pending=8, overflow="drop_oldest")  # type: ignore[arg-type]

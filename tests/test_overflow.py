@@ -1,0 +1,285 @@
+"""The overflow policies of a queue with max_pending: wait, raise and drop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    Overflow,
+    QueueFullError,
+    RetryPolicy,
+    TaskCancelledError,
+    TaskEvent,
+    TaskHandle,
+    TaskState,
+)
+from async_queue.testing import VirtualClockLoop, run_virtual
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+class EventLog(Hook):
+    """Records each (event, task id) pair in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        self.events.append(("submitted", event.task_id))
+
+    def on_dropped(self, event: TaskEvent) -> None:
+        self.events.append(("dropped", event.task_id))
+
+
+async def record(order: list[str], name: str) -> str:
+    order.append(name)
+    return name
+
+
+async def fail() -> None:
+    raise ValueError("fails once and for all")
+
+
+def paused_queue(
+    overflow: str, max_pending: int = 2, **options: object
+) -> AsyncTaskQueue:
+    return AsyncTaskQueue(
+        1,
+        max_pending=max_pending,
+        overflow=overflow,  # type: ignore[arg-type]
+        retry=NO_RETRY,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_raise_policy_never_waits() -> None:
+    order: list[str] = []
+    async with paused_queue("raise") as queue:
+        queue.pause()
+        await queue.submit(record, order, "a")
+        await queue.submit(record, order, "b")
+
+        with pytest.raises(QueueFullError, match="submit again later"):
+            await queue.submit(record, order, "c")
+        with pytest.raises(QueueFullError, match="submit again later"):
+            queue.submit_nowait(record, order, "d")
+
+        stats = queue.stats()
+        assert stats.submitted == 2
+        assert stats.pending == 2
+        queue.resume()
+
+    assert order == ["a", "b"]
+
+
+@pytest.mark.parametrize("nowait", [False, True], ids=["submit", "submit_nowait"])
+async def test_drop_newest_cancels_new_task(nowait: bool) -> None:
+    order: list[str] = []
+    async with paused_queue("drop_newest") as queue:
+        queue.pause()
+        await queue.submit(record, order, "a")
+        await queue.submit(record, order, "b")
+
+        if nowait:
+            dropped = queue.submit_nowait(record, order, "c")
+        else:
+            dropped = await queue.submit(record, order, "c")
+
+        assert dropped.state is TaskState.CANCELLED
+        with pytest.raises(TaskCancelledError, match="dropped for a full queue"):
+            await dropped
+
+        stats = queue.stats()
+        assert stats.submitted == 3
+        assert stats.pending == 2
+        assert stats.dropped == 1
+        assert stats.cancelled == 1
+        queue.resume()
+
+    assert order == ["a", "b"]
+
+
+async def test_drop_lowest_drops_newest_of_lowest() -> None:
+    order: list[str] = []
+    log = EventLog()
+    async with paused_queue("drop_lowest", max_pending=3, hooks=[log]) as queue:
+        queue.pause()
+        first = await queue.submit(record, order, "low-1", priority=0)
+        second = await queue.submit(record, order, "low-2", priority=0)
+        middle = await queue.submit(record, order, "mid", priority=3)
+        urgent = await queue.submit(record, order, "urgent", priority=5)
+
+        assert second.state is TaskState.CANCELLED
+        assert urgent.state is TaskState.PENDING
+        with pytest.raises(TaskCancelledError, match="for a task of priority 5"):
+            await second
+
+        # No pending task has a lower priority than these: they are dropped.
+        tied = await queue.submit(record, order, "tied", priority=0)
+        lower = await queue.submit(record, order, "lower", priority=-1)
+        assert tied.state is TaskState.CANCELLED
+        assert lower.state is TaskState.CANCELLED
+        assert queue.stats().dropped == 3
+        queue.resume()
+
+    assert order == ["urgent", "mid", "low-1"]
+    assert first.state is middle.state is TaskState.SUCCEEDED
+    # The new task is in before the dropped one's hook runs.
+    assert log.events[3:7] == [
+        ("submitted", urgent.id),
+        ("dropped", second.id),
+        ("submitted", tied.id),
+        ("dropped", tied.id),
+    ]
+
+
+async def test_drop_lowest_skips_cancelled_tasks() -> None:
+    order: list[str] = []
+    async with paused_queue("drop_lowest", max_pending=2) as queue:
+        queue.pause()
+        keep = await queue.submit(record, order, "keep", priority=0)
+        cancelled = await queue.submit(record, order, "cancelled", priority=0)
+        cancelled.cancel()
+        newer = await queue.submit(record, order, "newer", priority=0)
+
+        # The stale entry of the cancelled task is not a candidate.
+        urgent = await queue.submit(record, order, "urgent", priority=1)
+        assert newer.state is TaskState.CANCELLED
+        assert keep.state is TaskState.PENDING
+        assert urgent.state is TaskState.PENDING
+        queue.resume()
+
+    assert order == ["urgent", "keep"]
+
+
+async def test_drop_lowest_never_drops_delayed_task() -> None:
+    # Delayed tasks count against max_pending but are not in the ready heap.
+    order: list[str] = []
+    async with paused_queue("drop_lowest", max_pending=1) as queue:
+        queue.pause()
+        later = await queue.submit(record, order, "later", delay=30, priority=-5)
+        urgent = await queue.submit(record, order, "urgent", priority=5)
+
+        assert later.state is TaskState.DELAYED
+        assert urgent.state is TaskState.CANCELLED
+        later.cancel()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"overflow": "drop_newest"}, ValueError, "pass max_pending as well"),
+        ({"overflow": "drop", "max_pending": 1}, ValueError, "one of 'wait'"),
+        ({"overflow": 2, "max_pending": 1}, TypeError, "got 2"),
+        (
+            {"overflow": "drop_lowest", "max_pending": 1, "aging_rate": 1.0},
+            ValueError,
+            "cannot be used with aging_rate",
+        ),
+    ],
+)
+def test_overflow_rejected(
+    options: dict[str, object], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        AsyncTaskQueue(**options)  # type: ignore[arg-type]
+
+
+def test_overflow_accepts_enum_and_name() -> None:
+    assert AsyncTaskQueue(max_pending=1, overflow=Overflow.RAISE)
+    assert AsyncTaskQueue(max_pending=1, overflow="drop_lowest", aging_rate=None)
+    assert AsyncTaskQueue(overflow="wait")
+
+
+@pytest.mark.parametrize("overflow", ["drop_newest", "drop_lowest"])
+def test_schedule_skips_instead_of_dropping(overflow: str) -> None:
+    async def tick() -> None:
+        pass
+
+    async def main(loop: VirtualClockLoop) -> None:
+        order: list[str] = []
+        async with paused_queue(overflow, max_pending=1) as queue:
+            queue.pause()
+            blocker = await queue.submit(record, order, "blocker", priority=-1)
+            schedule = queue.every(1, tick, priority=9)
+            await asyncio.sleep(2.5)
+
+            assert schedule.runs == 0
+            assert schedule.skipped == 2
+            assert blocker.state is TaskState.PENDING
+            assert queue.stats().dropped == 0
+            schedule.cancel()
+            queue.resume()
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("overflow", ["raise", "drop_newest", "drop_lowest"])
+async def test_requeue_to_full_queue_keeps_letter(overflow: str) -> None:
+    order: list[str] = []
+    async with paused_queue(overflow, max_pending=1) as queue:
+        failed = await queue.submit(fail)
+        with pytest.raises(ValueError, match="fails once"):
+            await failed
+
+        queue.pause()
+        await queue.submit(record, order, "filler", priority=-1)
+        with pytest.raises(QueueFullError):
+            await queue.requeue(failed.id, priority=5)
+
+        assert [letter.task_id for letter in queue.dead_letters()] == [failed.id]
+        queue.resume()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    priorities=st.lists(st.integers(-3, 3), min_size=1, max_size=25),
+    max_pending=st.integers(1, 5),
+)
+def test_drop_lowest_keeps_best_tasks(priorities: list[int], max_pending: int) -> None:
+    # A model: a list of (priority, index) that drops the newest of the lowest
+    # priority for a higher one, or else the new task.
+    kept: list[tuple[int, int]] = []
+    for index, priority in enumerate(priorities):
+        if len(kept) < max_pending:
+            kept.append((priority, index))
+            continue
+
+        lowest = min(p for p, _ in kept)
+        if lowest < priority:
+            victim = max(i for p, i in kept if p == lowest)
+            kept.remove((lowest, victim))
+            kept.append((priority, index))
+
+    expected_order = [i for _, i in sorted(kept, key=lambda item: (-item[0], item[1]))]
+
+    async def main(loop: VirtualClockLoop) -> None:
+        order: list[str] = []
+        handles: list[TaskHandle[str]] = []
+        async with paused_queue("drop_lowest", max_pending=max_pending) as queue:
+            queue.pause()
+            for index, priority in enumerate(priorities):
+                handles.append(
+                    queue.submit_nowait(record, order, str(index), priority=priority)
+                )
+                assert queue.stats().pending <= max_pending
+
+            queue.resume()
+
+        assert order == [str(i) for i in expected_order]
+        for index, handle in enumerate(handles):
+            kept_here = index in expected_order
+            state = TaskState.SUCCEEDED if kept_here else TaskState.CANCELLED
+            assert handle.state is state
+
+        stats = queue.stats()
+        assert stats.dropped == len(priorities) - len(expected_order)
+        assert stats.succeeded + stats.cancelled == stats.submitted == len(priorities)
+
+    run_virtual(main)
