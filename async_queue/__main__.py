@@ -172,7 +172,8 @@ def _add_demo_parser(
         default=_DEFAULTS.backoff,
         metavar="SECONDS",
         help="base delay before the first retry in seconds; it doubles with each "
-        "retry, with full jitter, up to 1 s (default: %(default)s)",
+        "retry, with full jitter, up to 1 s or the base delay if that is longer "
+        "(default: %(default)s)",
     )
 
     demo.add_argument(

@@ -372,7 +372,11 @@ def format_summary(summary: Summary) -> str:
             f"times, {summary.producer_wait_time:.2f} s in total"
         )
 
-    lines += [f"succeeded: {summary.succeeded}", f"failed: {summary.failed}"]
+    failed = f"failed: {summary.failed}"
+    if summary.requeued:
+        # The count is final for the first runs; the requeued ones follow.
+        failed += f" (first runs; {summary.requeued} requeued, see below)"
+    lines += [f"succeeded: {summary.succeeded}", failed]
     if summary.failure_causes:
         lines.append(f"failed by cause: {_format_causes(summary.failure_causes)}")
 

@@ -65,7 +65,7 @@ def parse_summary(text: str) -> dict[str, int]:
     """
     fields = {}
     for name in ("submitted", "delayed", "succeeded", "failed", "cancelled", "lost"):
-        fields[name] = int(search_line(rf"^{name}: (\d+)$", text)[1])
+        fields[name] = int(search_line(rf"^{name}: (\d+)( \(.*\))?$", text)[1])
 
     retried = search_line(r"^retried: (\d+) tasks, (\d+) retries$", text)
     fields["retried_tasks"] = int(retried[1])
@@ -749,6 +749,8 @@ async def test_run_demo_dead_letters_requeued() -> None:
     assert fields["lost"] == 0
     assert fields["failed"] > 0
     assert fields["requeued"] == fields["failed"]
+    note = f"failed: {fields['failed']} (first runs; {fields['requeued']} requeued"
+    assert note in text
     assert finished + fields["requeued_cancelled"] == fields["requeued"]
     assert fields["requeued_succeeded"] > 0
     assert fields["requeued_cancelled"] == 0
@@ -770,6 +772,7 @@ async def test_run_demo_dead_letters_kept() -> None:
     assert fields["dead_letters"] == fields["failed"]
     assert fields["dead_letters_left"] == fields["failed"]
     assert "requeue dead letters off" in text
+    assert f"\nfailed: {fields['failed']}\n" in text
 
 
 async def test_run_demo_one_worker_no_failures() -> None:
