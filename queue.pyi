@@ -40,6 +40,7 @@ from async_queue import TaskNotFoundError as TaskNotFoundError
 from async_queue import TaskState as TaskState
 from async_queue import TimeSummary as TimeSummary
 from async_queue import bind as bind
+from async_queue import thread_cancel_event as thread_cancel_event
 from async_queue import threaded as threaded
 
 _T = TypeVar("_T")

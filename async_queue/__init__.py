@@ -33,6 +33,7 @@ from .models import (
     TaskState,
     TimeSummary,
     bind,
+    thread_cancel_event,
     threaded,
 )
 from .policies import Jitter, RetryPolicy
@@ -67,6 +68,7 @@ __all__ = (
     "TimeSummary",
     "__version__",
     "bind",
+    "thread_cancel_event",
     "threaded",
 )
 

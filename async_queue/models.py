@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import enum
+import threading
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Hashable
 from dataclasses import dataclass, field
 from types import FunctionType
@@ -574,8 +576,8 @@ class BoundCall(Generic[T]):
         return f"{maker}({', '.join(parts)})"
 
     def _target(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        # threaded() binds asyncio.to_thread to the function and its arguments.
-        if self.fn is asyncio.to_thread and self.args:
+        # threaded() binds _run_in_thread to the function and its arguments.
+        if self.fn is _run_in_thread and self.args:
             return self.args[0], self.args[1:]
 
         return self.fn, self.args
@@ -632,6 +634,8 @@ def threaded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> BoundC
     ``TimeoutError`` or ends ``CANCELLED``, and its worker moves on), but the
     function keeps running in its thread until it returns, and its result is
     dropped. A retry after a timeout can therefore overlap the earlier call.
+    A function that should stop early reads ``thread_cancel_event()``, which
+    is set at that moment.
     """
     if not callable(fn):
         raise TypeError(f"expected a callable, got {fn!r} of type {type(fn).__name__}")
@@ -644,7 +648,48 @@ def threaded(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> BoundC
             "submit it directly, or with bind() for keyword arguments"
         )
 
-    return BoundCall(asyncio.to_thread, (fn, *args), kwargs)
+    return BoundCall(_run_in_thread, (fn, *args), kwargs)
+
+
+# The event of the threaded() call that runs in this context. asyncio.to_thread
+# runs the function in a copy of the caller's context, so the thread can read
+# it too.
+_THREAD_CANCEL_EVENT: contextvars.ContextVar[threading.Event] = contextvars.ContextVar(
+    "async_queue_thread_cancel_event"
+)
+
+
+async def _run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in a thread, and set its cancel event if the wait is cancelled."""
+    event = threading.Event()
+    token = _THREAD_CANCEL_EVENT.set(event)
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+    except asyncio.CancelledError:
+        event.set()  # a timeout or a cancel of the task
+        raise
+    finally:
+        _THREAD_CANCEL_EVENT.reset(token)
+
+
+def thread_cancel_event() -> threading.Event:
+    """Return the event that is set once the calling ``threaded()`` task ends.
+
+    Call it inside a function that ``threaded()`` runs. The event is set when
+    the task times out or is cancelled, since the thread itself cannot be
+    stopped: a long function checks ``is_set()`` between steps, or sleeps with
+    ``wait(seconds)``, and returns early once it is set.
+
+    Raises:
+        RuntimeError: the caller is not a function that ``threaded()`` runs.
+    """
+    try:
+        return _THREAD_CANCEL_EVENT.get()
+    except LookupError:
+        raise RuntimeError(
+            "thread_cancel_event() works only inside a function that threaded() "
+            "runs; pass a threading.Event of your own to other functions"
+        ) from None
 
 
 class ShutdownMode(enum.Enum):

@@ -15,6 +15,7 @@ from async_queue import (
     RetryPolicy,
     TaskCancelledError,
     TaskState,
+    thread_cancel_event,
     threaded,
 )
 from tests.clock import VirtualClockLoop, run_virtual
@@ -231,3 +232,95 @@ async def test_cancelled_future_closes_coroutine() -> None:
 
         assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
         assert queue.stats().submitted == 0
+
+
+class Cooperative:
+    """A threaded function that waits until its task's cancel event is set."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.finished = threading.Event()
+        self.events: list[threading.Event] = []
+        self.saw_cancel: list[bool] = []
+
+    def __call__(self) -> str:
+        event = thread_cancel_event()
+        self.events.append(event)
+        self.started.set()
+        self.saw_cancel.append(event.wait(30))
+        self.finished.set()
+        return "done"
+
+
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+def test_thread_cancel_event_set_when_task_ends(ending: str) -> None:
+    work = Cooperative()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            handle = await queue.submit(threaded(work), timeout=1)
+            assert await asyncio.to_thread(work.started.wait, 30)
+            assert not work.events[0].is_set()
+
+            if ending == "timeout":
+                loop.advance(1)
+                with pytest.raises(TimeoutError):
+                    await handle
+            else:
+                handle.cancel()
+                with pytest.raises(TaskCancelledError):
+                    await handle
+
+            # The function saw the event and returned early.
+            assert await asyncio.to_thread(work.finished.wait, 30)
+            assert work.saw_cancel == [True]
+
+    run_virtual(main, autojump=None)
+
+
+def test_thread_cancel_event_fresh_per_attempt() -> None:
+    work = Cooperative()
+    retry = RetryPolicy(max_retries=1, base_delay=0)
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            handle = await queue.submit(threaded(work), timeout=1, retry=retry)
+            assert await asyncio.to_thread(work.started.wait, 30)
+            work.started.clear()
+            loop.advance(1)  # the first attempt times out, the retry starts
+
+            assert await asyncio.to_thread(work.started.wait, 30)
+            first, second = work.events
+            assert first.is_set()
+            assert not second.is_set()
+            loop.advance(1)
+            with pytest.raises(TimeoutError):
+                await handle
+
+            assert second.is_set()
+
+    run_virtual(main, autojump=None)
+
+
+async def test_thread_cancel_event_unset_after_success() -> None:
+    events: list[threading.Event] = []
+
+    def quick() -> int:
+        events.append(thread_cancel_event())
+        return 7
+
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        assert await (await queue.submit(threaded(quick))) == 7
+
+    assert len(events) == 1
+    assert not events[0].is_set()
+
+
+async def test_thread_cancel_event_outside_threaded() -> None:
+    def plain() -> threading.Event:
+        return thread_cancel_event()
+
+    with pytest.raises(RuntimeError, match="only inside a function that threaded"):
+        thread_cancel_event()
+    with pytest.raises(RuntimeError, match=r"pass a threading\.Event of your own"):
+        await asyncio.to_thread(plain)
