@@ -220,6 +220,9 @@ class AsyncTaskQueue:
             many tasks may start at once after an idle spell.
         hooks: lifecycle hooks (see ``Hook``), called after the built-in
             ``LoggingHook``.
+        stop_timeout: the ``timeout`` of the ``stop("drain")`` that leaving
+            ``async with`` normally calls: after this many seconds, what is
+            left is cancelled. ``None`` waits for the whole backlog.
     """
 
     # Slots make every attribute access on the hot path a fixed-offset load:
@@ -279,6 +282,7 @@ class AsyncTaskQueue:
         "_stop_callers",
         "_stop_mode",
         "_stop_task",
+        "_stop_timeout",
         "_stuck",
         "_submitted_hooks",
         "_table",
@@ -316,6 +320,7 @@ class AsyncTaskQueue:
         rate_limit: float | None = None,
         rate_burst: int = 1,
         hooks: Sequence[AnyHook] = (),
+        stop_timeout: float | None = None,
     ) -> None:
         self._max_workers = _checks.check_count(
             "max_workers", max_workers, 1, _WORKERS_ADVICE
@@ -337,6 +342,7 @@ class AsyncTaskQueue:
                 "max_pending", max_pending, 1, "pass max_pending=None for no bound"
             )
 
+        self._stop_timeout = _checks.check_timeout("stop_timeout", stop_timeout)
         self._max_pending = max_pending
         self._overflow = _checks.check_overflow(
             overflow, max_pending, aging_rate is not None
@@ -683,8 +689,10 @@ class AsyncTaskQueue:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        mode = ShutdownMode.DRAIN if exc_type is None else ShutdownMode.CANCEL
-        await self.stop(mode)
+        if exc_type is None:
+            await self.stop(ShutdownMode.DRAIN, timeout=self._stop_timeout)
+        else:
+            await self.stop(ShutdownMode.CANCEL)
 
     @property
     def report(self) -> ShutdownReport | None:

@@ -606,6 +606,34 @@ async def test_context_error_cancels() -> None:
     assert_stopped_clean(queue, [running, pending])
 
 
+def test_context_exit_stop_timeout() -> None:
+    # Without stop_timeout, the exit would wait for the hung task for ever.
+    async def hang() -> None:
+        await asyncio.Event().wait()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        begin = loop.time()
+        async with AsyncTaskQueue(2, retry=NO_RETRY, stop_timeout=10) as queue:
+            hung = await queue.submit(hang)
+            quick = await queue.submit(double, 4)
+
+        assert loop.time() - begin == 10
+        assert await quick == 8
+        assert hung.state is TaskState.CANCELLED
+        report = queue.report
+        assert report is not None
+        assert report.escalated
+        assert report.interrupted == (hung,)
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), "10"])
+def test_stop_timeout_rejected(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match="stop_timeout must be"):
+        AsyncTaskQueue(stop_timeout=value)  # type: ignore[arg-type]
+
+
 # join()
 
 
