@@ -158,19 +158,37 @@ class ReadyHeap:
             return depth
 
     def last_to_start(self) -> TaskHandle[Any] | None:
-        """Return the pending task that would start last, or ``None``.
+        """Find the pending task that would start last; return it or ``None``.
 
-        It is the newest task of the lowest priority present. Costs
-        O(L log L) for L priorities, plus the stale entries skipped.
+        It is the newest task of the lowest priority present. Stale entries
+        at the back of a level, such as the tasks that earlier calls picked
+        and the caller then dropped, are removed on the way, so each is
+        walked past once. A call costs O(L log L) for L priorities, plus the
+        stale entries it removes.
         """
         with self._lock:
-            handle: TaskHandle[Any]
             for priority in sorted(self._levels):
-                for handle in reversed(self._levels[priority]):
-                    if handle._state is PENDING:
-                        return handle
+                level = self._levels[priority]
+                # One entry stays, so that the level keeps its place in
+                # _order, which only pop() and _compact() update.
+                while len(level) > 1 and level[-1]._state is not PENDING:
+                    level.pop()
+                    self._forget_stale(priority)
+
+                if level and level[-1]._state is PENDING:
+                    return level[-1]
 
             return None
+
+    def _forget_stale(self, priority: int) -> None:
+        # Called with the lock held, for a stale entry just removed.
+        self._entries -= 1
+        self._stale -= 1
+        stale_here = self._stale_by_level[priority] - 1
+        if stale_here:
+            self._stale_by_level[priority] = stale_here
+        else:
+            del self._stale_by_level[priority]
 
     def oldest_queued_at(self) -> float | None:
         """Return the earliest ``_queued_at`` of the pending tasks, or ``None``.

@@ -1,0 +1,102 @@
+"""Regression tests for faults found by probing the overflow policies of a
+queue with max_pending."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue.containers import ReadyHeap
+from tests.test_containers import cancel_in_heap, make_handle
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+HEAP_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(-2, 2)),
+        st.tuples(st.just("push"), st.integers(-2, 2)),
+        st.tuples(st.just("pop"), st.just(0)),
+        st.tuples(st.just("drop"), st.just(0)),
+        st.tuples(st.just("cancel"), st.integers(0, 50)),
+    ),
+    min_size=10,
+    max_size=150,
+)
+
+
+async def noop() -> None:
+    pass
+
+
+async def test_drop_lowest_forgets_earlier_victims() -> None:
+    # Each victim used to stay in the ready heap as a stale entry behind the
+    # live tasks of its priority, so every later drop walked past all of the
+    # earlier ones: n drops cost O(n**2).
+    limit = 300
+    async with AsyncTaskQueue(
+        1, max_pending=limit, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        low = [queue.submit_nowait(noop, priority=0) for _ in range(limit)]
+        high = [queue.submit_nowait(noop, priority=1) for _ in range(limit - 1)]
+
+        assert [h.state for h in low[1:]] == [TaskState.CANCELLED] * (limit - 1)
+        assert low[0].state is TaskState.PENDING
+        assert all(h.state is TaskState.PENDING for h in high)
+        assert queue.stats().pending == limit
+
+        heap = queue._ready
+        assert heap._entries - len(heap) <= 1  # at most the last victim
+        queue.resume()
+
+    stats = queue.stats()
+    assert stats.succeeded == limit
+    assert stats.dropped == limit - 1
+
+
+@given(HEAP_OPERATIONS)
+def test_ready_heap_drops_last_to_start(operations: list[tuple[str, int]]) -> None:
+    """Pushes, pops, cancels and drops in any mix keep the heap's order and
+    its counts of entries and stale entries."""
+    heap = ReadyHeap()
+    live: list[tuple[int, int]] = []  # (priority, seq) of the pending tasks
+    handles = {}
+    for seq, (operation, value) in enumerate(operations):
+        if operation == "push":
+            handles[seq] = make_handle(seq, value)
+            heap.push(handles[seq])
+            live.append((value, seq))
+        elif operation == "pop":
+            popped = heap.pop()
+            if not live:
+                assert popped is None
+            else:
+                expected = min(live, key=lambda e: (-e[0], e[1]))
+                assert popped is not None
+                assert popped.id == expected[1]
+                live.remove(expected)
+        elif operation == "drop":
+            victim = heap.last_to_start()
+            if not live:
+                assert victim is None
+            else:
+                expected = min(live, key=lambda e: (e[0], -e[1]))
+                assert victim is not None
+                assert victim.id == expected[1]
+                cancel_in_heap(heap, victim)
+                live.remove(expected)
+        elif live:
+            _, chosen = live.pop(value % len(live))
+            cancel_in_heap(heap, handles[chosen])
+
+        assert len(heap) == len(live)
+        assert heap._entries == sum(len(level) for level in heap._levels.values())
+        assert heap._stale == sum(heap._stale_by_level.values())
+        depth: dict[int, int] = {}
+        for priority, _ in sorted(live, reverse=True):
+            depth[priority] = depth.get(priority, 0) + 1
+        assert heap.depth_by_priority() == depth
+
+    remaining = [h.id for h in iter(heap.pop, None)]
+    assert remaining == [seq for _, seq in sorted(live, key=lambda e: (-e[0], e[1]))]
