@@ -1086,8 +1086,13 @@ class AsyncTaskQueue:
 
         try:
             handle = self.submit_nowait(fn, *args, **options)
-        except QueueFullError:
-            # The advice for code on the loop does not fit a thread.
+        except QueueFullError as exc:
+            if self._overflow is not Overflow.WAIT:
+                # Its advice, to submit again later, fits a thread too.
+                _settle_future(future, None, exc)
+                return
+
+            # The advice to await submit() on the loop does not fit a thread.
             error = self._full_error(
                 "to wait for room from a thread, run 'queue.submit()' with "
                 "asyncio.run_coroutine_threadsafe(), or raise max_pending"

@@ -3,10 +3,13 @@ queue with max_pending."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue import AsyncTaskQueue, QueueFullError, RetryPolicy, TaskState
 from async_queue.containers import ReadyHeap
 from tests.test_containers import cancel_in_heap, make_handle
 
@@ -100,3 +103,35 @@ def test_ready_heap_drops_last_to_start(operations: list[tuple[str, int]]) -> No
 
     remaining = [h.id for h in iter(heap.pop, None)]
     assert remaining == [seq for _, seq in sorted(live, key=lambda e: (-e[0], e[1]))]
+
+
+async def test_thread_advice_fits_raise_policy() -> None:
+    # Under "raise", queue.submit() raises at once too, so the advice to wait
+    # for room with it from a thread was wrong.
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="raise", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        await queue.submit(noop)
+
+        future = await asyncio.to_thread(queue.submit_threadsafe, noop)
+        with pytest.raises(QueueFullError) as caught:
+            await asyncio.wrap_future(future)
+
+        message = str(caught.value)
+        assert "run_coroutine_threadsafe" not in message
+        assert "submit again later, or raise max_pending" in message
+        queue.resume()
+
+
+async def test_thread_advice_under_wait_policy() -> None:
+    # The default policy keeps the advice to wait from the thread.
+    async with AsyncTaskQueue(1, max_pending=1, retry=NO_RETRY) as queue:
+        queue.pause()
+        await queue.submit(noop)
+
+        future = await asyncio.to_thread(queue.submit_threadsafe, noop)
+        with pytest.raises(QueueFullError, match="run_coroutine_threadsafe"):
+            await asyncio.wrap_future(future)
+
+        queue.resume()
