@@ -364,7 +364,7 @@ class AsyncTaskQueue:
         self._dedup: dict[Hashable, TaskHandle[Any]] = {}  # key -> unfinished task
         self._dedup_keys: dict[TaskHandle[Any], Hashable] = {}  # and back
         self._deduplicated = 0
-        self._dropped = 0  # queued tasks cancelled by stop()
+        self._dropped = 0  # queued tasks cancelled by stop() or the overflow policy
         self._wait_time = _Summary()  # seconds from entering the heap to a start
         self._run_time = _Summary()  # seconds per attempt
         # Attempts started and ended; the difference is the number running.

@@ -47,7 +47,9 @@ class QueueClosedError(QueueStateError):
 
 
 class QueueFullError(AsyncQueueError):
-    """Raised by ``submit_nowait()`` when ``max_pending`` tasks wait to start."""
+    """Raised when ``max_pending`` tasks wait to start and the submission may
+    not wait: by ``submit_nowait()``, by every submit method under
+    ``overflow="raise"``, and by ``requeue()`` under a dropping policy."""
 
 
 class RetryAfter(AsyncQueueError):

@@ -128,7 +128,8 @@ class Hook:
     loop thread and must not block. An exception from one is logged and
     ignored: it never stops a worker or changes a task.
 
-    ``on_dropped`` replaces ``on_cancelled`` for queued tasks that ``stop()``
+    ``on_dropped`` replaces ``on_cancelled`` for tasks that the ``overflow``
+    policy of a full queue drops, and for queued tasks that ``stop()``
     cancelled. ``on_timed_out`` comes before the ``on_retry_scheduled`` or
     ``on_failed`` of the same attempt.
     """
@@ -152,10 +153,11 @@ class Hook:
         """Called when an attempt runs over its timeout."""
 
     def on_cancelled(self, event: TaskEvent) -> None:
-        """Called when a task ends ``CANCELLED``, except as dropped by stop()."""
+        """Called when a task ends ``CANCELLED``, unless it was dropped."""
 
     def on_dropped(self, event: TaskEvent) -> None:
-        """Called when ``stop()`` cancels a task that waited for an attempt."""
+        """Called when a full queue's ``overflow`` policy drops a task, or when
+        ``stop()`` cancels a task that waited for an attempt."""
 
 
 class LoggingHook(Hook):

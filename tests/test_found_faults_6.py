@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, QueueFullError, RetryPolicy, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    Hook,
+    QueueFullError,
+    RetryPolicy,
+    TaskEvent,
+    TaskState,
+)
 from async_queue.containers import ReadyHeap
 from tests.test_containers import cancel_in_heap, make_handle
 
@@ -135,3 +142,30 @@ async def test_thread_advice_under_wait_policy() -> None:
             await asyncio.wrap_future(future)
 
         queue.resume()
+
+
+async def test_stats_dropped_counts_both_kinds() -> None:
+    # The docs said that stats().dropped and on_dropped meant stop() alone;
+    # they count the tasks that the overflow policy dropped as well.
+    dropped: list[object] = []
+
+    class DropLog(Hook):
+        def on_dropped(self, event: TaskEvent) -> None:
+            dropped.append(event.task_id)
+
+    queue = AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_newest", retry=NO_RETRY, hooks=[DropLog()]
+    )
+    await queue.start()
+    queue.pause()
+    kept = await queue.submit(noop)
+    refused = await queue.submit(noop)
+
+    report = await queue.stop()
+
+    assert report.dropped == (kept,)
+    assert refused.state is TaskState.CANCELLED
+    assert dropped == [refused.id, kept.id]
+    stats = queue.stats()
+    assert stats.dropped == 2
+    assert stats.cancelled == 2
