@@ -58,6 +58,7 @@ from .models import (
     TaskId,
     TaskSettings,
     TimeSummary,
+    _format_int,
     extras_of,
     function_name,
     new_handle,
@@ -1224,9 +1225,12 @@ class AsyncTaskQueue:
         if victim is None or victim._priority >= priority:
             return None
 
+        # Built first, so that nothing can fail once the victim's state changes.
+        # str() raises for an int of more than 4300 digits.
+        message = self._drop_message(f"a task of priority {_format_int(priority)}")
         victim._state = CANCELLED  # before mark_stale(), which may compact
         self._ready.mark_stale(victim)
-        self._drop(victim, self._drop_message(f"a task of priority {priority}"))
+        self._drop(victim, message)
         return victim
 
     def _drop_message(self, cause: str) -> str:

@@ -14,6 +14,7 @@ from async_queue import (
     Hook,
     QueueFullError,
     RetryPolicy,
+    TaskCancelledError,
     TaskEvent,
     TaskState,
 )
@@ -169,3 +170,34 @@ async def test_stats_dropped_counts_both_kinds() -> None:
     stats = queue.stats()
     assert stats.dropped == 2
     assert stats.cancelled == 2
+
+
+async def test_drop_for_huge_priority_ends_victim() -> None:
+    # The drop message formatted the new priority with str(), which raises
+    # ValueError past 4300 digits. The victim was then CANCELLED but never
+    # finished: not counted, its callbacks and join() never released.
+    huge = 10**5000
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        low = await queue.submit(noop, priority=0)
+        released: list[object] = []
+        low.add_done_callback(released.append)
+
+        urgent = await queue.submit(noop, priority=huge)
+
+        assert low.state is TaskState.CANCELLED
+        assert urgent.state is TaskState.PENDING
+        with pytest.raises(TaskCancelledError, match="priority <16610-bit int>"):
+            await low
+
+        stats = queue.stats()
+        assert stats.dropped == 1
+        assert stats.cancelled == 1
+        assert stats.pending == 1
+        queue.resume()
+        await queue.join()
+        assert released == [low]
+
+    assert urgent.state is TaskState.SUCCEEDED
