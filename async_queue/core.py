@@ -1332,8 +1332,11 @@ class AsyncTaskQueue:
         ``priority`` is given. If an unfinished task has the same
         ``dedup_key``, the call returns its handle and queues nothing. A full
         queue makes it wait for room, or raise ``QueueFullError`` under the
-        ``"raise"``, ``"drop_newest"`` and ``"drop_lowest"`` policies, which
-        never drop a requeued task; the letter then stays in the store.
+        ``"raise"``, ``"drop_newest"`` and ``"drop_lowest"`` policies, so
+        that the requeued task is not dropped on arrival; the letter then
+        stays in the store. Once queued, the task waits like any other:
+        ``"drop_lowest"`` may drop it later for a task of higher priority,
+        and its letter is gone by then.
 
         Raises:
             QueueFullError: the queue is full, and its policy is not "wait".

@@ -201,3 +201,28 @@ async def test_drop_for_huge_priority_ends_victim() -> None:
         assert released == [low]
 
     assert urgent.state is TaskState.SUCCEEDED
+
+
+async def fail() -> None:
+    raise ValueError("fails once and for all")
+
+
+async def test_requeued_task_can_be_dropped_later() -> None:
+    # requeue() said that the dropping policies never drop a requeued task,
+    # but that holds only on arrival: once queued, drop_lowest may drop it,
+    # and its dead letter is gone by then.
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        failed = await queue.submit(fail)
+        with pytest.raises(ValueError, match="fails once"):
+            await failed
+
+        queue.pause()
+        requeued = await queue.requeue(failed.id)
+        urgent = await queue.submit(noop, priority=5)
+
+        assert requeued.state is TaskState.CANCELLED
+        assert urgent.state is TaskState.PENDING
+        assert queue.dead_letters() == ()
+        queue.resume()
