@@ -160,11 +160,11 @@ class ReadyHeap:
     def last_to_start(self) -> TaskHandle[Any] | None:
         """Find the pending task that would start last; return it or ``None``.
 
-        It is the newest task of the lowest priority present. Stale entries
-        at the back of a level, such as the tasks that earlier calls picked
-        and the caller then dropped, are removed on the way, so each is
-        walked past once. A call costs O(L log L) for L priorities, plus the
-        stale entries it removes.
+        It is the task of the lowest priority present that entered the heap
+        last. Stale entries at the back of a level, such as the tasks that
+        earlier calls picked and the caller then dropped, are removed on the
+        way, so each is walked past once. A call costs O(L log L) for L
+        priorities, plus the stale entries it removes.
         """
         with self._lock:
             for priority in sorted(self._levels):

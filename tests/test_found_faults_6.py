@@ -19,6 +19,7 @@ from async_queue import (
     TaskState,
 )
 from async_queue.containers import ReadyHeap
+from async_queue.testing import VirtualClockLoop, run_virtual
 from tests.test_containers import cancel_in_heap, make_handle
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -226,3 +227,28 @@ async def test_requeued_task_can_be_dropped_later() -> None:
         assert urgent.state is TaskState.PENDING
         assert queue.dead_letters() == ()
         queue.resume()
+
+
+def test_drop_lowest_drops_last_to_enter() -> None:
+    # The victim is the task of the lowest priority that entered the ready
+    # heap last. A delayed task enters when it is due, so it can be the
+    # victim although it was submitted first: the docs called the victim
+    # "the newest of the lowest priority".
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(
+            1, max_pending=2, overflow="drop_lowest", retry=NO_RETRY
+        ) as queue:
+            queue.pause()
+            first = await queue.submit(noop, delay=1)
+            second = await queue.submit(noop)
+            await asyncio.sleep(2)
+            assert first.state is TaskState.PENDING
+
+            urgent = await queue.submit(noop, priority=5)
+
+            assert first.state is TaskState.CANCELLED
+            assert second.state is TaskState.PENDING
+            assert urgent.state is TaskState.PENDING
+            queue.resume()
+
+    run_virtual(main)
