@@ -209,9 +209,9 @@ async def fail() -> None:
 
 
 async def test_requeued_task_can_be_dropped_later() -> None:
-    # requeue() said that the dropping policies never drop a requeued task,
-    # but that holds only on arrival: once queued, drop_lowest may drop it,
-    # and its dead letter is gone by then.
+    # The requeue() docstring stated that the dropping policies never drop a
+    # requeued task, which holds only on arrival: once queued, drop_lowest may
+    # drop it, and its dead letter is gone by then.
     async with AsyncTaskQueue(
         1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
     ) as queue:
