@@ -292,8 +292,10 @@ def _member(kind: type[_E], name: str, value: object) -> _E:
     except ValueError:
         choices = ", ".join(repr(member.value) for member in kind)
         error = ValueError if isinstance(value, str) else TypeError
+        article = "an" if kind.__name__[0] in "AEIOU" else "a"
         raise error(
-            f"{name} must be a {kind.__name__} or one of {choices}, got {value!r}"
+            f"{name} must be {article} {kind.__name__} or one of {choices}, "
+            f"got {value!r}"
         ) from None
 
 

@@ -951,7 +951,7 @@ class AsyncTaskQueue:
             handle._extras = TaskExtras(seq)
         self._table.tasks[key] = handle
         if drop_new:
-            self._drop(handle, self._drop_message("a full queue"))
+            self._drop(handle, self._drop_message("as the newest task"))
             self._emit("on_submitted", handle)
             self._emit("on_dropped", handle)
             return handle
@@ -1227,7 +1227,7 @@ class AsyncTaskQueue:
 
         # Built first, so that nothing can fail once the victim's state changes.
         # str() raises for an int of more than 4300 digits.
-        message = self._drop_message(f"a task of priority {_format_int(priority)}")
+        message = self._drop_message(f"for a task of priority {_format_int(priority)}")
         victim._state = CANCELLED  # before mark_stale(), which may compact
         self._ready.mark_stale(victim)
         self._drop(victim, message)
@@ -1235,7 +1235,7 @@ class AsyncTaskQueue:
 
     def _drop_message(self, cause: str) -> str:
         return (
-            f"dropped for {cause}: the queue was full "
+            f"dropped {cause}: the queue was full "
             f"(max_pending={self._max_pending}, overflow={self._overflow.value!r})"
         )
 

@@ -92,7 +92,9 @@ async def test_drop_newest_cancels_new_task(nowait: bool) -> None:
             dropped = await queue.submit(record, order, "c")
 
         assert dropped.state is TaskState.CANCELLED
-        with pytest.raises(TaskCancelledError, match="dropped for a full queue"):
+        with pytest.raises(
+            TaskCancelledError, match="dropped as the newest task: the queue was full"
+        ):
             await dropped
 
         stats = queue.stats()
