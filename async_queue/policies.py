@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import math
 import random
 from collections.abc import Callable
@@ -175,7 +176,19 @@ class RetryPolicy:
         if isinstance(retry_on, (type, tuple)):
             return isinstance(exc, retry_on)
 
-        return bool(retry_on(exc))
+        verdict: object = retry_on(exc)  # typed bool, but may be anything
+        if inspect.isawaitable(verdict):
+            # A sync wrapper of an async predicate passes the check in
+            # __post_init__, and its coroutine is truthy.
+            if inspect.iscoroutine(verdict):
+                verdict.close()
+            raise TypeError(
+                f"retry_on {retry_on!r} returned a coroutine or awaitable, "
+                "which the queue does not await; return a bool from a plain "
+                "function instead"
+            )
+
+        return bool(verdict)
 
     def backoff(self, retry: int) -> float:
         """Return the delay before retry ``retry`` (0-based) without jitter."""
