@@ -1928,7 +1928,12 @@ class AsyncTaskQueue:
                 )
                 error.__cause__ = _strip_queue_frames(exc)
                 self._emit("on_timed_out", handle, exception=error)
-                self._retry_or_fail(handle, error)
+                # A fatal exception from the cleanup ends the worker and the
+                # event loop, so a retry could never run: fail with it.
+                failure: BaseException = error
+                if exc is not None and _is_fatal(exc):
+                    failure = exc
+                self._retry_or_fail(handle, failure)
             else:
                 self._set_cancelled(handle)
 

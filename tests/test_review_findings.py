@@ -3,6 +3,7 @@ retries, the queue.py stub and the fixes for copied and pickled objects."""
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Coroutine
 from typing import Any
@@ -52,3 +53,41 @@ def test_predicate_returning_coroutine_fails_task() -> None:
     handle = handles[0]
     assert handle.state is TaskState.FAILED
     assert handle.attempts == 1
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+def test_fatal_cleanup_after_timeout_not_retried(
+    fatal: type[BaseException],
+) -> None:
+    # The worker re-raises the fatal exception and the event loop stops, so
+    # a retry could never run: the task was left WAITING_RETRY for good.
+    queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=3), timeout=1)
+    handles: list[TaskHandle[None]] = []
+
+    async def cleanup_raises() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise fatal from None
+
+    async def main() -> None:
+        await queue.start()
+        handles.append(queue.submit_nowait(cleanup_raises))
+        await asyncio.Event().wait()
+
+    loop = VirtualClockLoop()
+    loop.set_exception_handler(lambda _, context: None)
+    try:
+        with pytest.raises(fatal):
+            loop.run_until_complete(main())
+
+        loop.run_until_complete(queue.stop())
+    finally:
+        loop.close()
+
+    handle = handles[0]
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+    assert isinstance(handle.exception(), fatal)
+    assert queue.stats().waiting_retry == 0
+    assert queue.stats().retries == 0
