@@ -394,6 +394,9 @@ class TaskHandle(Generic[T]):
         if asyncio._get_running_loop() is not queue._loop:
             # Checked before any change, since the waiter list belongs to the
             # thread of the queue's loop.
+            if queue._loop.is_closed():
+                queue._check_loop()  # raises: the loop is closed, with the fix
+
             raise QueueStateError(
                 f"task {self._id!r} belongs to the event loop that started its "
                 "queue, and a different loop awaits it; await the handle in a "
