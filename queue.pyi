@@ -13,6 +13,8 @@ from threading import Condition, Lock
 from types import GenericAlias
 from typing import Any, Generic, TypeVar
 
+from _typeshed import SupportsRichComparisonT
+
 from async_queue import AsyncQueueError as AsyncQueueError
 from async_queue import AsyncTaskQueue as AsyncTaskQueue
 from async_queue import BoundCall as BoundCall
@@ -85,8 +87,8 @@ class Queue(Generic[_T]):
     def _get(self) -> _T: ...
     def __class_getitem__(cls, item: Any, /) -> GenericAlias: ...
 
-class PriorityQueue(Queue[_T]):
-    queue: list[_T]
+class PriorityQueue(Queue[SupportsRichComparisonT]):
+    queue: list[SupportsRichComparisonT]
 
 class LifoQueue(Queue[_T]):
     queue: list[_T]

@@ -39,6 +39,9 @@ def standard_usage() -> None:
     stack: queue.LifoQueue[bytes] = queue.LifoQueue()
     assert_type(stack.queue, list[bytes])
 
+    # Items of a PriorityQueue must be orderable, as the standard stubs say.
+    queue.PriorityQueue[dict[str, int]]()  # type: ignore[type-var]
+
     try:
         items.get(block=False)
     except queue.Empty as error:
