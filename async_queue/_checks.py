@@ -189,12 +189,16 @@ def check_seconds(
 def check_count(name: str, value: object, minimum: int, advice: str = "") -> int:
     """Return ``value`` if it is an int of at least ``minimum``.
 
-    ``advice``, if given, ends the error message: what to pass instead.
+    ``advice``, if given, ends the error message for ``None`` or a value
+    below ``minimum``, which other libraries use for "no limit": what to
+    pass instead.
     """
     tail = f"; {advice}" if advice else ""
     if isinstance(value, bool) or not isinstance(value, int):
+        type_tail = tail if value is None else ""
         raise TypeError(
-            f"{name} must be an int, got {value!r} of type {type(value).__name__}{tail}"
+            f"{name} must be an int, got {value!r} of type "
+            f"{type(value).__name__}{type_tail}"
         )
 
     if value < minimum:

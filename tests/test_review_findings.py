@@ -117,3 +117,22 @@ def test_await_after_loop_closed_says_closed() -> None:
         asyncio.run(await_later())
 
     assert "run_coroutine_threadsafe" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "advice"),
+    [
+        ("max_pending", "10", "max_pending=None"),
+        ("max_pending", 2.5, "max_pending=None"),
+        ("max_workers", 4.0, "the pool has a fixed size"),
+    ],
+)
+def test_type_error_omits_limit_advice(name: str, value: object, advice: str) -> None:
+    # The advice is for values that mean "no limit" elsewhere. A str or a
+    # float is a wrong type for a real bound, which the advice does not fix.
+    with pytest.raises(TypeError) as caught:
+        AsyncTaskQueue(**{name: value})  # type: ignore[arg-type]
+
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be an int, got {value!r}")
+    assert advice not in message
