@@ -395,7 +395,7 @@ class TaskHandle(Generic[T]):
             # Checked before any change, since the waiter list belongs to the
             # thread of the queue's loop.
             if queue._loop.is_closed():
-                queue._check_loop()  # raises: the loop is closed, with the fix
+                queue._check_loop()  # raises QueueStateError naming the closed loop
 
             raise QueueStateError(
                 f"task {self._id!r} belongs to the event loop that started its "

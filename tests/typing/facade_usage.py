@@ -39,7 +39,7 @@ def standard_usage() -> None:
     stack: queue.LifoQueue[bytes] = queue.LifoQueue()
     assert_type(stack.queue, list[bytes])
 
-    # Items of a PriorityQueue must be orderable, as the standard stubs say.
+    # Items of a PriorityQueue must support < or >, as typeshed requires.
     queue.PriorityQueue[dict[str, int]]()  # type: ignore[type-var]
 
     try:
