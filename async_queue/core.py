@@ -99,6 +99,7 @@ _UNSET = _Unset.UNSET
 _FLOAT_MAX = sys.float_info.max
 _YEAR = 365 * 24 * 3600.0
 _CO_COROUTINE = inspect.CO_COROUTINE
+_RESIZE_ADVICE = "the pool has a fixed size; call pause() to stop starting tasks"
 _WORKERS_ADVICE = "the pool has a fixed size: pass the number of workers to run at once"
 
 
@@ -531,9 +532,7 @@ class AsyncTaskQueue:
             QueueClosedError: ``stop()`` has begun.
             QueueStateError: the queue's event loop is closed.
         """
-        count = _checks.check_count(
-            "max_workers", max_workers, 1, "call pause() to stop starting tasks"
-        )
+        count = _checks.check_count("max_workers", max_workers, 1, _RESIZE_ADVICE)
         if self.closed:
             self._raise_pool_closed("resize")
         if self._lifecycle is not _Lifecycle.NEW:
