@@ -1246,10 +1246,12 @@ class AsyncTaskQueue:
         self._set_cancelled(handle, emit=False)
 
     def _full_error(self, advice: str) -> QueueFullError:
-        limit = self._max_pending
-        waiting = "1 task is" if limit == 1 else f"{limit} tasks are"
+        # Retries come back without taking room, so the count can pass the limit.
+        count = len(self._ready) + self._delayed + self._reserved
+        waiting = "1 task is" if count == 1 else f"{count} tasks are"
         return QueueFullError(
-            f"the queue is full: {waiting} waiting to start (max_pending); {advice}"
+            f"the queue is full: {waiting} waiting to start "
+            f"(max_pending={self._max_pending}); {advice}"
         )
 
     async def _wait_for_room(self) -> None:

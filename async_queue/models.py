@@ -676,7 +676,7 @@ async def _run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> 
 
 
 def thread_cancel_event() -> threading.Event:
-    """Return the event that is set once the calling ``threaded()`` task ends.
+    """Return the event that is set if the calling ``threaded()`` task is stopped.
 
     Call it inside a function that ``threaded()`` runs. The event is set when
     the task times out or is cancelled, since the thread itself cannot be

@@ -54,7 +54,7 @@ async def test_submit_nowait_raises_when_full() -> None:
         queue.submit_nowait(gate, 99)
 
     assert str(caught.value) == (
-        "the queue is full: 2 tasks are waiting to start (max_pending); use "
+        "the queue is full: 2 tasks are waiting to start (max_pending=2); use "
         "'await queue.submit()' to wait for room, or raise max_pending"
     )
     assert queue.stats() == before
@@ -242,3 +242,25 @@ async def test_retries_may_exceed_max_pending() -> None:
 def test_invalid_max_pending(value: object) -> None:
     with pytest.raises((TypeError, ValueError), match="max_pending"):
         AsyncTaskQueue(max_pending=value)  # type: ignore[arg-type]
+
+
+async def test_full_error_counts_returned_retries() -> None:
+    # A retry re-enters the heap without taking room, so the message gives
+    # the real count next to the limit.
+    queue = AsyncTaskQueue(1, max_pending=1)
+    await queue.start()
+
+    async def pause_then_fail() -> None:
+        queue.submit_nowait(asyncio.sleep, 0)  # fills the only room
+        queue.pause()
+        raise ValueError("first attempt")
+
+    retried = queue.submit_nowait(
+        pause_then_fail, retry=RetryPolicy(max_retries=1, base_delay=0)
+    )
+    await until(lambda: retried.attempts == 1 and retried.state is TaskState.PENDING)
+
+    with pytest.raises(QueueFullError, match=r"full: 2 tasks .* \(max_pending=1\)"):
+        queue.submit_nowait(asyncio.sleep, 0)
+
+    await queue.stop()
