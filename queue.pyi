@@ -47,7 +47,7 @@ from async_queue import threaded as threaded
 
 _T = TypeVar("_T")
 
-# The standard library's queue module, as documented for Python 3.11 to 3.13.
+# The public API of the standard library's queue module on Python 3.11 to 3.13.
 
 class Empty(Exception): ...
 class Full(Exception): ...

@@ -91,16 +91,11 @@ class ReadyHeap:
                 if not level:
                     self._drop_empty(priority)
 
-                self._entries -= 1
                 if handle._state is PENDING:
+                    self._entries -= 1
                     return handle
 
-                self._stale -= 1
-                stale_here = self._stale_by_level[priority] - 1
-                if stale_here:
-                    self._stale_by_level[priority] = stale_here
-                else:
-                    del self._stale_by_level[priority]
+                self._forget_stale(priority)
 
             return None
         finally:
@@ -181,7 +176,7 @@ class ReadyHeap:
             return None
 
     def _forget_stale(self, priority: int) -> None:
-        # Called with the lock held, for a stale entry just removed.
+        # Called with the lock held, for a stale entry just taken out.
         self._entries -= 1
         self._stale -= 1
         stale_here = self._stale_by_level[priority] - 1

@@ -6,8 +6,9 @@ import asyncio
 import traceback
 from collections.abc import Callable, Sequence
 from types import TracebackType
+from typing import Any
 
-from async_queue import QueueStats, TaskState
+from async_queue import AsyncTaskQueue, QueueStats, TaskHandle, TaskState
 
 
 async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> None:
@@ -75,3 +76,14 @@ def assert_state_counts(stats: QueueStats, states: Sequence[TaskState]) -> None:
     assert stats.succeeded == states.count(TaskState.SUCCEEDED)
     assert stats.failed == states.count(TaskState.FAILED)
     assert stats.cancelled == states.count(TaskState.CANCELLED)
+
+
+def assert_failed_unretried(
+    queue: AsyncTaskQueue, handle: TaskHandle[Any], error: type[BaseException]
+) -> None:
+    """Check that ``handle`` failed with ``error`` on its one attempt."""
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+    assert isinstance(handle.exception(), error)
+    assert queue.stats().waiting_retry == 0
+    assert queue.stats().retries == 0

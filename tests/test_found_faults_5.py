@@ -20,7 +20,7 @@ from async_queue import (
     TaskState,
 )
 from async_queue.testing import VirtualClockLoop, run_virtual
-from tests.helpers import Gate, until
+from tests.helpers import Gate, assert_failed_unretried, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -197,12 +197,7 @@ def test_fatal_exception_never_retried(
 
         runner.run(queue.stop())
 
-    handle = handles[0]
-    assert handle.state is TaskState.FAILED
-    assert handle.attempts == 1
-    assert isinstance(handle.exception(), fatal)
-    assert queue.stats().waiting_retry == 0
-    assert queue.stats().retries == 0
+    assert_failed_unretried(queue, handles[0], fatal)
     assert contexts == []
 
 

@@ -160,14 +160,14 @@ async def test_stats_dropped_counts_both_kinds() -> None:
     )
     await queue.start()
     queue.pause()
-    kept = await queue.submit(noop)
-    refused = await queue.submit(noop)
+    queued = await queue.submit(noop)
+    overflowed = await queue.submit(noop)
 
     report = await queue.stop()
 
-    assert report.dropped == (kept,)
-    assert refused.state is TaskState.CANCELLED
-    assert dropped == [refused.id, kept.id]
+    assert report.dropped == (queued,)
+    assert overflowed.state is TaskState.CANCELLED
+    assert dropped == [overflowed.id, queued.id]
     stats = queue.stats()
     assert stats.dropped == 2
     assert stats.cancelled == 2

@@ -247,19 +247,21 @@ async def test_requeue_to_full_queue_keeps_letter(overflow: str) -> None:
 def test_drop_lowest_keeps_best_tasks(priorities: list[int], max_pending: int) -> None:
     # A model: a list of (priority, index) that drops the newest of the lowest
     # priority for a higher one, or else the new task.
-    kept: list[tuple[int, int]] = []
+    model_pending: list[tuple[int, int]] = []
     for index, priority in enumerate(priorities):
-        if len(kept) < max_pending:
-            kept.append((priority, index))
+        if len(model_pending) < max_pending:
+            model_pending.append((priority, index))
             continue
 
-        lowest = min(p for p, _ in kept)
+        lowest = min(p for p, _ in model_pending)
         if lowest < priority:
-            victim = max(i for p, i in kept if p == lowest)
-            kept.remove((lowest, victim))
-            kept.append((priority, index))
+            victim = max(i for p, i in model_pending if p == lowest)
+            model_pending.remove((lowest, victim))
+            model_pending.append((priority, index))
 
-    expected_order = [i for _, i in sorted(kept, key=lambda item: (-item[0], item[1]))]
+    expected_order = [
+        i for _, i in sorted(model_pending, key=lambda item: (-item[0], item[1]))
+    ]
 
     async def main(loop: VirtualClockLoop) -> None:
         order: list[str] = []

@@ -247,7 +247,8 @@ class OverflowMachine(RuleBasedStateMachine):
             assert handle is duplicate
             return
 
-        assert not (full and rejects), "a full queue accepted a task"
+        if full:
+            assert not rejects, "a full queue accepted a task"
         if submission.dedup_key is not None and not handle.done():
             self.dedup_owner[submission.dedup_key] = handle
 

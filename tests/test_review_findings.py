@@ -18,6 +18,7 @@ from async_queue import (
     TaskState,
 )
 from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import assert_failed_unretried
 
 
 async def is_transient(exc: BaseException) -> bool:
@@ -86,12 +87,7 @@ def test_fatal_cleanup_after_timeout_not_retried(
     finally:
         loop.close()
 
-    handle = handles[0]
-    assert handle.state is TaskState.FAILED
-    assert handle.attempts == 1
-    assert isinstance(handle.exception(), fatal)
-    assert queue.stats().waiting_retry == 0
-    assert queue.stats().retries == 0
+    assert_failed_unretried(queue, handles[0], fatal)
 
 
 def test_await_after_loop_closed_says_closed() -> None:

@@ -607,9 +607,9 @@ async def test_context_error_cancels() -> None:
 
 
 def test_context_exit_stop_timeout() -> None:
-    # Without stop_timeout, the exit would wait for the hung task for ever.
+    # Without stop_timeout, the exit would wait the whole hour of this task.
     async def hang() -> None:
-        await asyncio.Event().wait()
+        await asyncio.sleep(3600)
 
     async def main(loop: VirtualClockLoop) -> None:
         begin = loop.time()
