@@ -358,6 +358,7 @@ class TaskHandle(Generic[T]):
             return self._result  # type: ignore[no-any-return]
 
         if self._state not in _FINAL:
+            self._check_awaiting_loop()
             if self._awaits_itself():
                 # Raised here, in a frame that names no queue, because the
                 # error's traceback keeps its frames.
@@ -377,6 +378,25 @@ class TaskHandle(Generic[T]):
 
         return self.result()
 
+    def _check_awaiting_loop(self) -> None:
+        # Checked before anything reads the queue's state, which belongs to
+        # the thread of the queue's loop. A separate frame from _wait(), as
+        # for _add_waiter().
+        queue = self._settings.queue
+        assert queue is not None
+        if asyncio._get_running_loop() is queue._loop:
+            return
+
+        if queue._loop.is_closed():
+            queue._check_loop()  # raises QueueStateError naming the closed loop
+
+        raise QueueStateError(
+            f"task {self._id!r} belongs to the event loop that started its "
+            "queue, and a different loop awaits it; await the handle in a "
+            "coroutine on that loop, for example through "
+            "asyncio.run_coroutine_threadsafe() from another thread"
+        )
+
     def _awaits_itself(self) -> bool:
         # NOTE: a task that awaits its own handle through shield(), wait(),
         # a TaskGroup, wait_for() before Python 3.12 or a child task made
@@ -391,19 +411,6 @@ class TaskHandle(Generic[T]):
         # traceback keeps: a local reference to the queue here goes away.
         queue = self._settings.queue
         assert queue is not None
-        if asyncio._get_running_loop() is not queue._loop:
-            # Checked before any change, since the waiter list belongs to the
-            # thread of the queue's loop.
-            if queue._loop.is_closed():
-                queue._check_loop()  # raises QueueStateError naming the closed loop
-
-            raise QueueStateError(
-                f"task {self._id!r} belongs to the event loop that started its "
-                "queue, and a different loop awaits it; await the handle in a "
-                "coroutine on that loop, for example through "
-                "asyncio.run_coroutine_threadsafe() from another thread"
-            )
-
         if queue._lost_workers:
             queue._replace_lost_workers()
         waiter: asyncio.Future[None] = queue._loop.create_future()
