@@ -265,12 +265,12 @@ def check_hooks(hooks: object) -> Sequence[object]:
 
 def check_mode(mode: object) -> ShutdownMode:
     """Return the ``ShutdownMode`` that ``mode`` names, in any letter case."""
-    return _member(ShutdownMode, "mode", mode)
+    return _member(ShutdownMode, "mode", mode, ShutdownMode.CANCEL)
 
 
 def check_overflow(overflow: object, max_pending: int | None, aging: bool) -> Overflow:
     """Return the ``Overflow`` that ``overflow`` names, if it fits the queue."""
-    policy = _member(Overflow, "overflow", overflow)
+    policy = _member(Overflow, "overflow", overflow, Overflow.WAIT)
     if policy is not Overflow.WAIT and max_pending is None:
         raise ValueError(
             f"overflow={policy.value!r} needs a bound: pass max_pending as well"
@@ -285,11 +285,12 @@ def check_overflow(overflow: object, max_pending: int | None, aging: bool) -> Ov
     return policy
 
 
-def _member(kind: type[_E], name: str, value: object) -> _E:
+def _member(kind: type[_E], name: str, value: object, default: _E) -> _E:
     """Return the member of ``kind`` that ``value`` is or names, in any case.
 
     Names are matched in any letter case, such as "DRAIN" as written in the
-    docs' tables.
+    docs' tables. ``default`` is the parameter's default, named in the error
+    for ``None``.
     """
     try:
         return kind(value.lower() if isinstance(value, str) else value)
@@ -297,9 +298,12 @@ def _member(kind: type[_E], name: str, value: object) -> _E:
         choices = ", ".join(repr(member.value) for member in kind)
         error = ValueError if isinstance(value, str) else TypeError
         article = "an" if kind.__name__[0] in "AEIOU" else "a"
+        advice = ""
+        if value is None:
+            advice = f"; leave {name} out for the default, {default.value!r}"
         raise error(
             f"{name} must be {article} {kind.__name__} or one of {choices}, "
-            f"got {value!r}"
+            f"got {value!r}{advice}"
         ) from None
 
 

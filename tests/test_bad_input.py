@@ -412,9 +412,13 @@ async def test_stop_unknown_mode(queue: AsyncTaskQueue) -> None:
 @pytest.mark.parametrize("mode", [3, None, b"drain"])
 async def test_stop_mode_of_wrong_type(queue: AsyncTaskQueue, mode: object) -> None:
     before = queue.stats()
-    with pytest.raises(TypeError, match=r"mode must be a ShutdownMode or one of"):
+    with pytest.raises(
+        TypeError, match=r"mode must be a ShutdownMode or one of"
+    ) as caught:
         await queue.stop(mode)  # type: ignore[arg-type]
 
+    advice = "leave mode out for the default, 'cancel'"
+    assert (advice in str(caught.value)) == (mode is None)
     assert not queue.closed
     assert queue.stats() == before
 

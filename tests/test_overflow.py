@@ -178,7 +178,12 @@ async def test_drop_lowest_never_drops_delayed_task() -> None:
     [
         ({"overflow": "drop_newest"}, ValueError, "pass max_pending as well"),
         ({"overflow": "drop", "max_pending": 1}, ValueError, "one of 'wait'"),
-        ({"overflow": 2, "max_pending": 1}, TypeError, "got 2"),
+        ({"overflow": 2, "max_pending": 1}, TypeError, "got 2$"),
+        (
+            {"overflow": None, "max_pending": 1},
+            TypeError,
+            "got None; leave overflow out for the default, 'wait'",
+        ),
         (
             {"overflow": "drop_lowest", "max_pending": 1, "aging_rate": 1.0},
             ValueError,
