@@ -2754,6 +2754,12 @@ def _checked_retry_after(exc: RetryAfter) -> float:
     or set by a subclass. A NaN due time would stop the retry timer that
     every waiting task shares.
     """
+    if not hasattr(exc, "delay"):
+        raise TypeError(
+            f"{type(exc).__name__} has no delay: a subclass of RetryAfter must "
+            "call RetryAfter.__init__(self, seconds)"
+        ) from exc
+
     try:
         seconds = _checks.check_seconds("RetryAfter.delay", exc.delay)
     except (TypeError, ValueError) as error:

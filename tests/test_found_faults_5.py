@@ -128,6 +128,32 @@ def test_retry_after_delay_checked_when_raised(delay: object) -> None:
     run_virtual(main, autojump=None)
 
 
+def test_retry_after_subclass_without_delay() -> None:
+    # A subclass that skipped RetryAfter.__init__ failed its task with a bare
+    # AttributeError that did not say what to change.
+    class Later(RetryAfter):
+        def __init__(self) -> None:
+            Exception.__init__(self, "later")
+
+    async def later() -> None:
+        raise Later()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(retry=RetryPolicy(max_retries=1)) as queue:
+            handle = await queue.submit(later)
+            await until(handle.done)
+
+        assert handle.state is TaskState.FAILED
+        assert handle.attempts == 1
+        error = handle.exception()
+        assert isinstance(error, TypeError)
+        assert "Later has no delay" in str(error)
+        assert "RetryAfter.__init__(self, seconds)" in str(error)
+        assert isinstance(error.__cause__, Later)
+
+    run_virtual(main, autojump=None)
+
+
 @pytest.mark.parametrize("retry", [math.nan, 2.5, True, "1", None])
 @pytest.mark.parametrize("jitter", ["none", "decorrelated"])
 def test_backoff_and_delay_reject_non_int_retry(retry: object, jitter: str) -> None:
