@@ -75,6 +75,10 @@ logger = logging.getLogger("async_queue")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+# Seconds of the loop's clock between two warnings about overflow drops. The
+# drops in between are counted, and the next warning gives their number.
+_DROP_LOG_INTERVAL = 10.0
+
 # Distinct (timeout, retry policy) pairs whose task settings are kept for reuse.
 # The cache empties when full: past this many pairs in turn, each misses.
 _SETTINGS_CACHE_SIZE = 64
@@ -244,7 +248,9 @@ class AsyncTaskQueue:
         "_dedup_keys",
         "_deduplicated",
         "_delayed",
+        "_drop_logged_at",
         "_dropped",
+        "_drops_unlogged",
         "_emitting",
         "_empty_report",
         "_ended",
@@ -367,6 +373,8 @@ class AsyncTaskQueue:
         self._dedup_keys: dict[TaskHandle[Any], Hashable] = {}  # and back
         self._deduplicated = 0
         self._dropped = 0  # queued tasks cancelled by stop() or the overflow policy
+        self._drop_logged_at: float | None = None  # loop time of the last drop warning
+        self._drops_unlogged = 0  # overflow drops since that warning, not logged
         self._wait_time = _Summary()  # seconds from entering the heap to a start
         self._run_time = _Summary()  # seconds per attempt
         # Attempts started and ended; the difference is the number running.
@@ -1244,6 +1252,24 @@ class AsyncTaskQueue:
         extras_of(handle).cancel_message = message
         self._dropped += 1
         self._set_cancelled(handle, emit=False)
+        self._log_drop(handle, message)
+
+    def _log_drop(self, handle: TaskHandle[Any], message: str) -> None:
+        """Log an overflow drop at WARNING, at most once per interval."""
+        now = self._loop.time()
+        last = self._drop_logged_at
+        if last is not None and now - last < _DROP_LOG_INTERVAL:
+            self._drops_unlogged += 1
+            return
+
+        more = self._drops_unlogged
+        self._drop_logged_at = now
+        self._drops_unlogged = 0
+        since = f"; {more} more dropped since the last such warning" if more else ""
+        # A logging filter that raises must not stop the submission that
+        # caused the drop.
+        with contextlib.suppress(Exception):
+            logger.warning("task %r (%s) %s%s", handle._id, handle.name, message, since)
 
     def _full_error(self, advice: str) -> QueueFullError:
         # Retries come back without taking room, so the count can pass the limit.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from hypothesis import given, settings
@@ -171,6 +172,39 @@ async def test_drop_lowest_never_drops_delayed_task() -> None:
         assert later.state is TaskState.DELAYED
         assert urgent.state is TaskState.CANCELLED
         later.cancel()
+
+
+def test_drop_warnings_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="async_queue")
+    logged: list[TaskHandle[str]] = []
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with paused_queue("drop_newest", max_pending=1) as queue:
+            queue.pause()
+            queue.submit_nowait(record, [], "kept")
+            burst = [queue.submit_nowait(record, [], "dropped") for _ in range(3)]
+            loop.advance(9.5)
+            queue.submit_nowait(record, [], "dropped")
+            loop.advance(0.5)
+            later = queue.submit_nowait(record, [], "dropped")
+            logged.extend([burst[0], later])
+
+            assert queue.stats().dropped == 5
+            queue.resume()
+
+    run_virtual(main, autojump=None)
+
+    cause = (
+        "dropped as the newest task: the queue was full "
+        "(max_pending=1, overflow='drop_newest')"
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.name == "async_queue"]
+    assert warnings == [
+        f"task {logged[0].id!r} (record) {cause}",
+        f"task {logged[1].id!r} (record) {cause}; "
+        "3 more dropped since the last such warning",
+    ]
+    assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
 
 @pytest.mark.parametrize(
