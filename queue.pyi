@@ -42,6 +42,7 @@ from async_queue import TaskNotFoundError as TaskNotFoundError
 from async_queue import TaskState as TaskState
 from async_queue import TimeSummary as TimeSummary
 from async_queue import bind as bind
+from async_queue import current_handle as current_handle
 from async_queue import thread_cancel_event as thread_cancel_event
 from async_queue import threaded as threaded
 

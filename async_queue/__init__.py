@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from ._context import current_handle
 from .core import AsyncTaskQueue
 from .deadletters import DeadLetter
 from .errors import (
@@ -68,6 +69,7 @@ __all__ = (
     "TimeSummary",
     "__version__",
     "bind",
+    "current_handle",
     "thread_cancel_event",
     "threaded",
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import enum
 import inspect
 import logging
@@ -18,6 +17,7 @@ from types import FunctionType, TracebackType
 from typing import Any, Literal, NoReturn, SupportsIndex, TypeVar, TypeVarTuple, final
 
 from . import _checks
+from ._context import CURRENT_WORKER
 from ._frames import strip_frames
 from .containers import AgingHeap, ReadyHeap, TaskTable, TimerHeap
 from .deadletters import DeadLetter, DeadLetterStore
@@ -129,13 +129,6 @@ class _Worker:
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
-
-
-# The worker whose asyncio task runs the current code, or started the task
-# that runs it: asyncio copies the context into each task it creates.
-_CURRENT_WORKER: contextvars.ContextVar[_Worker | None] = contextvars.ContextVar(
-    "async_queue_worker", default=None
-)
 
 
 class _Summary:
@@ -1538,7 +1531,7 @@ class AsyncTaskQueue:
         assert task is not None
         worker.task = task
         self._workers_by_task[task] = worker
-        _CURRENT_WORKER.set(worker)
+        CURRENT_WORKER.set(worker)
         del task
         pop = self._ready.pop
         clock = self._clock
@@ -2114,6 +2107,7 @@ class AsyncTaskQueue:
         # The event is built and the hooks are called inline, because a hook
         # that observes on_started or on_succeeded brings every task here.
         fn = handle._fn
+        extras = handle._extras
         record = new_event(
             TaskEvent,
             (
@@ -2125,6 +2119,7 @@ class AsyncTaskQueue:
                 self._clock(),
                 delay,
                 exception,
+                None if extras is None else extras.progress,
             ),
         )
         if self._emitting:
@@ -2151,6 +2146,26 @@ class AsyncTaskQueue:
             raise
         finally:
             self._emitting = False
+
+    def _set_progress(self, handle: TaskHandle[Any], progress: Any) -> None:
+        """Record the progress of ``handle``, a running task; see ``set_progress()``."""
+        if asyncio._get_running_loop() is not self._loop:
+            raise QueueStateError(
+                f"set_progress() of task {handle._id!r} was called outside the "
+                "queue's event loop; call it in the task, or in the function "
+                "that threaded() runs for it"
+            )
+
+        extras_of(handle).progress = progress
+        self._emit("on_progress", handle)
+
+    def _set_progress_from_thread(
+        self, handle: TaskHandle[Any], attempt: int, progress: Any
+    ) -> None:
+        """Record progress that attempt ``attempt`` reported from its thread."""
+        if handle._state is RUNNING and handle._attempts == attempt:
+            extras_of(handle).progress = progress
+            self._emit("on_progress", handle)
 
     def _add_dead_letter(self, handle: TaskHandle[Any], exc: BaseException) -> None:
         letter = DeadLetter(
@@ -2580,7 +2595,7 @@ class AsyncTaskQueue:
         # shield(), wait(), a TaskGroup, wait_for() before Python 3.12, or
         # only some steps after the call, leaves no such link, so a stop()
         # or join() made there waits for the task that made it.
-        worker = _CURRENT_WORKER.get()
+        worker = CURRENT_WORKER.get()
         if worker is None or worker.task is None:
             return None
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .models import TaskId, TaskState
 
@@ -16,6 +16,7 @@ logger = logging.getLogger("async_queue")
 EVENTS = (
     "on_submitted",
     "on_started",
+    "on_progress",
     "on_retry_scheduled",
     "on_succeeded",
     "on_failed",
@@ -50,6 +51,8 @@ class TaskEvent(NamedTuple):
     exception: BaseException | None = None
     """For ``on_retry_scheduled``, ``on_failed`` and ``on_timed_out``: the
     exception of the attempt."""
+    progress: Any = None
+    """The last value the task passed to ``set_progress()``, or ``None``."""
 
 
 @runtime_checkable
@@ -62,6 +65,7 @@ class QueueHook(Protocol):
 
     def on_submitted(self, event: TaskEvent) -> None: ...
     def on_started(self, event: TaskEvent) -> None: ...
+    def on_progress(self, event: TaskEvent) -> None: ...
     def on_retry_scheduled(self, event: TaskEvent) -> None: ...
     def on_succeeded(self, event: TaskEvent) -> None: ...
     def on_failed(self, event: TaskEvent) -> None: ...
@@ -80,6 +84,10 @@ class _OnSubmitted(Protocol):
 
 class _OnStarted(Protocol):
     def on_started(self, event: TaskEvent, /) -> object: ...
+
+
+class _OnProgress(Protocol):
+    def on_progress(self, event: TaskEvent, /) -> object: ...
 
 
 class _OnRetryScheduled(Protocol):
@@ -109,6 +117,7 @@ class _OnDropped(Protocol):
 AnyHook = (
     _OnSubmitted
     | _OnStarted
+    | _OnProgress
     | _OnRetryScheduled
     | _OnSucceeded
     | _OnFailed
@@ -139,6 +148,9 @@ class Hook:
 
     def on_started(self, event: TaskEvent) -> None:
         """Called when an attempt starts."""
+
+    def on_progress(self, event: TaskEvent) -> None:
+        """Called when the running task calls ``set_progress()``."""
 
     def on_retry_scheduled(self, event: TaskEvent) -> None:
         """Called when a failed attempt will be retried after ``event.delay``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import threading
@@ -21,6 +22,7 @@ from typing import (
     final,
 )
 
+from ._context import THREAD_TASK, running_handle
 from .errors import QueueStateError, TaskCancelledError
 
 if TYPE_CHECKING:
@@ -132,6 +134,7 @@ class TaskExtras:
         "cancel_reason",
         "dedup_key",
         "last_delay",
+        "progress",
         "seq",
         "traceback",
     )
@@ -143,6 +146,7 @@ class TaskExtras:
         self.cancel_message: str | None = None
         self.last_delay: float | None = None  # the previous retry's backoff
         self.dedup_key: Hashable | None = None  # of a failed task, for its letter
+        self.progress: Any = None  # the last value given to set_progress()
 
 
 @final
@@ -226,6 +230,52 @@ class TaskHandle(Generic[T]):
             return fn.__qualname__
 
         return function_name(fn)
+
+    @property
+    def progress(self) -> Any:
+        """The last value the task passed to ``set_progress()``, or ``None``.
+
+        A retried task keeps the value of its earlier attempt until it sets a
+        new one.
+        """
+        extras = self._extras
+        return None if extras is None else extras.progress
+
+    def set_progress(self, progress: Any) -> None:
+        """Record how far the running task has come, and tell the hooks.
+
+        ``progress`` is any value, such as a fraction between 0 and 1 or a
+        dict of counts. The queue keeps it in ``progress`` and passes it to
+        each hook's ``on_progress()``. The task calls it on itself, through
+        ``current_handle()``.
+
+        On the event loop it takes effect at once. A function that
+        ``threaded()`` runs may call it for its own task from its thread: the
+        value then reaches the handle and the hooks on the loop, soon after,
+        and is dropped if that attempt has ended by then.
+
+        Raises:
+            QueueStateError: the task is not running, or the caller is in
+                another thread than the event loop's and is not the task's
+                ``threaded()`` function.
+        """
+        queue = self._settings.queue
+        thread_task = THREAD_TASK.get()
+        if (
+            thread_task is not None
+            and thread_task[0] is self
+            and (queue is None or asyncio._get_running_loop() is not queue._loop)
+        ):
+            _report_from_thread(self, thread_task[1], progress)
+            return
+
+        if queue is None or self._state is not RUNNING:
+            raise QueueStateError(
+                f"task {self._id!r} is {self._state.value}, and only a running "
+                "task has progress to set"
+            )
+
+        queue._set_progress(self, progress)
 
     def done(self) -> bool:
         """Return whether the task is in a final state."""
@@ -672,14 +722,31 @@ _THREAD_CANCEL_EVENT: contextvars.ContextVar[threading.Event] = contextvars.Cont
 async def _run_in_thread(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` in a thread, and set its cancel event if the wait is cancelled."""
     event = threading.Event()
-    token = _THREAD_CANCEL_EVENT.set(event)
+    handle = running_handle()
+    task_token = THREAD_TASK.set(None if handle is None else (handle, handle._attempts))
+    event_token = _THREAD_CANCEL_EVENT.set(event)
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)
     except asyncio.CancelledError:
         event.set()  # a timeout or a cancel of the task
         raise
     finally:
-        _THREAD_CANCEL_EVENT.reset(token)
+        _THREAD_CANCEL_EVENT.reset(event_token)
+        THREAD_TASK.reset(task_token)
+
+
+def _report_from_thread(handle: TaskHandle[Any], attempt: int, progress: Any) -> None:
+    """Pass the progress of a ``threaded()`` function on to its event loop."""
+    # Read once: the task may end, and drop its queue, at any moment.
+    queue = handle._settings.queue
+    if queue is None:
+        return  # the task has ended: the report comes too late
+
+    # NOTE: once the loop has closed, the report is dropped as well.
+    with contextlib.suppress(RuntimeError):
+        queue._loop.call_soon_threadsafe(
+            queue._set_progress_from_thread, handle, attempt, progress
+        )
 
 
 def thread_cancel_event() -> threading.Event:
