@@ -298,6 +298,15 @@ def run_virtual(
             f"{main!r}; pass main itself, not main(...)"
         )
 
+    if asyncio._get_running_loop() is not None:
+        # Checked before anything is made: asyncio's own error would come with
+        # warnings about coroutines that were never awaited.
+        raise RuntimeError(
+            "run_virtual() starts its own event loop, so it cannot be called "
+            "while one is running; call it from a plain 'def' test function, "
+            "not from an 'async def' one"
+        )
+
     loop = VirtualClockLoop(autojump=autojump)  # checks autojump before running
 
     async def wrapper() -> T:
