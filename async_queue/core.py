@@ -6,11 +6,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import functools
 import inspect
 import logging
 import math
 import sys
 import time
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Sequence
 from types import FunctionType, TracebackType
@@ -120,13 +122,14 @@ _ACCEPTING = _Lifecycle.RUNNING
 class _Worker:
     """One worker coroutine and the task it is running."""
 
-    __slots__ = ("cancels", "current", "deadline", "retire", "task", "waiter")
+    __slots__ = ("cancels", "current", "deadline", "retire", "task", "waiter", "woken")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.current: TaskHandle[Any] | None = None
         self.deadline: float | None = None  # loop time at which `current` times out
         self.waiter: asyncio.Future[None] | None = None  # set while idle
+        self.woken = False  # woken for a new task, and not yet running again
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -296,6 +299,7 @@ class AsyncTaskQueue:
         "_tokens_at",
         "_wait_time",
         "_waiting",
+        "_waking",
         "_watchdog",
         "_watchdog_at",
         "_watchers",
@@ -434,6 +438,7 @@ class AsyncTaskQueue:
         self._paused = False
         self._gated = self._rate is not None  # see _update_gate()
         self._idle: deque[_Worker] = deque()
+        self._waking = 0  # workers woken for a new task that have not resumed
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -499,6 +504,10 @@ class AsyncTaskQueue:
         for _ in range(count):
             self._worker_count += 1
             worker = _Worker()
+            # A new worker looks for a task at its first step, as a woken one
+            # does, so a burst submitted before that step may count on it.
+            worker.woken = True
+            self._waking += 1
             # In the pool before its task exists: an eager task factory runs
             # the worker, which registers its task, inside create_task().
             self._workers.append(worker)
@@ -506,6 +515,10 @@ class AsyncTaskQueue:
                 self._run_worker(worker),
                 name=f"async_queue-worker-{self._worker_count}",
             )
+            # A task cancelled before its first step never runs its body. The
+            # callback holds the queue weakly, since it may run after stop().
+            done = functools.partial(_worker_done, weakref.ref(self), worker)
+            task.add_done_callback(done)
             worker.task = task
             self._workers_by_task[task] = worker
 
@@ -1178,10 +1191,22 @@ class AsyncTaskQueue:
 
     # Backpressure
 
+    def _waiting_count(self) -> int:
+        """Return the tasks that count against ``max_pending``.
+
+        Pending tasks that a woken or new worker is about to start do not
+        count, so a burst submitted in one step fills the idle workers first.
+        They do count while workers are held back: paused, rate-limited or
+        retiring.
+        """
+        ready = len(self._ready)
+        if not self._gated:
+            ready = max(ready - self._waking, 0)
+        return ready + self._delayed + self._reserved
+
     def _is_full(self) -> bool:
         assert self._max_pending is not None
-        waiting = len(self._ready) + self._delayed + self._reserved
-        return waiting >= self._max_pending
+        return self._waiting_count() >= self._max_pending
 
     def _must_wait_for_room(self) -> bool:
         if self._lifecycle is not _ACCEPTING:
@@ -1266,7 +1291,7 @@ class AsyncTaskQueue:
 
     def _full_error(self, advice: str) -> QueueFullError:
         # Retries come back without taking room, so the count can pass the limit.
-        count = len(self._ready) + self._delayed + self._reserved
+        count = self._waiting_count()
         waiting = "1 task is" if count == 1 else f"{count} tasks are"
         return QueueFullError(
             f"the queue is full: {waiting} waiting to start "
@@ -1533,6 +1558,7 @@ class AsyncTaskQueue:
         self._workers_by_task[task] = worker
         CURRENT_WORKER.set(worker)
         del task
+        _clear_woken(self, worker)  # it pops before it next yields
         pop = self._ready.pop
         clock = self._clock
         wait_time, run_time = self._wait_time, self._run_time
@@ -1760,6 +1786,9 @@ class AsyncTaskQueue:
             await waiter
         finally:
             worker.waiter = None
+            if worker.woken:  # _clear_woken() inlined, as it runs once per wake-up
+                worker.woken = False
+                self._waking -= 1
             if not waiter.done() or waiter.cancelled():
                 with contextlib.suppress(ValueError):
                     self._idle.remove(worker)
@@ -1804,9 +1833,12 @@ class AsyncTaskQueue:
 
         idle = self._idle
         while idle:
-            waiter = idle.popleft().waiter
+            worker = idle.popleft()
+            waiter = worker.waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+                worker.woken = True
+                self._waking += 1
                 return
 
     def _settle_error(
@@ -2786,6 +2818,19 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
         return time.monotonic
 
     return loop.time
+
+
+def _clear_woken(queue: AsyncTaskQueue | None, worker: _Worker) -> None:
+    """Stop counting ``worker`` as one about to take a pending task."""
+    if queue is not None and worker.woken:
+        worker.woken = False
+        queue._waking -= 1
+
+
+def _worker_done(
+    queue: weakref.ref[AsyncTaskQueue], worker: _Worker, task: asyncio.Task[None]
+) -> None:
+    _clear_woken(queue(), worker)
 
 
 def _checked_retry_after(exc: RetryAfter) -> float:

@@ -174,6 +174,73 @@ async def test_drop_lowest_never_drops_delayed_task() -> None:
         later.cancel()
 
 
+async def noop() -> None:
+    pass
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    workers=st.integers(1, 4),
+    max_pending=st.integers(1, 4),
+    burst=st.integers(0, 12),
+    overflow=st.sampled_from(["wait", "raise", "drop_newest", "drop_lowest"]),
+    idle_first=st.booleans(),
+)
+def test_burst_fills_idle_workers_first(
+    workers: int, max_pending: int, burst: int, overflow: str, idle_first: bool
+) -> None:
+    # Tasks that idle or new workers are about to start do not count against
+    # max_pending, whether the workers have run yet or not.
+    async def main(loop: VirtualClockLoop) -> None:
+        queue = AsyncTaskQueue(
+            workers,
+            max_pending=max_pending,
+            overflow=overflow,  # type: ignore[arg-type]
+            retry=NO_RETRY,
+        )
+        async with queue:
+            if idle_first:
+                await asyncio.sleep(0)  # the workers go idle
+
+            handles: list[TaskHandle[None]] = []
+            rejected = 0
+            for _ in range(burst):
+                try:
+                    handles.append(queue.submit_nowait(noop))
+                except QueueFullError:
+                    rejected += 1
+
+            admitted = [h for h in handles if h.state is TaskState.PENDING]
+            expected = min(burst, max_pending + workers)
+            assert len(admitted) == expected
+            assert rejected + len(handles) == burst
+            for handle in admitted:
+                await handle
+
+            assert all(h.state is TaskState.SUCCEEDED for h in admitted)
+            assert queue.stats().dropped == len(handles) - expected
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("held", ["paused", "rate_limit"])
+async def test_burst_held_back_counts_every_task(held: str) -> None:
+    rate_limit = 1.0 if held == "rate_limit" else None
+    queue = AsyncTaskQueue(4, max_pending=2, overflow="raise", rate_limit=rate_limit)
+    async with queue:
+        await asyncio.sleep(0)  # the workers go idle
+        if held == "paused":
+            queue.pause()
+
+        await queue.submit(noop)
+        await queue.submit(noop)
+        with pytest.raises(QueueFullError, match="2 tasks are waiting"):
+            await queue.submit(noop)
+
+        assert queue.stats().pending == 2
+        queue.resume()
+
+
 def test_drop_warnings_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="async_queue")
     logged: list[TaskHandle[str]] = []
