@@ -122,7 +122,16 @@ _ACCEPTING = _Lifecycle.RUNNING
 class _Worker:
     """One worker coroutine and the task it is running."""
 
-    __slots__ = ("cancels", "current", "deadline", "retire", "task", "waiter", "woken")
+    __slots__ = (
+        "awaits",
+        "cancels",
+        "current",
+        "deadline",
+        "retire",
+        "task",
+        "waiter",
+        "woken",
+    )
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
@@ -130,6 +139,7 @@ class _Worker:
         self.deadline: float | None = None  # loop time at which `current` times out
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.woken = False  # woken for a new task, and not yet running again
+        self.awaits = 0  # handles of this queue that `current` is awaiting
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -236,6 +246,8 @@ class AsyncTaskQueue:
         "_accept_retries",
         "_admitting",
         "_aging",
+        "_blocked",
+        "_blocked_warned",
         "_burst",
         "_cancelled",
         "_clock",
@@ -439,6 +451,8 @@ class AsyncTaskQueue:
         self._gated = self._rate is not None  # see _update_gate()
         self._idle: deque[_Worker] = deque()
         self._waking = 0  # workers woken for a new task that have not resumed
+        self._blocked = 0  # workers whose task awaits a handle of this queue
+        self._blocked_warned = False  # warned that all of them are blocked
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -516,7 +530,7 @@ class AsyncTaskQueue:
                 name=f"async_queue-worker-{self._worker_count}",
             )
             # A task cancelled before its first step never runs its body. The
-            # callback holds the queue weakly, since it may run after stop().
+            # callback refers to the queue weakly, since it may run after stop().
             done = functools.partial(_worker_done, weakref.ref(self), worker)
             task.add_done_callback(done)
             worker.task = task
@@ -2594,6 +2608,49 @@ class AsyncTaskQueue:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # Helpers
+
+    def _block_caller(self) -> Callable[[], None] | None:
+        """Count the caller's worker as blocked while it awaits a handle.
+
+        Returns the function that ends the count, or ``None`` if the caller
+        is not a task of this queue. Once as many workers are blocked as may
+        run at once, no task can start until one of their awaits ends, and
+        the queue warns of it.
+        """
+        worker = self._calling_worker()
+        if worker is None:
+            return None
+
+        worker.awaits += 1
+        if worker.awaits == 1:
+            self._blocked += 1
+            if self._blocked >= self._max_workers and not self._blocked_warned:
+                self._blocked_warned = True
+                logger.warning(
+                    "every worker of the queue (%d) runs a task that awaits "
+                    "another task of this queue, so no task can start until "
+                    "one of those awaits ends; await handles outside the "
+                    "queue's tasks, or give the queue more workers",
+                    self._blocked,
+                )
+
+        return functools.partial(self._unblock_caller, worker)
+
+    def _unblock_caller(self, worker: _Worker) -> None:
+        worker.awaits -= 1
+        if worker.awaits == 0:
+            self._blocked -= 1
+            if self._blocked < self._max_workers:
+                self._blocked_warned = False
+
+    def _calling_worker(self) -> _Worker | None:
+        """Return the busy worker that runs the current coroutine, if any."""
+        current = asyncio.current_task(self._loop)
+        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
+        if worker is None and current is not None:
+            worker = self._worker_above(current)
+
+        return None if worker is None or worker.current is None else worker
 
     def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
         """Return the task of this queue that the current coroutine runs.

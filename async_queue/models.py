@@ -418,6 +418,7 @@ class TaskHandle(Generic[T]):
                 )
 
             waiter = self._add_waiter()
+            unblock = self._block_caller()
             try:
                 yield from waiter.__await__()
             finally:
@@ -425,8 +426,18 @@ class TaskHandle(Generic[T]):
                 # and again with a timeout does not grow it.
                 if not waiter.done() or waiter.cancelled():
                     _discard(self._waiters, waiter)
+                if unblock is not None:
+                    unblock()
+                    unblock = None  # a raised error's traceback keeps this frame
 
         return self.result()
+
+    def _block_caller(self) -> Callable[[], None] | None:
+        # Counts the worker of a task of the same queue that awaits this
+        # handle; returns the function that ends the count.
+        queue = self._settings.queue
+        assert queue is not None
+        return queue._block_caller()
 
     def _check_awaiting_loop(self) -> None:
         # Checked before anything reads the queue's state, which belongs to
