@@ -2090,6 +2090,8 @@ class AsyncTaskQueue:
             retry = retries_done < policy.max_retries
         elif isinstance(exc, TypeError) and _is_call_error(exc):
             retry = False  # the arguments do not fit the function: retries cannot help
+        elif isinstance(exc, QueueClosedError):
+            retry = False  # a queue that closed never opens again
         else:
             retry = policy.should_retry(exc, retries_done)
 

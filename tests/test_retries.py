@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from async_queue import (
     AsyncTaskQueue,
     Hook,
+    QueueClosedError,
     RetryAfter,
     RetryPolicy,
     TaskEvent,
@@ -355,3 +356,36 @@ def test_retry_after_subclass_pickles() -> None:
         assert type(twin) is RateLimited
         assert twin.delay == 30.0
         assert twin.url == "http://127.0.0.1/x"
+
+
+def test_queue_closed_error_not_retried() -> None:
+    # A task that submits to its stopping queue gets QueueClosedError. The
+    # queue never reopens, so a retry would only hold up the drain.
+    async def follow_up() -> None:
+        pass
+
+    async def main(loop: VirtualClockLoop) -> None:
+        release = asyncio.Event()
+
+        async def parent(queue: AsyncTaskQueue) -> None:
+            await release.wait()
+            await queue.submit(follow_up)
+
+        retry = RetryPolicy(max_retries=3, base_delay=10, jitter="none")
+        queue = AsyncTaskQueue(1, retry=retry)
+        await queue.start()
+        handle = await queue.submit(parent, queue)
+        await until(lambda: handle.state is TaskState.RUNNING)
+        started = loop.time()
+        stopping = asyncio.create_task(queue.stop("drain"))
+        await until(lambda: queue.closed)
+        release.set()
+        await stopping
+
+        assert handle.state is TaskState.FAILED
+        assert handle.attempts == 1
+        assert isinstance(handle.exception(), QueueClosedError)
+        assert loop.time() == started
+        assert queue.stats().retries == 0
+
+    run_virtual(main)
