@@ -1,0 +1,276 @@
+"""Regression tests for faults found by probing the virtual clock, dead
+letters and the demo command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import selectors
+import time
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue.__main__ import main as cli_main
+from async_queue._demo_server import DemoClient, DemoServer, Outcome, decide
+from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+
+# From 2**24 s (194 days) on, floats are more than 2e-9 apart, so asyncio's
+# "due before time() + clock resolution" test (resolution 1e-9 s on Linux)
+# sees a timer due exactly now as not yet due.
+LONG_UPTIME = 2.0**24 + 1000
+
+
+async def settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+# The virtual clock at large loop times
+
+
+def test_timer_fires_after_clock_passes_194_days() -> None:
+    """A timer due exactly at the virtual time never fired.
+
+    With the clock past 2**24 s the loop saw the timer as due in zero
+    seconds but not yet due, so it spun in place: with autojump on, a plain
+    ``await asyncio.sleep(1)`` hung at full CPU.
+    """
+
+    async def main(loop: VirtualClockLoop) -> list[float]:
+        loop.advance(2.0**24)
+        start = loop.time()
+        fired: list[float] = []
+        loop.call_later(1, lambda: fired.append(loop.time() - start))
+        loop.advance(1)
+        await settle()
+        return fired
+
+    assert run_virtual(main, autojump=None) == [1.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    offset=st.integers(min_value=0, max_value=2**45),
+    delay=st.integers(min_value=1, max_value=10_000),
+)
+def test_timer_fires_at_any_virtual_time(offset: int, delay: int) -> None:
+    """Whole-second timers fire once the clock reaches them, at any offset."""
+
+    async def main(loop: VirtualClockLoop) -> bool:
+        loop.advance(offset)
+        fired = asyncio.Event()
+        loop.call_later(delay, fired.set)
+        loop.advance(delay)
+        await settle()
+        return fired.is_set()
+
+    assert run_virtual(main, autojump=None)
+
+
+def test_retry_schedule_on_long_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The testing guide's retry schedule ran late on a machine up 194 days.
+
+    The clock starts at the machine's monotonic time. From 2**24 s of uptime
+    on, a backoff timer due at exactly the advanced time stayed pending until
+    the next advance, so attempts came one second late, and an ``await`` on
+    a timer that only autojump could reach never returned.
+    """
+    with monkeypatch.context() as patch:
+        patch.setattr(time, "monotonic", lambda: LONG_UPTIME)
+        loop = VirtualClockLoop(autojump=None)
+
+    async def main() -> list[float]:
+        start = loop.time()
+        attempts: list[float] = []
+
+        async def flaky() -> str:
+            attempts.append(loop.time() - start)
+            if len(attempts) < 4:
+                raise ConnectionError("refused")
+            return "ok"
+
+        policy = RetryPolicy(max_retries=3, base_delay=1, multiplier=2, jitter="none")
+        queue = AsyncTaskQueue(retry=policy)
+        await queue.start()
+        handle = await queue.submit(flaky)
+        for _ in range(8):
+            await settle()
+            loop.advance(1)
+        await settle()
+        handle.cancel()
+        await queue.stop()
+        return attempts
+
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        assert runner.run(main()) == [0.0, 1.0, 3.0, 7.0]
+
+
+class _CountingSelector(selectors.BaseSelector):
+    """A selector that counts the selects that wait for I/O or a timer."""
+
+    def __init__(self, inner: selectors.BaseSelector) -> None:
+        self.inner = inner
+        self.waits = 0
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        if timeout is not None and timeout > 0:
+            self.waits += 1
+        return self.inner.select(timeout)
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> Any:
+        return self.inner.unregister(fileobj)
+
+    def get_map(self) -> Any:
+        return self.inner.get_map()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_autojump_reaches_distant_timer_at_once() -> None:
+    """A timer 30 days ahead took 30 idle waits of ``autojump`` to reach.
+
+    asyncio caps the time it passes to the selector at 24 hours, and the
+    clock jumped by that capped time, so reaching a timer d seconds ahead
+    cost about ``d / 86400 * autojump`` real seconds (a year: 18 s).
+    """
+    loop = VirtualClockLoop(autojump=0)
+    # Each select with a timeout ends in one jump of the clock.
+    counter = _CountingSelector(loop._selector)  # type: ignore[attr-defined]
+    loop._selector = counter  # type: ignore[attr-defined]
+
+    async def main() -> float:
+        start = loop.time()
+        await asyncio.sleep(30 * 86_400)
+        return loop.time() - start
+
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        assert runner.run(main()) == 30 * 86_400
+
+    assert counter.waits == 1
+
+
+# Dead letters
+
+
+async def fail(label: str, gate: asyncio.Event | None = None) -> None:
+    if gate is not None:
+        await gate.wait()
+    raise ValueError(label)
+
+
+def test_cancelled_requeue_keeps_newer_letters() -> None:
+    """A requeue that gave up evicted a newer dead letter than its own.
+
+    ``requeue()`` takes the letter out before it waits for room, and puts it
+    back as the newest if the wait ends without a task. A task that failed
+    meanwhile filled the store, so the letter put back evicted a newer one,
+    against "oldest evicted first".
+    """
+
+    async def main(loop: VirtualClockLoop) -> list[Any]:
+        hold = asyncio.Event()
+        gate = asyncio.Event()
+
+        async def block() -> None:
+            await hold.wait()
+
+        queue = AsyncTaskQueue(2, retry=NO_RETRY, max_dead_letters=2, max_pending=1)
+        await queue.start()
+        first = await queue.submit(fail, "first")
+        second = await queue.submit(fail, "second")
+        await queue.join()
+
+        await queue.submit(block)
+        third = await queue.submit(fail, "third", gate)
+        await settle()
+        queue.pause()
+        await queue.submit(block)  # pending, so the queue is full
+
+        requeue = asyncio.create_task(queue.requeue(first.id))
+        await settle()
+        gate.set()
+        with contextlib.suppress(ValueError):
+            await third
+
+        requeue.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await requeue
+
+        letters = [letter.task_id for letter in queue.dead_letters()]
+        hold.set()
+        await queue.stop()
+        assert second.id in letters
+        assert third.id in letters
+        return letters
+
+    run_virtual(main)
+
+
+# The demo command line
+
+
+def test_demo_rejects_huge_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """--count 2**63 ended in an OverflowError traceback and exit status 1.
+
+    Status 1 is also the demo's "a task was lost" status.
+    """
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["demo", "--count", str(2**63), "--progress-interval", "0"])
+
+    assert exited.value.code == 2
+    assert "--count" in capsys.readouterr().err
+
+
+def test_demo_server_close_ends_slow_responses() -> None:
+    """Closing the demo server waited for every response delay to end.
+
+    The connection tasks sleeping out a latency do not notice that their
+    connection closed, so with ``--latency 20`` the demo printed its summary
+    and then took half a minute more to exit, and with ``--latency 1e308``
+    it never exited.
+    """
+    latency = 1_000_000.0
+    decision = decide(
+        1,
+        1,
+        1,
+        failure_rate=0,
+        hang_rate=0,
+        mean_latency=latency,
+        retry_after_share=0,
+        reject_share=0,
+    )
+    assert decision.outcome is Outcome.OK
+    assert decision.latency > 3600
+
+    async def main(loop: VirtualClockLoop) -> bool:
+        server = DemoServer(seed=1, failure_rate=0, hang_rate=0, mean_latency=latency)
+        await server.start()
+        client = DemoClient(server.port, max_idle=1)
+        request = asyncio.create_task(client.request(1, 1))
+        await until(lambda: server.requests == 1)
+
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        client.close()
+
+        closing = asyncio.create_task(server.close())
+        done, _ = await asyncio.wait({closing}, timeout=60)
+        if not done:
+            loop.advance(decision.latency)  # let the response delay end
+            await closing
+        return bool(done)
+
+    assert run_virtual(main)
