@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Histogram
 
 from async_queue import AsyncTaskQueue, RetryPolicy
 from async_queue.__main__ import main as cli_main
 from async_queue._demo_server import DemoClient, DemoServer, Outcome, decide
+from async_queue.prometheus import PrometheusHook
 from async_queue.testing import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -240,6 +242,30 @@ def test_cancelled_requeue_keeps_newer_letters() -> None:
         return letters
 
     run_virtual(main)
+
+
+# Metrics hooks
+
+
+def test_failed_prometheus_hook_registers_nothing() -> None:
+    """A PrometheusHook that failed to register left six families behind.
+
+    The hook registers its seven metric families one at a time. When the
+    last name was taken, the first six stayed in the registry, and a second
+    attempt then failed on the first name, which the hook itself had taken.
+    """
+    registry = CollectorRegistry()
+    Histogram(
+        "async_queue_task_run_seconds", "Taken by the application.", registry=registry
+    )
+    before = {family.name for family in registry.collect()}
+
+    with pytest.raises(ValueError, match="async_queue_task_run_seconds"):
+        PrometheusHook(registry)
+
+    assert {family.name for family in registry.collect()} == before
+    with pytest.raises(ValueError, match="async_queue_task_run_seconds"):
+        PrometheusHook(registry)
 
 
 # The demo command line
