@@ -7,8 +7,11 @@ import asyncio
 import contextlib
 import gc
 import selectors
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -266,6 +269,47 @@ def test_failed_prometheus_hook_registers_nothing() -> None:
     assert {family.name for family in registry.collect()} == before
     with pytest.raises(ValueError, match="async_queue_task_run_seconds"):
         PrometheusHook(registry)
+
+
+# The root queue.py facade and its stub
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Code that the standard library's stubs accept: at run time queue.Empty is
+# _queue.Empty and queue.SimpleQueue is _queue.SimpleQueue.
+C_QUEUE_USAGE = """
+import _queue
+import queue
+
+
+def takes_empty(error: _queue.Empty) -> None: ...
+
+
+def takes_simple(items: _queue.SimpleQueue[int]) -> None: ...
+
+
+takes_empty(queue.Empty())
+takes_simple(queue.SimpleQueue[int]())
+simple: queue.SimpleQueue[int] = _queue.SimpleQueue()
+"""
+
+
+def test_stub_types_empty_as_c_queue_type() -> None:
+    """queue.pyi declared Empty and SimpleQueue as classes of its own.
+
+    So mypy, run in the project root, rejected code that mixes them with
+    the _queue types they are at run time, which it accepts elsewhere.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "-c", C_QUEUE_USAGE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stdout
 
 
 # The demo command line
