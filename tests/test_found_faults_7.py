@@ -19,7 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram
 
-from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue import (
+    AsyncTaskQueue,
+    DeadLetter,
+    Hook,
+    RetryPolicy,
+    TaskEvent,
+    TaskId,
+)
 from async_queue.__main__ import main as cli_main
 from async_queue._demo_server import DemoClient, DemoServer, Outcome, decide
 from async_queue.prometheus import PrometheusHook
@@ -245,6 +252,73 @@ def test_cancelled_requeue_keeps_newer_letters() -> None:
         return letters
 
     run_virtual(main)
+
+
+# Callbacks defined with async def
+
+
+class AsyncFailedHook(Hook):
+    def __init__(self) -> None:
+        self.failed: list[TaskId] = []
+
+    async def on_failed(self, event: TaskEvent) -> None:  # type: ignore[override]
+        self.failed.append(event.task_id)
+
+
+def run_failing_task(**options: Any) -> tuple[str, list[str]]:
+    """Run one task that fails in a queue made with ``options``.
+
+    Returns "rejected" if the queue raised TypeError, else "done", and the
+    warnings raised meanwhile.
+    """
+
+    async def main(loop: VirtualClockLoop) -> str:
+        try:
+            queue = AsyncTaskQueue(1, retry=NO_RETRY, **options)
+        except TypeError:
+            return "rejected"
+
+        async with queue:
+            handle = await queue.submit(fail, "once")
+            with contextlib.suppress(ValueError):
+                await handle
+            await settle()
+        return "done"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        outcome = run_virtual(main)
+        gc.collect()
+
+    return outcome, [str(warning.message) for warning in caught]
+
+
+def test_async_on_dead_letter_rejected_or_awaited() -> None:
+    """An async def on_dead_letter was accepted and never ran.
+
+    The queue called it, dropped the coroutine it returned, and Python
+    warned that the coroutine was never awaited. add_done_callback() rejects
+    a coroutine function with TypeError.
+    """
+    seen: list[TaskId] = []
+
+    async def notify(letter: DeadLetter) -> None:
+        seen.append(letter.task_id)
+
+    outcome, caught = run_failing_task(on_dead_letter=notify)
+
+    assert caught == []
+    assert outcome == "rejected" or seen == [1]
+
+
+def test_async_hook_method_rejected_or_awaited() -> None:
+    """A hook method defined with async def was accepted and never ran."""
+    hook = AsyncFailedHook()
+
+    outcome, caught = run_failing_task(hooks=[hook])
+
+    assert caught == []
+    assert outcome == "rejected" or hook.failed == [1]
 
 
 # Metrics hooks
