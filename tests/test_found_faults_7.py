@@ -37,7 +37,7 @@ NO_RETRY = RetryPolicy(max_retries=0)
 
 # From 2**24 s (194 days) on, floats are more than 2e-9 apart, so asyncio's
 # "due before time() + clock resolution" test (resolution 1e-9 s on Linux)
-# sees a timer due exactly now as not yet due.
+# treats a timer due exactly now as not yet due.
 LONG_UPTIME = 2.0**24 + 1000
 
 
