@@ -118,8 +118,9 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         # Whole seconds, so that the start plus whole seconds is exact: from
         # a fractional start such as 32753.3, adding 20 rounds the result.
         self._start = float(math.floor(time.monotonic()))
-        self.offset = 0.0
-        """Virtual seconds advanced so far."""
+        self._offset = 0.0
+        self._resolution: float = self._clock_resolution
+        self._fit_resolution()
         self.autojump = autojump
         """Real seconds of idleness after which the clock jumps, or ``None``."""
         self.slow_callback_duration = math.inf
@@ -128,14 +129,45 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         self._executor_calls = 0
         self._executor_lock = threading.Lock()
 
+    @property
+    def offset(self) -> float:
+        """Virtual seconds advanced so far."""
+        return self._offset
+
+    @offset.setter
+    def offset(self, seconds: float) -> None:
+        self._offset = seconds
+        self._fit_resolution()
+
     def time(self) -> float:
-        return self._start + self.offset
+        return self._start + self._offset
 
     def advance(self, seconds: float) -> None:
         """Move the loop clock forward by ``seconds``."""
         checked = check_seconds("seconds", seconds)
         assert checked is not None
         self.offset += checked
+
+    def _fit_resolution(self) -> None:
+        # asyncio runs a timer once its time is below time() plus the clock's
+        # resolution. Past about 2**24 seconds (194 days of uptime, where the
+        # clock starts) floats are more than 1e-9 apart, time() plus 1e-9 is
+        # time() itself, and a timer due at exactly time() would never run:
+        # the loop would spin. A few units in the last place cover that and
+        # the rounding of times computed along different paths.
+        self._clock_resolution = max(self._resolution, 4 * math.ulp(self.time()))
+
+    def _seconds_to_jump(self, timeout: float) -> float:
+        """Return how far to jump for ``timeout``, the wait that select() got.
+
+        asyncio passes select() at most 24 hours; the jump goes on to the
+        next timer instead. ``_scheduled`` is asyncio's own timer heap.
+        """
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
+        if scheduled:
+            return max(timeout, scheduled[0].when() - self.time())
+
+        return timeout
 
     def run_in_executor(
         self,
@@ -253,7 +285,7 @@ class _JumpingSelector(selectors.BaseSelector):
 
         events = self._selector.select(min(timeout, autojump))
         if not events:
-            self._loop.offset += timeout
+            self._loop.offset += self._loop._seconds_to_jump(timeout)
 
         return events
 
