@@ -375,6 +375,12 @@ class AsyncTaskQueue:
             raise TypeError(
                 f"on_dead_letter must be callable or None, got {on_dead_letter!r}"
             )
+        if _checks.is_coroutine_function(on_dead_letter):
+            raise TypeError(
+                f"on_dead_letter {on_dead_letter!r} is a coroutine function, but "
+                "the queue calls it without awaiting it; pass a plain function, "
+                "and start any async work in it with asyncio.create_task()"
+            )
 
         self._dead_letters = DeadLetterStore(max_dead_letters)
         self._on_dead_letter = on_dead_letter

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+from ._checks import is_coroutine_function
 from .models import TaskId, TaskState
 
 __all__ = ("EVENTS", "Hook", "LoggingHook", "QueueHook", "TaskEvent")
@@ -245,6 +246,14 @@ def collect_callbacks(hooks: Sequence[object]) -> HookCallbacks:
 
             if not callable(method):
                 raise TypeError(f"hook {hook!r} has a non-callable {name}")
+
+            if is_coroutine_function(method):
+                raise TypeError(
+                    f"hook {hook!r} defines {name} with 'async def', but the "
+                    "queue calls hooks without awaiting them; define it with "
+                    "'def', and start any async work in it with "
+                    "asyncio.create_task()"
+                )
 
             callbacks[name].append(method)
 

@@ -321,6 +321,16 @@ def test_async_hook_method_rejected_or_awaited() -> None:
     assert outcome == "rejected" or hook.failed == [1]
 
 
+def test_async_callbacks_rejected_with_advice() -> None:
+    async def notify(letter: DeadLetter) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"on_dead_letter .* is a coroutine function"):
+        AsyncTaskQueue(on_dead_letter=notify)
+    with pytest.raises(TypeError, match=r"defines on_failed with 'async def'"):
+        AsyncTaskQueue(hooks=[AsyncFailedHook()])
+
+
 # Metrics hooks
 
 
