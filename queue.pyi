@@ -9,6 +9,11 @@ the facade: the standard module's public API, and the ``async_queue`` names.
 """
 
 import sys
+
+# Empty and SimpleQueue are the C module's own classes at run time, as in the
+# standard module, so that both names type as the same class.
+from _queue import Empty as Empty
+from _queue import SimpleQueue as SimpleQueue
 from threading import Condition, Lock
 from types import GenericAlias
 from typing import Any, Generic, TypeVar
@@ -50,7 +55,6 @@ _T = TypeVar("_T")
 
 # The public API of the standard library's queue module on Python 3.11 to 3.13.
 
-class Empty(Exception): ...
 class Full(Exception): ...
 
 if sys.version_info >= (3, 13):
@@ -93,15 +97,3 @@ class PriorityQueue(Queue[SupportsRichComparisonT]):
 
 class LifoQueue(Queue[_T]):
     queue: list[_T]
-
-class SimpleQueue(Generic[_T]):
-    def __init__(self) -> None: ...
-    def put(
-        self, item: _T, block: bool = True, timeout: float | None = None
-    ) -> None: ...
-    def put_nowait(self, item: _T) -> None: ...
-    def get(self, block: bool = True, timeout: float | None = None) -> _T: ...
-    def get_nowait(self) -> _T: ...
-    def empty(self) -> bool: ...
-    def qsize(self) -> int: ...
-    def __class_getitem__(cls, item: Any, /) -> GenericAlias: ...

@@ -430,8 +430,9 @@ def stub_names() -> set[str]:
             statements += node.body + node.orelse
         elif isinstance(node, ast.ClassDef):
             names.add(node.name)
-        elif isinstance(node, ast.ImportFrom) and node.module == "async_queue":
-            names.update(alias.asname or alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            # A stub re-exports a name that it imports as itself.
+            names.update(a.name for a in node.names if a.asname == a.name)
 
     return {name for name in names if not name.startswith("_")}
 
