@@ -72,17 +72,36 @@ _families_lock = threading.Lock()
 def _create_families(
     registry: CollectorRegistry, namespace: str, buckets: tuple[float, ...]
 ) -> _Families:
+    created: list[Counter | Histogram] = []
+    try:
+        return _register_families(registry, namespace, buckets, created)
+    except BaseException:
+        # A name that is taken fails one family: the ones registered before it
+        # go again, so that the registry is as it was.
+        for collector in created:
+            registry.unregister(collector)
+        raise
+
+
+def _register_families(
+    registry: CollectorRegistry,
+    namespace: str,
+    buckets: tuple[float, ...],
+    created: list[Counter | Histogram],
+) -> _Families:
     def counter(name: str, documentation: str, *labels: str) -> Counter:
-        return Counter(
+        family = Counter(
             name,
             documentation,
             ["queue", *labels],
             namespace=namespace,
             registry=registry,
         )
+        created.append(family)
+        return family
 
     def histogram(name: str, documentation: str) -> Histogram:
-        return Histogram(
+        family = Histogram(
             name,
             documentation,
             ["queue"],
@@ -90,6 +109,8 @@ def _create_families(
             registry=registry,
             buckets=buckets,
         )
+        created.append(family)
+        return family
 
     return _Families(
         submitted=counter("tasks_submitted", "Tasks accepted by submit()."),
