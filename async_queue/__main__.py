@@ -20,18 +20,20 @@ __all__ = ("build_parser", "main")
 _DEFAULTS = DemoConfig()
 
 
-def _integer(minimum: int) -> Callable[[str], int]:
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}: expected an integer >= {minimum}"
+                f"invalid value {text!r}: expected an integer {bound}"
             ) from None
 
-        if value < minimum:
+        if value < minimum or (maximum is not None and value > maximum):
             raise argparse.ArgumentTypeError(
-                f"invalid value {text!r}: expected an integer >= {minimum}"
+                f"invalid value {text!r}: expected an integer {bound}"
             )
 
         return value
@@ -95,7 +97,7 @@ def _add_demo_parser(
 
     demo.add_argument(
         "--count",
-        type=_integer(1),
+        type=_integer(1, sys.maxsize),  # the demo keeps a record per request
         default=_DEFAULTS.count,
         metavar="N",
         help="number of requests to submit (default: %(default)s)",
@@ -103,7 +105,7 @@ def _add_demo_parser(
 
     demo.add_argument(
         "--workers",
-        type=_integer(1),
+        type=_integer(1, sys.maxsize),
         default=_DEFAULTS.workers,
         metavar="N",
         help="max_workers of the queue: requests in flight at once "
@@ -315,6 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return asyncio.run(run_demo(config))
+    except MemoryError:
+        print(
+            f"the demo ran out of memory with --count {config.count} and "
+            f"--workers {config.workers}; use smaller values",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         # A third Ctrl-C: the demo's own handlers are gone by then.
         print("interrupted a third time: exiting at once", file=sys.stderr)

@@ -604,7 +604,8 @@ class _Demo:
             rng=random.Random(config.seed),
         )
         queue = AsyncTaskQueue(
-            config.workers,
+            # More workers than requests would only idle, and each costs memory.
+            min(config.workers, config.count),
             retry=policy,
             timeout=config.timeout,
             max_results=0,

@@ -173,8 +173,11 @@ class DemoServer:
         for writer in self._connections:
             writer.close()
 
-        # Closing a connection ends the read that its task is waiting in.
+        # Closing a connection ends the read that its task is waiting in, but
+        # not the sleep of a response delay: the tasks are cancelled as well.
         tasks = list(self._connections.values())
+        for task in tasks:
+            task.cancel()
         if tasks:
             await asyncio.wait(tasks)
 

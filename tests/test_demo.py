@@ -866,7 +866,10 @@ def test_main_without_command_prints_help(capsys: pytest.CaptureFixture[str]) ->
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["--count", "0"], "--count: invalid value '0': expected an integer >= 1"),
+        (
+            ["--count", "0"],
+            f"--count: invalid value '0': expected an integer from 1 to {sys.maxsize}",
+        ),
         (["--workers", "x"], "--workers: invalid value 'x': expected an integer"),
         (["--retries", "-1"], "--retries: invalid value '-1'"),
         (["--failure-rate", "1.5"], "expected a finite number >= 0 and <= 1"),
@@ -1183,3 +1186,27 @@ def test_demo_sigint_during_requeue(demo_processes: list[DemoProcess]) -> None:
     )
     assert "stop report (finish_running)" in stdout
     assert "mismatch" not in stdout
+
+
+def test_demo_out_of_memory_names_options(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def exhausted(config: object) -> int:
+        raise MemoryError
+
+    monkeypatch.setattr("async_queue.__main__.run_demo", exhausted)
+
+    assert main(["demo", "--count", "5", "--workers", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "ran out of memory with --count 5 and --workers 3" in error
+
+
+@pytest.mark.parametrize("option", ["--count", "--workers"])
+def test_demo_count_above_maxsize(
+    option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["demo", option, str(sys.maxsize + 1)])
+
+    assert exited.value.code == 2
+    assert f"expected an integer from 1 to {sys.maxsize}" in capsys.readouterr().err
