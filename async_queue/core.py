@@ -1436,7 +1436,8 @@ class AsyncTaskQueue:
 
         # Taken out before any wait, so that a concurrent requeue of the same
         # letter raises TaskNotFoundError instead of running it twice.
-        self._dead_letters.pop(task_id)
+        taken = self._dead_letters.take(task_id)
+        assert taken is not None
         priority = letter.priority if priority is None else priority
         try:
             if self._overflow in (Overflow.WAIT, Overflow.RAISE):
@@ -1463,9 +1464,8 @@ class AsyncTaskQueue:
                 overflow=Overflow.RAISE,
             )
         except BaseException:
-            # Nothing was queued, so keep the letter.
-            # NOTE: it goes back as the newest letter, out of failure order.
-            self._dead_letters.add(letter)
+            # Nothing was queued, so the letter goes back to its place.
+            self._dead_letters.put_back(*taken)
             raise
 
     # Lookup and statistics

@@ -49,14 +49,18 @@ class DeadLetter:
 class DeadLetterStore:
     """The newest ``max_count`` dead letters, oldest evicted first.
 
-    Used only on the event loop thread, so it needs no lock.
+    Each letter keeps the number of its arrival, so that one taken out by
+    ``take()`` and put back by ``put_back()`` returns to its place. Used only
+    on the event loop thread, so it needs no lock.
     """
 
-    __slots__ = ("_entries", "_max_count", "evicted")
+    __slots__ = ("_arrivals", "_entries", "_max_count", "evicted")
 
     def __init__(self, max_count: int) -> None:
-        self._entries: OrderedDict[TaskId, DeadLetter] = OrderedDict()
+        # Oldest first: the number of each letter's arrival, and the letter.
+        self._entries: OrderedDict[TaskId, tuple[int, DeadLetter]] = OrderedDict()
         self._max_count = max_count
+        self._arrivals = 0
         self.evicted = 0
 
     def __len__(self) -> int:
@@ -73,19 +77,39 @@ class DeadLetterStore:
         # as evicted, and moves to the end as the newest.
         if self._entries.pop(letter.task_id, None) is not None:
             self.evicted += 1
-        self._entries[letter.task_id] = letter
-        if len(self._entries) > self._max_count:
-            self._entries.popitem(last=False)
-            self.evicted += 1
+        self._arrivals += 1
+        self._entries[letter.task_id] = (self._arrivals, letter)
+        self._evict_past_bound()
 
     def get(self, task_id: TaskId) -> DeadLetter | None:
         """Return the dead letter of ``task_id``, or ``None``."""
-        return self._entries.get(task_id)
+        entry = self._entries.get(task_id)
+        return None if entry is None else entry[1]
 
-    def pop(self, task_id: TaskId) -> DeadLetter | None:
-        """Remove and return the dead letter of ``task_id``, or ``None``."""
+    def take(self, task_id: TaskId) -> tuple[int, DeadLetter] | None:
+        """Remove the dead letter of ``task_id``; return it with its arrival."""
         return self._entries.pop(task_id, None)
+
+    def put_back(self, arrival: int, letter: DeadLetter) -> None:
+        """Return a letter that ``take()`` removed to its place among the others.
+
+        Past the bound the oldest letter goes, which may be this one. A newer
+        letter of the same task id, which failed meanwhile, stays instead.
+        """
+        if letter.task_id in self._entries:
+            self.evicted += 1
+            return
+
+        entries = [*self._entries.items(), (letter.task_id, (arrival, letter))]
+        entries.sort(key=lambda item: item[1][0])
+        self._entries = OrderedDict(entries)
+        self._evict_past_bound()
 
     def list(self) -> tuple[DeadLetter, ...]:
         """Return every dead letter, oldest first."""
-        return tuple(self._entries.values())
+        return tuple(letter for _, letter in self._entries.values())
+
+    def _evict_past_bound(self) -> None:
+        while len(self._entries) > self._max_count:
+            self._entries.popitem(last=False)
+            self.evicted += 1

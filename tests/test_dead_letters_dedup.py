@@ -6,6 +6,8 @@ import asyncio
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from async_queue import (
     AsyncTaskQueue,
@@ -15,6 +17,7 @@ from async_queue import (
     TaskNotFoundError,
     TaskState,
 )
+from async_queue.deadletters import DeadLetterStore
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -349,3 +352,74 @@ async def test_coroutine_object_cannot_requeue() -> None:
         with pytest.raises(ValueError, match="coroutine object"):
             await queue.requeue(handle.id)
         assert len(queue.dead_letters()) == 1
+
+
+def make_letter(task_id: int) -> DeadLetter:
+    return DeadLetter(
+        task_id=task_id,
+        name="job",
+        fn=fail_once,
+        args=(),
+        priority=0,
+        timeout=None,
+        retry=RetryPolicy(),
+        exception=ValueError(task_id),
+        attempts=1,
+    )
+
+
+async def fail_once() -> None:
+    raise ValueError("once")
+
+
+store_operations = st.lists(
+    st.tuples(st.sampled_from(["add", "take", "put_back"]), st.integers(1, 5)),
+    max_size=40,
+)
+
+
+@given(st.integers(0, 4), store_operations)
+def test_store_keeps_arrival_order(
+    max_count: int, operations: list[tuple[str, int]]
+) -> None:
+    # A model of the store: (arrival, task id) pairs, oldest first.
+    store = DeadLetterStore(max_count)
+    model: list[tuple[int, int]] = []
+    taken: dict[int, tuple[int, DeadLetter]] = {}
+    arrivals = evicted = 0
+
+    def evict() -> int:
+        count = max(len(model) - max_count, 0)
+        del model[:count]
+        return count
+
+    for operation, task_id in operations:
+        present = any(entry[1] == task_id for entry in model)
+        if operation == "add":
+            if max_count == 0:
+                evicted += 1
+            else:
+                if present:
+                    model[:] = [entry for entry in model if entry[1] != task_id]
+                    evicted += 1
+                arrivals += 1
+                model.append((arrivals, task_id))
+                evicted += evict()
+            store.add(make_letter(task_id))
+        elif operation == "take" and present:
+            model[:] = [entry for entry in model if entry[1] != task_id]
+            entry = store.take(task_id)
+            assert entry is not None
+            taken[task_id] = entry
+        elif operation == "put_back" and task_id in taken:
+            arrival, letter = taken.pop(task_id)
+            if present:
+                evicted += 1
+            else:
+                model.append((arrival, task_id))
+                model.sort()
+                evicted += evict()
+            store.put_back(arrival, letter)
+
+        assert [letter.task_id for letter in store.list()] == [e[1] for e in model]
+        assert store.evicted == evicted
