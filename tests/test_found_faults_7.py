@@ -174,29 +174,6 @@ def test_autojump_reaches_distant_timer_at_once() -> None:
     assert counter.waits == 1
 
 
-async def test_run_virtual_inside_running_loop() -> None:
-    """run_virtual() in a running loop raised asyncio's own message, which
-    names neither run_virtual() nor the fix, and left two "coroutine was
-    never awaited" warnings: its wrapper coroutine and the Runner's
-    shutdown_asyncgens() were created before asyncio found the running loop.
-    """
-
-    async def main(loop: VirtualClockLoop) -> None:
-        pass
-
-    message = ""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            run_virtual(main)
-        except RuntimeError as error:
-            message = str(error)
-        gc.collect()  # the warnings come when the coroutines are collected
-
-    assert "run_virtual" in message
-    assert [str(warning.message) for warning in caught] == []
-
-
 # Dead letters
 
 
