@@ -123,6 +123,7 @@ class _Worker:
     """One worker coroutine and the task it is running."""
 
     __slots__ = (
+        "awaiting_for",
         "awaits",
         "cancels",
         "current",
@@ -139,7 +140,8 @@ class _Worker:
         self.deadline: float | None = None  # loop time at which `current` times out
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.woken = False  # woken for a new task, and not yet running again
-        self.awaits = 0  # handles of this queue that `current` is awaiting
+        self.awaits = 0  # handles of this queue that `awaiting_for` awaits
+        self.awaiting_for: TaskHandle[Any] | None = None  # the task that awaits
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -246,7 +248,6 @@ class AsyncTaskQueue:
         "_accept_retries",
         "_admitting",
         "_aging",
-        "_blocked",
         "_blocked_warned",
         "_burst",
         "_cancelled",
@@ -457,8 +458,7 @@ class AsyncTaskQueue:
         self._gated = self._rate is not None  # see _update_gate()
         self._idle: deque[_Worker] = deque()
         self._waking = 0  # workers woken for a new task that have not resumed
-        self._blocked = 0  # workers whose task awaits a handle of this queue
-        self._blocked_warned = False  # warned that all of them are blocked
+        self._blocked_warned = False  # warned that every worker awaits a task
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
@@ -590,6 +590,7 @@ class AsyncTaskQueue:
             self._update_gate()
             self._add_workers(count - len(staying))
             self._wake_workers()
+            self._check_blocked()
             logger.debug("resized the pool from %d to %d workers", old, count)
             return
 
@@ -606,7 +607,7 @@ class AsyncTaskQueue:
         # A retired worker may have been woken for a pending task that it will
         # not start now: wake the idle workers that stay instead.
         self._wake_workers()
-
+        self._check_blocked()
         logger.debug("resized the pool from %d to %d workers", old, count)
 
     def pause(self) -> None:
@@ -1436,8 +1437,8 @@ class AsyncTaskQueue:
 
         # Taken out before any wait, so that a concurrent requeue of the same
         # letter raises TaskNotFoundError instead of running it twice.
-        taken = self._dead_letters.take(task_id)
-        assert taken is not None
+        arrival_and_letter = self._dead_letters.take(task_id)
+        assert arrival_and_letter is not None
         priority = letter.priority if priority is None else priority
         try:
             if self._overflow in (Overflow.WAIT, Overflow.RAISE):
@@ -1465,7 +1466,7 @@ class AsyncTaskQueue:
             )
         except BaseException:
             # Nothing was queued, so the letter goes back to its place.
-            self._dead_letters.put_back(*taken)
+            self._dead_letters.put_back(*arrival_and_letter)
             raise
 
     # Lookup and statistics
@@ -2096,7 +2097,7 @@ class AsyncTaskQueue:
             retry = retries_done < policy.max_retries
         elif isinstance(exc, TypeError) and _is_call_error(exc):
             retry = False  # the arguments do not fit the function: retries cannot help
-        elif isinstance(exc, QueueClosedError):
+        elif _is_closed_queue_error(exc):
             retry = False  # a queue that closed never opens again
         else:
             retry = policy.should_retry(exc, retries_done)
@@ -2629,27 +2630,55 @@ class AsyncTaskQueue:
         if worker is None:
             return None
 
+        caller = worker.current
+        if worker.awaiting_for is not caller:
+            # Awaits left by the worker's earlier task, such as the children
+            # of a gather() that failed, do not block this one.
+            worker.awaiting_for = caller
+            worker.awaits = 0
         worker.awaits += 1
-        if worker.awaits == 1:
-            self._blocked += 1
-            if self._blocked >= self._max_workers and not self._blocked_warned:
-                self._blocked_warned = True
-                logger.warning(
-                    "every worker of the queue (%d) runs a task that awaits "
-                    "another task of this queue, so no task can start until "
-                    "one of those awaits ends; await handles outside the "
-                    "queue's tasks, or give the queue more workers",
-                    self._blocked,
-                )
+        self._check_blocked()
+        return functools.partial(self._unblock_caller, worker, caller)
 
-        return functools.partial(self._unblock_caller, worker)
+    def _unblock_caller(self, worker: _Worker, caller: TaskHandle[Any] | None) -> None:
+        if worker.awaiting_for is caller:
+            worker.awaits -= 1
+            if worker.awaits == 0:
+                worker.awaiting_for = None
+        self._check_blocked()
 
-    def _unblock_caller(self, worker: _Worker) -> None:
-        worker.awaits -= 1
-        if worker.awaits == 0:
-            self._blocked -= 1
-            if self._blocked < self._max_workers:
-                self._blocked_warned = False
+    def _blocked_workers(self) -> int:
+        """Return the workers whose current task awaits a handle of this queue."""
+        return sum(
+            1
+            for worker in self._workers
+            if worker.awaits and worker.awaiting_for is worker.current
+        )
+
+    def _check_blocked(self) -> None:
+        """Warn once when the blocked workers fill the pool.
+
+        Called when an await begins or ends and when the pool is resized, so
+        O(workers) there and never on the hot path.
+        """
+        blocked = self._blocked_workers()
+        if blocked < self._max_workers:
+            self._blocked_warned = False
+            return
+
+        if self._blocked_warned:
+            return
+
+        self._blocked_warned = True
+        # A logging filter that raises must not break the await.
+        with contextlib.suppress(Exception):
+            logger.warning(
+                "every worker of the queue (%d) runs a task that awaits "
+                "another task of this queue, so no task can start until one "
+                "of those awaits ends; await handles outside the queue's "
+                "tasks, or give the queue more workers",
+                blocked,
+            )
 
     def _calling_worker(self) -> _Worker | None:
         """Return the busy worker that runs the current coroutine, if any."""
@@ -2883,6 +2912,21 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
         return time.monotonic
 
     return loop.time
+
+
+def _is_closed_queue_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` is or contains a ``QueueClosedError``.
+
+    A task that submits from an ``asyncio.TaskGroup`` gets it wrapped in an
+    exception group.
+    """
+    if isinstance(exc, QueueClosedError):
+        return True
+
+    return (
+        isinstance(exc, BaseExceptionGroup)
+        and exc.subgroup(QueueClosedError) is not None
+    )
 
 
 def _clear_woken(queue: AsyncTaskQueue | None, worker: _Worker) -> None:

@@ -418,8 +418,9 @@ class TaskHandle(Generic[T]):
                 )
 
             waiter = self._add_waiter()
-            unblock = self._block_caller()
+            unblock = None
             try:
+                unblock = self._block_caller()
                 yield from waiter.__await__()
             finally:
                 # A cancelled awaiter leaves the list, so that awaiting again

@@ -165,7 +165,11 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
         """
         scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
         if scheduled:
-            return max(timeout, scheduled[0].when() - self.time())
+            until_next = scheduled[0].when() - self.time()
+            # A timer at infinity, such as asyncio.sleep(math.inf), is never
+            # due: a jump to it would leave time() at infinity for good.
+            if math.isfinite(until_next):
+                return max(timeout, until_next)
 
         return timeout
 

@@ -90,10 +90,11 @@ async def test_blocked_count_returns_to_zero() -> None:
 
     async with AsyncTaskQueue(4, retry=NO_RETRY) as queue:
         parents = [await queue.submit(parent, queue, n) for n in (1, 2)]
-        await until(lambda: queue._blocked == 2)
+        await until(lambda: queue._blocked_workers() == 2)
         release.set()
         for handle in parents:
             await handle
 
-        assert queue._blocked == 0
+        assert queue._blocked_workers() == 0
         assert [w.awaits for w in queue._workers] == [0, 0, 0, 0]
+        assert [w.awaiting_for for w in queue._workers] == [None] * 4
