@@ -22,7 +22,7 @@ async def child(n: int) -> int:
     return n
 
 
-async def test_all_workers_blocked_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_blocked_workers_warn_each_time(caplog: pytest.LogCaptureFixture) -> None:
     async def parent(queue: AsyncTaskQueue) -> int:
         return await (await queue.submit(child, 1))
 

@@ -22,7 +22,7 @@ from async_queue import (
     threaded,
 )
 from async_queue.testing import VirtualClockLoop, run_virtual
-from tests.helpers import Gate, until
+from tests.helpers import Gate
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -32,12 +32,16 @@ class ProgressLog(Hook):
 
     def __init__(self) -> None:
         self.events: list[tuple[str, Any]] = []
+        # Set on the event loop by each on_progress call, for tests whose
+        # reports come from a thread.
+        self.progressed = asyncio.Event()
 
     def on_started(self, event: TaskEvent) -> None:
         self.events.append(("started", event.progress))
 
     def on_progress(self, event: TaskEvent) -> None:
         self.events.append(("progress", event.progress))
+        self.progressed.set()
 
     def on_retry_scheduled(self, event: TaskEvent) -> None:
         self.events.append(("retry", event.progress))
@@ -223,7 +227,8 @@ def test_set_progress_from_threaded_function() -> None:
     async def main(loop: VirtualClockLoop) -> None:
         async with AsyncTaskQueue(1, hooks=[log]) as queue:
             handle = await queue.submit(threaded(blocking))
-            await until(lambda: handle.progress == "downloaded", 1_000_000)
+            await log.progressed.wait()
+            assert handle.progress == "downloaded"
             release.set()
             assert await handle == "done"
 
@@ -242,6 +247,7 @@ def test_progress_of_timed_out_thread_dropped() -> None:
     # The thread of a timed-out attempt runs on; what it reports after the
     # retry has started must not be taken for the retry's progress.
     log = ProgressLog()
+    entered = [threading.Event(), threading.Event()]
     releases = [threading.Event(), threading.Event()]
     reported = threading.Event()
     calls = 0
@@ -250,6 +256,7 @@ def test_progress_of_timed_out_thread_dropped() -> None:
         nonlocal calls
         calls += 1
         attempt = calls
+        entered[attempt - 1].set()
         assert releases[attempt - 1].wait(30)
         current_handle().set_progress(f"attempt {attempt}")
         reported.set()
@@ -259,9 +266,9 @@ def test_progress_of_timed_out_thread_dropped() -> None:
         retry = RetryPolicy(max_retries=1, base_delay=0)
         async with AsyncTaskQueue(1, hooks=[log]) as queue:
             handle = await queue.submit(threaded(blocking), timeout=1, retry=retry)
-            await until(lambda: calls == 1, 1_000_000)
+            assert await asyncio.to_thread(entered[0].wait, 30)
             loop.advance(1)  # the first attempt times out and the retry starts
-            await until(lambda: calls == 2, 1_000_000)
+            assert await asyncio.to_thread(entered[1].wait, 30)
 
             releases[0].set()
             assert await asyncio.to_thread(reported.wait, 30)
