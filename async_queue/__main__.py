@@ -97,7 +97,7 @@ def _add_demo_parser(
 
     demo.add_argument(
         "--count",
-        type=_integer(1, sys.maxsize),  # the demo keeps a record per request
+        type=_integer(1, sys.maxsize),  # the maximum length of a Python list
         default=_DEFAULTS.count,
         metavar="N",
         help="number of requests to submit (default: %(default)s)",

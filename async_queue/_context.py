@@ -55,8 +55,9 @@ def current_handle() -> TaskHandle[Any]:
     Raises:
         RuntimeError: the caller is not a task of a queue. This includes
             asyncio tasks that a queue task creates (``asyncio.create_task()``,
-            ``gather()``, and ``wait_for()`` before Python 3.12) and threads
-            of ``asyncio.to_thread()``: pass the handle to those.
+            ``gather()``, a ``TaskGroup``, and ``wait_for()`` before Python
+            3.12) and threads of ``asyncio.to_thread()``: pass the handle to
+            those.
     """
     handle = running_handle()
     if handle is None:

@@ -671,6 +671,7 @@ class AsyncTaskQueue:
             self._check_loop()
             self._lifecycle = _Lifecycle.STOPPING
             self._fast_submit = False
+            self._log_unlogged_drops()  # a stopping queue drops no more tasks
             self._end_schedules()
             self._paused = False  # a paused queue could not drain
             self._update_gate()
@@ -1213,7 +1214,7 @@ class AsyncTaskQueue:
     # Backpressure
 
     def _waiting_count(self) -> int:
-        """Return the tasks that count against ``max_pending``.
+        """Return the number of tasks that count against ``max_pending``.
 
         Pending tasks that a woken or new worker is about to start do not
         count, so a burst submitted in one step fills the idle workers first.
@@ -1221,6 +1222,8 @@ class AsyncTaskQueue:
         retiring.
         """
         ready = len(self._ready)
+        # NOTE: any rate_limit gates the workers, so a rate-limited queue
+        # counts every pending task, even with tokens to spare.
         if not self._gated:
             ready = max(ready - self._waking, 0)
         return ready + self._delayed + self._reserved
@@ -1309,6 +1312,17 @@ class AsyncTaskQueue:
         # caused the drop.
         with contextlib.suppress(Exception):
             logger.warning("task %r (%s) %s%s", handle._id, handle.name, message, since)
+
+    def _log_unlogged_drops(self) -> None:
+        """Log the overflow drops that no warning has counted yet."""
+        count, self._drops_unlogged = self._drops_unlogged, 0
+        if count:
+            with contextlib.suppress(Exception):
+                logger.warning(
+                    "%d more dropped by the overflow policy since the last such "
+                    "warning",
+                    count,
+                )
 
     def _full_error(self, advice: str) -> QueueFullError:
         # Retries come back without taking room, so the count can pass the limit.
@@ -2680,24 +2694,18 @@ class AsyncTaskQueue:
                 blocked,
             )
 
-    def _calling_worker(self) -> _Worker | None:
-        """Return the busy worker that runs the current coroutine, if any."""
-        current = asyncio.current_task(self._loop)
-        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
-        if worker is None and current is not None:
-            worker = self._worker_above(current)
+    def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:
+        """Return the busy worker of this queue that runs the current coroutine.
 
-        return None if worker is None or worker.current is None else worker
-
-    def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
-        """Return the task of this queue that the current coroutine runs.
-
-        That is the task of the worker whose asyncio task is the current one,
-        or started it and awaits it, directly or through ``gather()``. With
-        ``thorough``, for the rare stop() and join(), it is also the task of
-        any busy worker that awaits the current one, even if another task
-        made it. That check costs O(workers) instead of O(1).
+        That is the worker whose asyncio task is the current one, or started
+        it and awaits it, directly or through ``gather()``. With
+        ``thorough``, for the rare stop() and join(), it is also any busy
+        worker that awaits the current task, even if another task made it.
+        That check costs O(workers) instead of O(1).
         """
+        if not thorough and CURRENT_WORKER.get() is None:
+            return None  # no worker of any queue made the current task
+
         current = asyncio.current_task(self._loop)
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
         if worker is None and current is not None:
@@ -2712,6 +2720,11 @@ class AsyncTaskQueue:
                     None,
                 )
 
+        return None if worker is None or worker.current is None else worker
+
+    def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
+        """Return the task that ``_calling_worker()`` runs, or ``None``."""
+        worker = self._calling_worker(thorough=thorough)
         return None if worker is None else worker.current
 
     def _worker_above(self, task: asyncio.Task[Any]) -> _Worker | None:

@@ -247,7 +247,8 @@ class TaskHandle(Generic[T]):
         ``progress`` is any value, such as a fraction between 0 and 1 or a
         dict of counts. The queue keeps it in ``progress`` and passes it to
         each hook's ``on_progress()``. The task calls it on itself, through
-        ``current_handle()``.
+        ``current_handle()``; the queue does not check who calls it on the
+        event loop.
 
         On the event loop it takes effect at once. A function that
         ``threaded()`` runs may call it for its own task from its thread: the

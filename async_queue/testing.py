@@ -264,9 +264,10 @@ class _ExecutorCall(Generic[T]):
 class _JumpingSelector(selectors.BaseSelector):
     """The loop's selector, which jumps the virtual clock when the loop idles.
 
-    The loop passes ``select()`` the time until its next timer. After
-    ``autojump`` real seconds without I/O, the clock moves by that time, and
-    the timer is due when ``select()`` returns.
+    The loop passes ``select()`` the time until its next timer, at most 24
+    hours. After ``autojump`` real seconds without I/O, the clock jumps to
+    that timer, however far it is, and the timer is due when ``select()``
+    returns.
     """
 
     def __init__(

@@ -282,6 +282,27 @@ def test_drop_warnings_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     assert {r.levelno for r in caplog.records} == {logging.WARNING}
 
 
+def test_stop_logs_unlogged_drops(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="async_queue")
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with paused_queue("drop_newest", max_pending=1) as queue:
+            queue.pause()
+            queue.submit_nowait(record, [], "kept")
+            for _ in range(3):
+                queue.submit_nowait(record, [], "dropped")
+            queue.resume()
+
+    run_virtual(main, autojump=None)
+
+    warnings = [r.getMessage() for r in caplog.records if r.name == "async_queue"]
+    assert len(warnings) == 2
+    assert "dropped as the newest task" in warnings[0]
+    assert warnings[1] == (
+        "2 more dropped by the overflow policy since the last such warning"
+    )
+
+
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
