@@ -22,7 +22,7 @@ from typing import (
     final,
 )
 
-from ._context import THREAD_TASK, running_handle
+from ._context import CURRENT_WORKER, THREAD_TASK, running_handle
 from .errors import QueueStateError, TaskCancelledError
 
 if TYPE_CHECKING:
@@ -421,7 +421,10 @@ class TaskHandle(Generic[T]):
             waiter = self._add_waiter()
             unblock = None
             try:
-                unblock = self._block_caller()
+                # Checked inline: a coroutine that no worker made, such as the
+                # code that submitted the task, is never a blocked worker.
+                if CURRENT_WORKER.get() is not None:
+                    unblock = self._block_caller()
                 yield from waiter.__await__()
             finally:
                 # A cancelled awaiter leaves the list, so that awaiting again

@@ -11,11 +11,28 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from . import hooks, memory, priority, profiling, retry, targets, throughput
+from . import (
+    hooks,
+    memory,
+    priority,
+    profiling,
+    retry,
+    roundtrip,
+    targets,
+    throughput,
+)
 from .contenders import POOL, POOLS, QUEUE, THROUGHPUT_POOLS, Contender
 from .harness import LOOP_NAMES, Record, machine_info, optional_module
 
-SCENARIOS = ("throughput", "memory", "scaling", "priority", "retry", "hooks")
+SCENARIOS = (
+    "throughput",
+    "memory",
+    "scaling",
+    "priority",
+    "retry",
+    "hooks",
+    "roundtrip",
+)
 
 DEFAULT_SIZES = (10_000, 100_000)
 FULL_SIZES = (10_000, 100_000, 1_000_000)
@@ -217,6 +234,13 @@ def run_scenarios(settings: Settings) -> list[Record]:
         for loop in loops:
             found += hooks.run(loop, sizes, repeat)
         hooks.report(found, loops, repeat)
+        records += found
+
+    if "roundtrip" in chosen:
+        found = []
+        for loop in loops:
+            found += roundtrip.run(loop, sizes, repeat)
+        roundtrip.report(found, loops, repeat)
         records += found
 
     return records

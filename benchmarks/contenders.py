@@ -48,6 +48,13 @@ class Pool:
         for handle in handles:
             await handle
 
+    # Whether a handle is awaited by ``wait()`` instead of by ``await handle``.
+    wait_needed = False
+
+    async def wait(self, handle: Any) -> Any:
+        """Await one handle, for pools whose handles are not awaitable."""
+        return await handle
+
     async def close(self) -> None:
         """Stop the workers, once every task has finished."""
 
@@ -200,6 +207,11 @@ class AiojobsPool(Pool):
     async def wait_all(self, handles: Sequence[Any]) -> None:
         for job in handles:
             await job.wait()
+
+    wait_needed = True
+
+    async def wait(self, handle: Any) -> Any:
+        return await handle.wait()
 
     async def close(self) -> None:
         await self._scheduler.close()

@@ -311,3 +311,25 @@ def check_contender_args(
         parser.error(f"unknown contender {unknown[0]!r}; choose from {list(known)}")
     if args.size < 1:
         parser.error(f"--size must be at least 1, got {args.size}")
+
+
+def print_rate_tables(
+    records: Sequence[Record], loops: Sequence[str], repeat: int, reference: str
+) -> None:
+    """Print a table of rates per loop and size, with ratios to ``reference``."""
+    for loop in loops:
+        for size in measured_sizes(records, loop):
+            rows = [r for r in records if r.loop == loop and r.size == size]
+            base = next(r for r in rows if r.contender == reference)
+            table = [
+                [
+                    r.extra["label"],
+                    *rate_cells(r),
+                    f"{r.spread:.1%}",
+                    describe_ratios(paired_ratios(base.samples, r.samples)),
+                ]
+                for r in rows
+            ]
+            headers = ["contender", "tasks/s", "us/task", "spread", "vs pool"]
+            caption = interleaved_caption(loop, size, repeat)
+            print_captioned_table(caption, headers, table)

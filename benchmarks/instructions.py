@@ -14,8 +14,11 @@ cost of one task: submit, pick, run, resolve the handle, await it.
 
 KEY is a contender of the throughput scenario (``pool``, ``aq``,
 ``aq-timeout`` and so on), of the hook scenario (``aq-noop-hook`` and so
-on), or of the retry scenario with a ``retry-`` prefix (``retry-pool`` and
-``retry-aq``, whose tasks fail once each). The default compares the
+on), of the retry scenario with a ``retry-`` prefix (``retry-pool`` and
+``retry-aq``, whose tasks fail once each), or of the round-trip scenario with
+a ``roundtrip-`` prefix (``roundtrip-pool``, ``roundtrip-aq``: one task at a
+time). A prefixed count is compared with the prefix's pool. The default
+compares the
 hand-written pool with async_queue's four variants. It needs ``valgrind`` on
 the PATH.
 """
@@ -32,7 +35,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from functools import partial
 from typing import Any
 
-from . import hooks, retry
+from . import hooks, retry, roundtrip
 from .contenders import POOL, THROUGHPUT_POOLS
 from .harness import check_contender_args, contender_parser, print_captioned_table
 from .throughput import time_pool
@@ -41,6 +44,7 @@ DEFAULT_KEYS = (POOL, "aq", "aq-await", "aq-timeout", "aq-retry")
 DEFAULT_SIZE = 10_000
 RETRY_PREFIX = "retry-"
 RETRY_POOL = RETRY_PREFIX + POOL
+ROUNDTRIP_PREFIX = "roundtrip-"
 
 _COLLECTED = re.compile(r"Collected\s*:\s*(\d+)")
 
@@ -84,6 +88,11 @@ def runners() -> dict[str, Callable[[int], Coroutine[Any, Any, float]]]:
     for contender in retry.CONTENDERS:
         found[RETRY_PREFIX + contender.key] = partial(retry.time_retries, contender)
 
+    for contender in roundtrip.CONTENDERS:
+        found[ROUNDTRIP_PREFIX + contender.key] = partial(
+            roundtrip.time_round_trips, contender
+        )
+
     return found
 
 
@@ -97,7 +106,11 @@ def run_contender(key: str, size: int) -> None:
 
 def reference_of(key: str) -> str:
     """Return the key of the pool that ``key``'s count is compared with."""
-    return RETRY_POOL if key.startswith(RETRY_PREFIX) else POOL
+    for prefix in (RETRY_PREFIX, ROUNDTRIP_PREFIX):
+        if key.startswith(prefix):
+            return prefix + POOL
+
+    return POOL
 
 
 def report(keys: Sequence[str], size: int) -> None:
@@ -111,7 +124,7 @@ def report(keys: Sequence[str], size: int) -> None:
     headers = ["contender", "instructions/task", "vs hand-written pool"]
     caption = (
         f"N={size:,}, asyncio loop; above 1.00x is fewer than the pool "
-        f"({RETRY_POOL} for the {RETRY_PREFIX} contenders)"
+        f"(the prefix's pool, such as {RETRY_POOL}, for prefixed contenders)"
     )
     print_captioned_table(caption, headers, rows)
 

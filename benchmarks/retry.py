@@ -12,13 +12,8 @@ from async_queue import RetryPolicy
 from .contenders import POOL, Contender, HandPool, QueuePool
 from .harness import (
     Record,
-    describe_ratios,
-    interleaved_caption,
-    measured_sizes,
-    paired_ratios,
-    print_captioned_table,
     print_heading,
-    rate_cells,
+    print_rate_tables,
     run_on_loop,
     time_interleaved,
 )
@@ -88,19 +83,4 @@ def report(records: Sequence[Record], loops: Sequence[str], repeat: int) -> None
         "async_queue logger is set to ERROR, so the WARNING logged per retry is\n"
         "never formatted. vs pool: paired by repeat, median (min-max)."
     )
-    for loop in loops:
-        for size in measured_sizes(records, loop):
-            rows = [r for r in records if r.loop == loop and r.size == size]
-            pool = next(r for r in rows if r.contender == POOL)
-            table = [
-                [
-                    r.extra["label"],
-                    *rate_cells(r),
-                    f"{r.spread:.1%}",
-                    describe_ratios(paired_ratios(pool.samples, r.samples)),
-                ]
-                for r in rows
-            ]
-            headers = ["contender", "tasks/s", "us/task", "spread", "vs pool"]
-            caption = interleaved_caption(loop, size, repeat)
-            print_captioned_table(caption, headers, table)
+    print_rate_tables(records, loops, repeat, POOL)

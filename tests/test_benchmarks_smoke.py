@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from benchmarks import cli, gctime, hooks, instructions, retry
+from benchmarks import cli, gctime, hooks, instructions, retry, roundtrip
 from benchmarks.contenders import POOLS, THROUGHPUT_POOLS, WORKERS, Contender
 from benchmarks.harness import format_table, interleave, paired_ratios
 
@@ -33,10 +33,11 @@ HEADINGS = (
     "4. Priority latency",
     "5. Retry path",
     "6. Hook overhead",
+    "7. Round trip",
     "Targets (measured, not enforced)",
 )
 
-SCENARIO_NAMES = ("throughput", "memory", "scaling", "priority", "retry", "hooks")
+SCENARIO_NAMES = cli.SCENARIOS
 
 # The smoke run takes a few seconds. This limit only stops a run that hangs.
 SMOKE_TIMEOUT = 120
@@ -292,6 +293,17 @@ def test_smoke_prints_hook_contenders(smoke: SmokeRun) -> None:
             assert f"{contender.label}: skipped" in completed.stdout
 
 
+@pytest.mark.parametrize("contender", roundtrip.CONTENDERS, ids=lambda c: c.key)
+async def test_round_trips_each_finish(contender: Contender) -> None:
+    if not contender.available():
+        pytest.skip(f"{contender.needs} is not installed")
+
+    # Each round trip awaits its handle: a task that never ran would hang
+    # until pytest's timeout.
+    elapsed = await roundtrip.time_round_trips(contender, 50)
+    assert elapsed > 0
+
+
 @pytest.mark.parametrize("contender", retry.CONTENDERS, ids=lambda c: c.key)
 async def test_retry_pool_recovers(contender: Contender) -> None:
     # time_retries() raises if a task fails for good or never failed at all.
@@ -440,3 +452,17 @@ def test_gctime_reports_each_contender(
         assert float(collector) >= 0
         assert share.endswith("%")
         assert int(full) >= 0
+
+
+@pytest.mark.parametrize(
+    ("key", "reference"),
+    [
+        ("aq", "pool"),
+        ("aq-noop-hook", "pool"),
+        ("retry-aq", "retry-pool"),
+        ("roundtrip-aq-await", "roundtrip-pool"),
+    ],
+)
+def test_instruction_reference(key: str, reference: str) -> None:
+    assert key in instructions.runners()
+    assert instructions.reference_of(key) == reference
