@@ -677,15 +677,21 @@ class AsyncTaskQueue:
             self._update_gate()
             self._release_space_waiters()
             dropped = []
+            interrupted = []
             if mode is not ShutdownMode.DRAIN:
                 # Cancel queued tasks now, before any worker can pick one up.
                 self._accept_retries = False
                 dropped = self._cancel_queued()
+            if mode is ShutdownMode.CANCEL:
+                # In the same step, so that a running task that awaits one of
+                # the queued tasks gets its own cancellation first, and ends
+                # CANCELLED rather than FAILED with its child's error.
+                interrupted = self._cancel_running()
 
             self._wake_workers()
             self._stop_mode = mode
             self._stop_task = self._loop.create_task(
-                self._shut_down(mode, timeout, grace_seconds, dropped),
+                self._shut_down(mode, timeout, grace_seconds, dropped, interrupted),
                 name="async_queue-stop",
             )
         elif mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
@@ -2455,6 +2461,7 @@ class AsyncTaskQueue:
         timeout: float | None,
         grace: float,
         dropped: list[TaskHandle[Any]],
+        interrupted: list[TaskHandle[Any]],
     ) -> ShutdownReport:
         deadline = None if timeout is None else self._loop.time() + timeout
         escalated = False
@@ -2476,12 +2483,12 @@ class AsyncTaskQueue:
         if mode is ShutdownMode.FINISH_RUNNING:
             escalated = not await self._wait_until(finished_running, deadline)
 
-        interrupted: list[TaskHandle[Any]] = []
         abandoned: list[TaskHandle[Any]] = []
         if mode is ShutdownMode.CANCEL or escalated:
             self._accept_retries = False
             dropped += self._cancel_queued()
-            interrupted = self._cancel_running()
+            if escalated:
+                interrupted = self._cancel_running()
             grace_deadline = self._loop.time() + grace
             await self._wait_until(
                 lambda: self._running <= self._abandoned_running,

@@ -573,7 +573,7 @@ def test_stop_breaks_await_cycle(mode: ShutdownMode, timeout: float | None) -> N
 @pytest.mark.parametrize(
     ("mode", "timeout", "waiter_state"),
     [
-        (CANCEL, None, FAILED),
+        (CANCEL, None, CANCELLED),
         (FINISH_RUNNING, None, FAILED),
         (DRAIN, 2.0, CANCELLED),
     ],
@@ -583,11 +583,12 @@ def test_stop_with_task_awaiting_queued_task(
 ) -> None:
     """With one worker, the running task awaits the handle of the queued task.
 
-    stop() cancels queued tasks at the call, but interrupts running ones only
-    on the stop's first step, one loop iteration later. So in the cancel and
-    finish-running modes the waiting task first gets TaskCancelledError from
-    the handle and fails. A drain can never finish, and its escalation
-    cancels both tasks in one step, so there the waiting task ends CANCELLED.
+    stop() cancels queued tasks at the call. In cancel mode it interrupts
+    the running ones in the same step, so the waiting task gets its own
+    cancellation first and ends CANCELLED. In finish-running mode it runs on,
+    gets TaskCancelledError from the handle and fails. A drain can never
+    finish, and its escalation cancels both tasks in one step, so there the
+    waiting task ends CANCELLED.
     """
 
     async def main(loop: VirtualClockLoop) -> None:
