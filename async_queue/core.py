@@ -77,6 +77,10 @@ logger = logging.getLogger("async_queue")
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+# Task ids that the warning about workers that all await their own queue
+# names at most.
+_BLOCKED_IDS_SHOWN = 5
+
 # Seconds of the loop's clock between two warnings about overflow drops. The
 # drops in between are counted, and the next warning gives their number.
 _DROP_LOG_INTERVAL = 10.0
@@ -2227,8 +2231,9 @@ class AsyncTaskQueue:
         if asyncio._get_running_loop() is not self._loop:
             raise QueueStateError(
                 f"set_progress() of task {handle._id!r} was called outside the "
-                "queue's event loop; call it in the task, or in the function "
-                "that threaded() runs for it"
+                "queue's event loop; call it in the task or in the function "
+                "that threaded() runs for it, or from another thread through "
+                "loop.call_soon_threadsafe(handle.set_progress, value)"
             )
 
         extras_of(handle).progress = progress
@@ -2691,14 +2696,27 @@ class AsyncTaskQueue:
             return
 
         self._blocked_warned = True
+        waiting = [
+            repr(w.current._id)
+            for w in self._workers
+            if w.current is not None and w.awaits and w.awaiting_for is w.current
+        ]
+        task_ids = ", ".join(waiting[:_BLOCKED_IDS_SHOWN])
+        if len(waiting) > _BLOCKED_IDS_SHOWN:
+            task_ids += ", ..."
+        if blocked == 1:
+            subject = f"the queue's only worker runs task {task_ids}, which awaits"
+        else:
+            subject = (
+                f"all {blocked} workers of the queue run tasks ({task_ids}) that await"
+            )
         # A logging filter that raises must not break the await.
         with contextlib.suppress(Exception):
             logger.warning(
-                "every worker of the queue (%d) runs a task that awaits "
-                "another task of this queue, so no task can start until one "
-                "of those awaits ends; await handles outside the queue's "
+                "%s another task of the same queue, so no task can start until "
+                "one of those awaits ends; await handles outside the queue's "
                 "tasks, or give the queue more workers",
-                blocked,
+                subject,
             )
 
     def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:

@@ -272,8 +272,8 @@ class TaskHandle(Generic[T]):
 
         if queue is None or self._state is not RUNNING:
             raise QueueStateError(
-                f"task {self._id!r} is {self._state.value}, and only a running "
-                "task has progress to set"
+                f"task {self._id!r} is not running (its state is "
+                f"{self._state.value}), and only a running task has progress to set"
             )
 
         queue._set_progress(self, progress)

@@ -140,6 +140,11 @@ def evaluate(
 
 def report(outcomes: Sequence[Outcome]) -> None:
     print_heading("Targets (measured, not enforced)")
+    if all(o.met is None for o in outcomes):
+        # Such as a run of the round-trip scenario alone.
+        print("none of the chosen scenarios measures a target")
+        return
+
     status = {True: "met", False: "NOT met", None: "-"}
     table = [
         [

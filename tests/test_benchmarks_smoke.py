@@ -466,3 +466,14 @@ def test_gctime_reports_each_contender(
 def test_instruction_reference(key: str, reference: str) -> None:
     assert key in instructions.runners()
     assert instructions.reference_of(key) == reference
+
+
+def test_targets_none_measured() -> None:
+    completed = run_benchmarks(
+        "--smoke", "--loop", "asyncio", "--scenarios", "roundtrip"
+    )
+
+    assert completed.returncode == 0, completed.stderr
+    assert "7. Round trip" in completed.stdout
+    assert "none of the chosen scenarios measures a target" in completed.stdout
+    assert "not measured" not in completed.stdout

@@ -11,7 +11,7 @@ from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskSta
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
-BLOCKED = "runs a task that awaits another task of this queue"
+BLOCKED = "another task of the same queue, so no task can start"
 
 
 def blocked_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -33,10 +33,10 @@ async def test_blocked_workers_warn_each_time(caplog: pytest.LogCaptureFixture) 
 
         assert queue.stats().pending == 1
         assert blocked_warnings(caplog) == [
-            "every worker of the queue (1) runs a task that awaits another task "
-            "of this queue, so no task can start until one of those awaits ends; "
-            "await handles outside the queue's tasks, or give the queue more "
-            "workers"
+            f"the queue's only worker runs task {first.id!r}, which awaits another "
+            "task of the same queue, so no task can start until one of those "
+            "awaits ends; await handles outside the queue's tasks, or give the "
+            "queue more workers"
         ]
 
         first.cancel()
@@ -98,3 +98,19 @@ async def test_blocked_count_returns_to_zero() -> None:
         assert queue._blocked_workers() == 0
         assert [w.awaits for w in queue._workers] == [0, 0, 0, 0]
         assert [w.awaiting_for for w in queue._workers] == [None] * 4
+
+
+async def test_blocked_warning_names_tasks(caplog: pytest.LogCaptureFixture) -> None:
+    async def parent(queue: AsyncTaskQueue) -> int:
+        return await (await queue.submit(child, 1))
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        parents = [await queue.submit(parent, queue) for _ in range(2)]
+        await until(lambda: len(blocked_warnings(caplog)) == 1)
+
+        assert blocked_warnings(caplog)[0].startswith(
+            "all 2 workers of the queue run tasks (1, 2) that await another task "
+            "of the same queue"
+        )
+        for handle in parents:
+            handle.cancel()

@@ -187,13 +187,17 @@ async def test_set_progress_of_task_not_running() -> None:
     async with AsyncTaskQueue(1, hooks=[log]) as queue:
         queue.pause()
         handle = await queue.submit(own_handle)
-        with pytest.raises(QueueStateError, match="is pending, and only a running"):
+        with pytest.raises(
+            QueueStateError, match=r"not running \(its state is pending\)"
+        ):
             handle.set_progress(0.5)
 
         assert handle.progress is None
         queue.resume()
         await handle
-        with pytest.raises(QueueStateError, match="is succeeded, and only a running"):
+        with pytest.raises(
+            QueueStateError, match=r"not running \(its state is succeeded\)"
+        ):
             handle.set_progress(0.5)
 
     assert handle.progress is None
