@@ -953,6 +953,8 @@ def test_demo_subprocess_run() -> None:
     assert fields["retried_tasks"] > 0
     assert re.search(r"^progress: \d+/300 done", completed.stderr, re.MULTILINE)
     assert "progress:" not in completed.stdout
+    assert "Traceback" not in completed.stderr
+    assert "Exception in callback" not in completed.stderr
 
 
 def test_demo_subprocess_requeue_dead() -> None:

@@ -371,3 +371,28 @@ def test_demo_server_close_ends_slow_responses() -> None:
         return bool(done)
 
     assert run_virtual(main)
+
+
+def test_demo_server_close_reports_no_error() -> None:
+    """Ending a slow response by cancelling its task made asyncio's server
+    (Python 3.11) report "Exception in callback" with a CancelledError for
+    each connection, on every demo run."""
+    errors: list[dict[str, Any]] = []
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        server = DemoServer(seed=1, failure_rate=0, hang_rate=0, mean_latency=1e6)
+        await server.start()
+        client = DemoClient(server.port, max_idle=1)
+        request = asyncio.create_task(client.request(1, 1))
+        await until(lambda: server.requests == 1)
+
+        await server.close()
+        with contextlib.suppress(ConnectionError):
+            await request
+        client.close()
+        await settle()
+
+    run_virtual(main, autojump=None)
+
+    assert errors == []
