@@ -127,6 +127,7 @@ class _Worker:
     """One worker coroutine and the task it is running."""
 
     __slots__ = (
+        "awaiting_attempt",
         "awaiting_for",
         "awaits",
         "cancels",
@@ -146,6 +147,7 @@ class _Worker:
         self.woken = False  # woken for a new task, and not yet running again
         self.awaits = 0  # handles of this queue that `awaiting_for` awaits
         self.awaiting_for: TaskHandle[Any] | None = None  # the task that awaits
+        self.awaiting_attempt = 0  # and its attempt
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -301,6 +303,7 @@ class AsyncTaskQueue:
         "_space_waiters",
         "_started",
         "_stop_callers",
+        "_stop_made",
         "_stop_mode",
         "_stop_task",
         "_stop_timeout",
@@ -471,6 +474,7 @@ class AsyncTaskQueue:
         self._joins: list[_Join] = []
         self._watchers: list[asyncio.Future[None]] = []  # woken on every finished task
         self._stop_task: asyncio.Task[ShutdownReport] | None = None
+        self._stop_made = asyncio.Event()  # set once _stop_task exists
         self._empty_report: ShutdownReport | None = None  # stop() before start()
         self._accept_retries = True
         self._escalate = False  # a later stop("cancel") cuts a graceful stop short
@@ -668,6 +672,12 @@ class AsyncTaskQueue:
             self._lifecycle = _Lifecycle.STOPPED
             self._empty_report = ShutdownReport(mode, False, (), (), (), ())
 
+        if self._stop_task is None and self._lifecycle is _Lifecycle.STOPPING:
+            # A call from a hook that the first call's cancellations ran, before
+            # that call made its stop task: with an eager task factory such a
+            # call runs at once. It waits for the task and shares its report.
+            await self._stop_made.wait()
+
         if self._stop_task is None:
             if self._empty_report is not None:
                 return self._empty_report
@@ -698,6 +708,7 @@ class AsyncTaskQueue:
                 self._shut_down(mode, timeout, grace_seconds, dropped, interrupted),
                 name="async_queue-stop",
             )
+            self._stop_made.set()
         elif mode is ShutdownMode.CANCEL and self._stop_mode is not mode:
             self._stop_mode = mode
             self._escalate = True
@@ -2657,29 +2668,41 @@ class AsyncTaskQueue:
             return None
 
         caller = worker.current
-        if worker.awaiting_for is not caller:
-            # Awaits left by the worker's earlier task, such as the children
-            # of a gather() that failed, do not block this one.
+        assert caller is not None
+        attempt = caller._attempts
+        if worker.awaiting_for is not caller or worker.awaiting_attempt != attempt:
+            # Awaits left by the worker's earlier task or attempt, such as the
+            # children of a gather() that failed, do not block this one.
             worker.awaiting_for = caller
+            worker.awaiting_attempt = attempt
             worker.awaits = 0
         worker.awaits += 1
         self._check_blocked()
-        return functools.partial(self._unblock_caller, worker, caller)
+        return functools.partial(self._unblock_caller, worker, caller, attempt)
 
-    def _unblock_caller(self, worker: _Worker, caller: TaskHandle[Any] | None) -> None:
-        if worker.awaiting_for is caller:
+    def _unblock_caller(
+        self, worker: _Worker, caller: TaskHandle[Any], attempt: int
+    ) -> None:
+        if worker.awaiting_for is caller and worker.awaiting_attempt == attempt:
             worker.awaits -= 1
             if worker.awaits == 0:
                 worker.awaiting_for = None
         self._check_blocked()
 
+    @staticmethod
+    def _is_blocked(worker: _Worker) -> bool:
+        """Return whether the current attempt of ``worker`` awaits a handle."""
+        current = worker.current
+        return (
+            current is not None
+            and worker.awaits > 0
+            and worker.awaiting_for is current
+            and worker.awaiting_attempt == current._attempts
+        )
+
     def _blocked_workers(self) -> int:
         """Return the workers whose current task awaits a handle of this queue."""
-        return sum(
-            1
-            for worker in self._workers
-            if worker.awaits and worker.awaiting_for is worker.current
-        )
+        return sum(1 for worker in self._workers if self._is_blocked(worker))
 
     def _check_blocked(self) -> None:
         """Warn once when the blocked workers fill the pool.
@@ -2699,24 +2722,24 @@ class AsyncTaskQueue:
         waiting = [
             repr(w.current._id)
             for w in self._workers
-            if w.current is not None and w.awaits and w.awaiting_for is w.current
+            if w.current is not None and self._is_blocked(w)
         ]
         task_ids = ", ".join(waiting[:_BLOCKED_IDS_SHOWN])
         if len(waiting) > _BLOCKED_IDS_SHOWN:
             task_ids += ", ..."
         if blocked == 1:
-            subject = f"the queue's only worker runs task {task_ids}, which awaits"
+            subject = f"task {task_ids} awaits"
         else:
-            subject = (
-                f"all {blocked} workers of the queue run tasks ({task_ids}) that await"
-            )
+            subject = f"tasks {task_ids} await"
         # A logging filter that raises must not break the await.
         with contextlib.suppress(Exception):
             logger.warning(
-                "%s another task of the same queue, so no task can start until "
-                "one of those awaits ends; await handles outside the queue's "
-                "tasks, or give the queue more workers",
+                "%s another task of the same queue while running, and with "
+                "max_workers=%d no task can start until one of those awaits "
+                "ends; await handles outside the queue's tasks, or raise "
+                "max_workers",
                 subject,
+                self._max_workers,
             )
 
     def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:

@@ -79,6 +79,20 @@ def per_task(key: str, size: int) -> float:
     return (count_instructions(key, size) - count_instructions(key, 0)) / size
 
 
+def missing_modules() -> dict[str, str]:
+    """Return, by key, the optional module that each unavailable contender needs."""
+    missing = {}
+    prefixed = [(RETRY_PREFIX, c) for c in retry.CONTENDERS]
+    prefixed += [(ROUNDTRIP_PREFIX, c) for c in roundtrip.CONTENDERS]
+    plain = [("", c) for c in (*THROUGHPUT_POOLS, *hooks.CONTENDERS)]
+    for prefix, contender in (*plain, *prefixed):
+        if not contender.available():
+            assert contender.needs is not None
+            missing[prefix + contender.key] = contender.needs
+
+    return missing
+
+
 def runners() -> dict[str, Callable[[int], Coroutine[Any, Any, float]]]:
     """Return the timed run of each contender by key, given a task count."""
     found: dict[str, Callable[[int], Coroutine[Any, Any, float]]] = {}
@@ -144,6 +158,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     check_contender_args(parser, args, known)
+    missing = missing_modules()
+    for key in args.keys:
+        if key in missing:
+            parser.error(
+                f"contender {key!r} needs {missing[key]}, which is not installed; "
+                'install the bench extra: pip install -e ".[bench]"'
+            )
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not on the PATH; install it (Debian: valgrind)")
 

@@ -477,3 +477,19 @@ def test_targets_none_measured() -> None:
     assert "7. Round trip" in completed.stdout
     assert "none of the chosen scenarios measures a target" in completed.stdout
     assert "not measured" not in completed.stdout
+
+
+def test_instructions_rejects_missing_module(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr("benchmarks.contenders.optional_module", lambda name: None)
+
+    assert instructions.missing_modules()["roundtrip-aiojobs"] == "aiojobs"
+    with pytest.raises(SystemExit) as exited:
+        instructions.main(["roundtrip-pool", "roundtrip-aiojobs"])
+
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert (
+        "contender 'roundtrip-aiojobs' needs aiojobs, which is not installed" in error
+    )

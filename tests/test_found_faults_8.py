@@ -16,7 +16,7 @@ from async_queue.testing import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
-BLOCKED = "another task of the same queue, so no task can start"
+BLOCKED = "another task of the same queue while running"
 
 
 def blocked_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -18,7 +18,7 @@ from async_queue import (
 )
 from tests.helpers import until
 
-BLOCKED = "another task of the same queue, so no task can start"
+BLOCKED = "another task of the same queue while running"
 
 
 def blocked_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:

@@ -11,7 +11,7 @@ from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskSta
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
-BLOCKED = "another task of the same queue, so no task can start"
+BLOCKED = "another task of the same queue while running"
 
 
 def blocked_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -33,10 +33,10 @@ async def test_blocked_workers_warn_each_time(caplog: pytest.LogCaptureFixture) 
 
         assert queue.stats().pending == 1
         assert blocked_warnings(caplog) == [
-            f"the queue's only worker runs task {first.id!r}, which awaits another "
-            "task of the same queue, so no task can start until one of those "
-            "awaits ends; await handles outside the queue's tasks, or give the "
-            "queue more workers"
+            f"task {first.id!r} awaits another task of the same queue while "
+            "running, and with max_workers=1 no task can start until one of "
+            "those awaits ends; await handles outside the queue's tasks, or "
+            "raise max_workers"
         ]
 
         first.cancel()
@@ -109,8 +109,8 @@ async def test_blocked_warning_names_tasks(caplog: pytest.LogCaptureFixture) -> 
         await until(lambda: len(blocked_warnings(caplog)) == 1)
 
         assert blocked_warnings(caplog)[0].startswith(
-            "all 2 workers of the queue run tasks (1, 2) that await another task "
-            "of the same queue"
+            "tasks 1, 2 await another task of the same queue while running, and "
+            "with max_workers=2"
         )
         for handle in parents:
             handle.cancel()
