@@ -2976,18 +2976,25 @@ def _fast_clock(loop: asyncio.AbstractEventLoop) -> Callable[[], float]:
 
 
 def _is_closed_queue_error(exc: BaseException) -> bool:
-    """Return whether ``exc`` is or contains a ``QueueClosedError``.
+    """Return whether ``exc`` is, contains or was raised from a ``QueueClosedError``.
 
     A task that submits from an ``asyncio.TaskGroup`` gets it wrapped in an
-    exception group.
+    exception group, and a task may raise its own error ``from`` it.
     """
-    if isinstance(exc, QueueClosedError):
-        return True
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:  # a cycle of causes ends
+        seen.add(id(cause))
+        if isinstance(cause, QueueClosedError):
+            return True
+        if (
+            isinstance(cause, BaseExceptionGroup)
+            and cause.subgroup(QueueClosedError) is not None
+        ):
+            return True
+        cause = cause.__cause__
 
-    return (
-        isinstance(exc, BaseExceptionGroup)
-        and exc.subgroup(QueueClosedError) is not None
-    )
+    return False
 
 
 def _clear_woken(queue: AsyncTaskQueue | None, worker: _Worker) -> None:

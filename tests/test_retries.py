@@ -22,6 +22,7 @@ from async_queue import (
     TaskState,
     bind,
 )
+from async_queue.core import _is_closed_queue_error
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -358,7 +359,12 @@ def test_retry_after_subclass_pickles() -> None:
         assert twin.url == "http://127.0.0.1/x"
 
 
-def test_queue_closed_error_not_retried() -> None:
+class FollowUpError(Exception):
+    """A task's own error, raised from the QueueClosedError of a submission."""
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["bare", "raised_from"])
+def test_queue_closed_error_not_retried(wrapped: bool) -> None:
     # A task that submits to its stopping queue gets QueueClosedError. The
     # queue never reopens, so a retry would only hold up the drain.
     async def follow_up() -> None:
@@ -369,7 +375,12 @@ def test_queue_closed_error_not_retried() -> None:
 
         async def parent(queue: AsyncTaskQueue) -> None:
             await release.wait()
-            await queue.submit(follow_up)
+            try:
+                await queue.submit(follow_up)
+            except QueueClosedError as error:
+                if wrapped:
+                    raise FollowUpError("no follow-up") from error
+                raise
 
         retry = RetryPolicy(max_retries=3, base_delay=10, jitter="none")
         queue = AsyncTaskQueue(1, retry=retry)
@@ -384,8 +395,18 @@ def test_queue_closed_error_not_retried() -> None:
 
         assert handle.state is TaskState.FAILED
         assert handle.attempts == 1
-        assert isinstance(handle.exception(), QueueClosedError)
+        error = handle.exception()
+        assert isinstance(error, FollowUpError if wrapped else QueueClosedError)
         assert loop.time() == started
         assert queue.stats().retries == 0
 
     run_virtual(main)
+
+
+def test_closed_error_found_through_causes() -> None:
+    first, second = ValueError("first"), ValueError("second")
+    first.__cause__, second.__cause__ = second, first  # a cycle ends the search
+
+    assert not _is_closed_queue_error(first)
+    second.__cause__ = ExceptionGroup("children", [QueueClosedError("closed")])
+    assert _is_closed_queue_error(first)
