@@ -1318,7 +1318,7 @@ class AsyncTaskQueue:
         self._log_drop(handle, message)
 
     def _log_drop(self, handle: TaskHandle[Any], message: str) -> None:
-        """Log an overflow drop at WARNING, at most once per interval."""
+        """Log an overflow drop at WARNING, at most once per _DROP_LOG_INTERVAL."""
         now = self._loop.time()
         last = self._drop_logged_at
         if last is not None and now - last < _DROP_LOG_INTERVAL:
@@ -2700,9 +2700,17 @@ class AsyncTaskQueue:
             and worker.awaiting_attempt == current._attempts
         )
 
+    def _blocked_tasks(self) -> list[TaskHandle[Any]]:
+        """Return the running tasks whose current attempt awaits a handle."""
+        return [
+            w.current
+            for w in self._workers
+            if w.current is not None and self._is_blocked(w)
+        ]
+
     def _blocked_workers(self) -> int:
-        """Return the workers whose current task awaits a handle of this queue."""
-        return sum(1 for worker in self._workers if self._is_blocked(worker))
+        """Return the number of workers whose task awaits a handle of this queue."""
+        return len(self._blocked_tasks())
 
     def _check_blocked(self) -> None:
         """Warn once when the blocked workers fill the pool.
@@ -2710,7 +2718,8 @@ class AsyncTaskQueue:
         Called when an await begins or ends and when the pool is resized, so
         O(workers) there and never on the hot path.
         """
-        blocked = self._blocked_workers()
+        waiting = self._blocked_tasks()
+        blocked = len(waiting)
         if blocked < self._max_workers:
             self._blocked_warned = False
             return
@@ -2719,13 +2728,8 @@ class AsyncTaskQueue:
             return
 
         self._blocked_warned = True
-        waiting = [
-            repr(w.current._id)
-            for w in self._workers
-            if w.current is not None and self._is_blocked(w)
-        ]
-        task_ids = ", ".join(waiting[:_BLOCKED_IDS_SHOWN])
-        if len(waiting) > _BLOCKED_IDS_SHOWN:
+        task_ids = ", ".join(repr(h._id) for h in waiting[:_BLOCKED_IDS_SHOWN])
+        if blocked > _BLOCKED_IDS_SHOWN:
             task_ids += ", ..."
         if blocked == 1:
             subject = f"task {task_ids} awaits"

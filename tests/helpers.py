@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import selectors
 import traceback
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -87,3 +88,25 @@ def assert_failed_unretried(
     assert isinstance(handle.exception(), error)
     assert queue.stats().waiting_retry == 0
     assert queue.stats().retries == 0
+
+
+class WrappedSelector(selectors.BaseSelector):
+    """A selector that passes every call to ``inner``; subclasses add to ``select``."""
+
+    def __init__(self, inner: selectors.BaseSelector) -> None:
+        self.inner = inner
+
+    def select(self, timeout: float | None = None) -> list[Any]:
+        return self.inner.select(timeout)
+
+    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
+        return self.inner.register(fileobj, events, data)
+
+    def unregister(self, fileobj: Any) -> Any:
+        return self.inner.unregister(fileobj)
+
+    def get_map(self) -> Any:
+        return self.inner.get_map()
+
+    def close(self) -> None:
+        self.inner.close()

@@ -385,7 +385,7 @@ def test_store_keeps_arrival_order(
     # A model of the store: (arrival, task id) pairs, oldest first.
     store = DeadLetterStore(max_count)
     model: list[tuple[int, int]] = []
-    taken: dict[int, tuple[int, DeadLetter]] = {}
+    taken_out: dict[int, tuple[int, DeadLetter]] = {}
     arrivals = evicted = 0
 
     def evict() -> int:
@@ -410,9 +410,9 @@ def test_store_keeps_arrival_order(
             model[:] = [entry for entry in model if entry[1] != task_id]
             entry = store.take(task_id)
             assert entry is not None
-            taken[task_id] = entry
-        elif operation == "put_back" and task_id in taken:
-            arrival, letter = taken.pop(task_id)
+            taken_out[task_id] = entry
+        elif operation == "put_back" and task_id in taken_out:
+            arrival, letter = taken_out.pop(task_id)
             if present:
                 evicted += 1
             else:

@@ -29,7 +29,7 @@ from async_queue.__main__ import main as cli_main
 from async_queue._demo_server import DemoClient, DemoServer, Outcome, decide
 from async_queue.prometheus import PrometheusHook
 from async_queue.testing import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import WrappedSelector, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -124,29 +124,17 @@ def test_retry_schedule_on_long_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
         assert runner.run(main()) == [0.0, 1.0, 3.0, 7.0]
 
 
-class _CountingSelector(selectors.BaseSelector):
+class _CountingSelector(WrappedSelector):
     """A selector that counts the selects that wait for I/O or a timer."""
 
     def __init__(self, inner: selectors.BaseSelector) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.waits = 0
 
     def select(self, timeout: float | None = None) -> list[Any]:
         if timeout is not None and timeout > 0:
             self.waits += 1
         return self.inner.select(timeout)
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
-        return self.inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> Any:
-        return self.inner.unregister(fileobj)
-
-    def get_map(self) -> Any:
-        return self.inner.get_map()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_autojump_reaches_distant_timer_at_once() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskState
 from async_queue.testing import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import WrappedSelector, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 BLOCKED = "another task of the same queue while running"
@@ -225,7 +225,7 @@ def test_queue_closed_in_task_group_not_retried() -> None:
 # The virtual clock's jump to the next timer
 
 
-class _WakeAfterJump(selectors.BaseSelector):
+class _WakeAfterJump(WrappedSelector):
     """Wraps the loop's selector and resolves a future after the first jump.
 
     It replaces I/O that arrives once the clock has jumped, such as a peer
@@ -233,8 +233,8 @@ class _WakeAfterJump(selectors.BaseSelector):
     """
 
     def __init__(self, loop: VirtualClockLoop, inner: selectors.BaseSelector) -> None:
+        super().__init__(inner)
         self.loop = loop
-        self.inner = inner
         self.woken: asyncio.Future[None] | None = None
 
     def select(self, timeout: float | None = None) -> list[Any]:
@@ -244,18 +244,6 @@ class _WakeAfterJump(selectors.BaseSelector):
         if self.loop.offset != before and woken is not None and not woken.done():
             self.loop.call_soon(woken.set_result, None)
         return events
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
-        return self.inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> Any:
-        return self.inner.unregister(fileobj)
-
-    def get_map(self) -> Any:
-        return self.inner.get_map()
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def test_autojump_to_infinite_sleep_keeps_clock_finite() -> None:
