@@ -7,7 +7,7 @@ import contextvars
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .core import _Worker
+    from ._base import _Worker
     from .models import TaskHandle
 
 __all__ = ("CURRENT_WORKER", "THREAD_TASK", "current_handle", "running_handle")

@@ -1095,7 +1095,8 @@ async def test_none_result_iterator_send() -> None:
 
 
 def test_timer_slack_by_loop() -> None:
-    from async_queue.core import _CLOCK_RESOLUTION, _timer_slack
+    from async_queue._base import _CLOCK_RESOLUTION
+    from async_queue.core import _timer_slack
 
     uvloop = pytest.importorskip("uvloop")
     asyncio_loop = asyncio.new_event_loop()

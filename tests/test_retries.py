@@ -22,7 +22,7 @@ from async_queue import (
     TaskState,
     bind,
 )
-from async_queue.core import _is_closed_queue_error
+from async_queue._outcomes import _is_closed_queue_error
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 

@@ -1,0 +1,195 @@
+"""Workers that await tasks of their own queue, and the warning about them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ._base import _QueueBase, _Worker
+from ._context import CURRENT_WORKER
+from .models import TaskHandle
+
+logger = logging.getLogger("async_queue")
+
+# Task ids that the warning about workers that all await their own queue
+# names at most.
+_BLOCKED_IDS_SHOWN = 5
+
+
+class _Blocking(_QueueBase):
+    """Tracks workers that wait for handles of the same queue."""
+
+    __slots__ = ()
+
+    def _block_caller(self) -> Callable[[], None] | None:
+        """Count the caller's worker as blocked while it awaits a handle.
+
+        Returns the function that ends the count, or ``None`` if the caller
+        is not a task of this queue. Once as many workers are blocked as may
+        run at once, no task can start until one of their awaits ends, and
+        the queue warns of it.
+        """
+        worker = self._calling_worker()
+        if worker is None:
+            return None
+
+        caller = worker.current
+        assert caller is not None
+        attempt = caller._attempts
+        if worker.awaiting_for is not caller or worker.awaiting_attempt != attempt:
+            # Awaits left by the worker's earlier task or attempt, such as the
+            # children of a gather() that failed, do not block this one.
+            worker.awaiting_for = caller
+            worker.awaiting_attempt = attempt
+            worker.awaits = 0
+        worker.awaits += 1
+        self._check_blocked()
+        return functools.partial(self._unblock_caller, worker, caller, attempt)
+
+    def _unblock_caller(
+        self, worker: _Worker, caller: TaskHandle[Any], attempt: int
+    ) -> None:
+        if worker.awaiting_for is caller and worker.awaiting_attempt == attempt:
+            worker.awaits -= 1
+            if worker.awaits == 0:
+                worker.awaiting_for = None
+        self._check_blocked()
+
+    @staticmethod
+    def _is_blocked(worker: _Worker) -> bool:
+        """Return whether the current attempt of ``worker`` awaits a handle."""
+        current = worker.current
+        return (
+            current is not None
+            and worker.awaits > 0
+            and worker.awaiting_for is current
+            and worker.awaiting_attempt == current._attempts
+        )
+
+    def _blocked_tasks(self) -> list[TaskHandle[Any]]:
+        """Return the running tasks whose current attempt awaits a handle."""
+        return [
+            w.current
+            for w in self._workers
+            if w.current is not None and self._is_blocked(w)
+        ]
+
+    def _blocked_workers(self) -> int:
+        """Return the number of workers whose task awaits a handle of this queue."""
+        return len(self._blocked_tasks())
+
+    def _check_blocked(self) -> None:
+        """Warn once when the blocked workers fill the pool.
+
+        Called when an await begins or ends and when the pool is resized, so
+        O(workers) there and never on the hot path.
+        """
+        waiting = self._blocked_tasks()
+        blocked = len(waiting)
+        if blocked < self._max_workers:
+            self._blocked_warned = False
+            return
+
+        if self._blocked_warned:
+            return
+
+        self._blocked_warned = True
+        task_ids = ", ".join(repr(h._id) for h in waiting[:_BLOCKED_IDS_SHOWN])
+        if blocked > _BLOCKED_IDS_SHOWN:
+            task_ids += ", ..."
+        if blocked == 1:
+            subject = f"task {task_ids} awaits"
+        else:
+            subject = f"tasks {task_ids} await"
+        # A logging filter that raises must not break the await.
+        with contextlib.suppress(Exception):
+            logger.warning(
+                "%s another task of the same queue while running, and with "
+                "max_workers=%d no task can start until one of those awaits "
+                "ends; await handles outside the queue's tasks, or raise "
+                "max_workers",
+                subject,
+                self._max_workers,
+            )
+
+    def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:
+        """Return the busy worker of this queue that runs the current coroutine.
+
+        That is the worker whose asyncio task is the current one, or started
+        it and awaits it, directly or through ``gather()``. With
+        ``thorough``, for the rare stop() and join(), it is also any busy
+        worker that awaits the current task, even if another task made it.
+        That check costs O(workers) instead of O(1).
+        """
+        if not thorough and CURRENT_WORKER.get() is None:
+            return None  # no worker of any queue made the current task
+
+        current = asyncio.current_task(self._loop)
+        worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
+        if worker is None and current is not None:
+            worker = self._worker_above(current)
+            if worker is None and thorough:
+                worker = next(
+                    (
+                        busy
+                        for busy in self._workers
+                        if busy.current is not None and _awaits(busy.task, current)
+                    ),
+                    None,
+                )
+
+        return None if worker is None or worker.current is None else worker
+
+    def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
+        """Return the task that ``_calling_worker()`` runs, or ``None``."""
+        worker = self._calling_worker(thorough=thorough)
+        return None if worker is None else worker.current
+
+    def _worker_above(self, task: asyncio.Task[Any]) -> _Worker | None:
+        """Return this queue's worker that started ``task`` and awaits it."""
+        # NOTE: the wait is found through attributes that asyncio's tasks and
+        # gather() keep but do not document. A child awaited through
+        # shield(), wait(), a TaskGroup, wait_for() before Python 3.12, or
+        # only some steps after the call, leaves no such link, so a stop()
+        # or join() made there waits for the task that made it.
+        worker = CURRENT_WORKER.get()
+        if worker is None or worker.task is None:
+            return None
+
+        if self._workers_by_task.get(worker.task) is not worker:
+            return None  # a worker of another queue
+
+        if worker.current is None or not _awaits(worker.task, task):
+            return None
+
+        return worker
+
+
+def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
+    """Return whether the asyncio task ``waiter`` waits for ``target``.
+
+    Follows the future each task awaits and the children of each future
+    that ``gather()`` returned, as long as they are not done: a task whose
+    gather() has failed still names it until its next step.
+    """
+    pending = [waiter]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if item is target:
+            return True
+
+        if id(item) in seen or not isinstance(item, asyncio.Future) or item.done():
+            continue
+
+        seen.add(id(item))
+        awaited = getattr(item, "_fut_waiter", None)
+        if awaited is not None:
+            pending.append(awaited)
+        pending += getattr(item, "_children", ())
+
+    return False
