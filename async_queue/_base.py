@@ -75,6 +75,7 @@ class _Worker:
         "current",
         "deadline",
         "retire",
+        "room_waits",
         "task",
         "waiter",
         "woken",
@@ -89,6 +90,7 @@ class _Worker:
         self.awaits = 0  # handles of this queue that `awaiting_for` awaits
         self.awaiting_for: TaskHandle[Any] | None = None  # the task that awaits
         self.awaiting_attempt = 0  # and its attempt
+        self.room_waits = 0  # of `awaits`, the submit() calls waiting for room
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -105,11 +107,6 @@ class _Summary:
     def __init__(self) -> None:
         self.total = 0.0
         self.max = 0.0
-
-    def add(self, seconds: float) -> None:
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
 
     def snapshot(self, count: int) -> TimeSummary:
         return TimeSummary(count, self.total, self.max)

@@ -25,13 +25,14 @@ class _Blocking(_QueueBase):
 
     __slots__ = ()
 
-    def _block_caller(self) -> Callable[[], None] | None:
+    def _block_caller(self, *, room: bool = False) -> Callable[[], None] | None:
         """Count the caller's worker as blocked while it awaits a handle.
 
-        Returns the function that ends the count, or ``None`` if the caller
-        is not a task of this queue. Once as many workers are blocked as may
-        run at once, no task can start until one of their awaits ends, and
-        the queue warns of it.
+        With ``room``, it waits in ``submit()`` for room in this queue
+        instead. Returns the function that ends the count, or ``None`` if the
+        caller is not a task of this queue. Once as many workers are blocked
+        as may run at once, no task can start until one of their waits ends,
+        and the queue warns of it.
         """
         worker = self._calling_worker()
         if worker is None:
@@ -45,16 +46,18 @@ class _Blocking(_QueueBase):
             # children of a gather() that failed, do not block this one.
             worker.awaiting_for = caller
             worker.awaiting_attempt = attempt
-            worker.awaits = 0
+            worker.awaits = worker.room_waits = 0
         worker.awaits += 1
+        worker.room_waits += room
         self._check_blocked()
-        return functools.partial(self._unblock_caller, worker, caller, attempt)
+        return functools.partial(self._unblock_caller, worker, caller, attempt, room)
 
     def _unblock_caller(
-        self, worker: _Worker, caller: TaskHandle[Any], attempt: int
+        self, worker: _Worker, caller: TaskHandle[Any], attempt: int, room: bool
     ) -> None:
         if worker.awaiting_for is caller and worker.awaiting_attempt == attempt:
             worker.awaits -= 1
+            worker.room_waits -= room
             if worker.awaits == 0:
                 worker.awaiting_for = None
         self._check_blocked()
@@ -101,19 +104,38 @@ class _Blocking(_QueueBase):
         task_ids = ", ".join(repr(h._id) for h in waiting[:_BLOCKED_IDS_SHOWN])
         if blocked > _BLOCKED_IDS_SHOWN:
             task_ids += ", ..."
-        if blocked == 1:
-            subject = f"task {task_ids} awaits"
+        single = blocked == 1
+        subject = f"task {task_ids}" if single else f"tasks {task_ids}"
+        room_waits = [w for w in self._workers if w.room_waits and self._is_blocked(w)]
+        if not room_waits:
+            what = ("awaits" if single else "await") + " another task of the same queue"
+            wait = "awaits"
+            advice = "await handles outside the queue's tasks, or raise max_workers"
         else:
-            subject = f"tasks {task_ids} await"
+            # Tasks that submit() into their own full queue: the room they
+            # wait for comes only when a pending task starts.
+            what = ("waits" if single else "wait") + " for room in the same queue"
+            what += f" (max_pending={self._max_pending})"
+            if blocked > len(room_waits) or any(
+                w.awaits > w.room_waits for w in room_waits
+            ):
+                what += " or for another task of it"
+            wait = "waits"
+            advice = (
+                "submit from tasks with submit_nowait() and handle "
+                "QueueFullError, or raise max_pending or max_workers"
+            )
+
         # A logging filter that raises must not break the await.
         with contextlib.suppress(Exception):
             logger.warning(
-                "%s another task of the same queue while running, and with "
-                "max_workers=%d no task can start until one of those awaits "
-                "ends; await handles outside the queue's tasks, or raise "
-                "max_workers",
+                "%s %s while running, and with max_workers=%d no task can start "
+                "until one of those %s ends; %s",
                 subject,
+                what,
                 self._max_workers,
+                wait,
+                advice,
             )
 
     def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:

@@ -494,7 +494,16 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
                 if self._lost_workers:
                     self._replace_lost_workers()  # they free the room to wait for
 
-                await self._wait_for_room()
+                # A task that waits for room in its own queue holds a worker
+                # that would start a pending task and make that room.
+                unblock = None
+                if CURRENT_WORKER.get() is not None:
+                    unblock = self._block_caller(room=True)
+                try:
+                    await self._wait_for_room()
+                finally:
+                    if unblock is not None:
+                        unblock()
 
         try:
             return self._submit_checked(
