@@ -27,6 +27,22 @@ async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> 
     raise AssertionError(f"condition not reached in {max_iterations} loop iterations")
 
 
+async def settle(steps: int = 20) -> None:
+    """Let the loop run callbacks and woken coroutines for a few iterations."""
+    for _ in range(steps):
+        await asyncio.sleep(0)
+
+
+async def one() -> int:
+    """Return 1 at once: a task that always succeeds."""
+    return 1
+
+
+async def fail() -> None:
+    """Raise ``ValueError("boom")`` at once: a task that always fails."""
+    raise ValueError("boom")
+
+
 class Gate:
     """A coroutine function that waits for ``release`` and counts its calls."""
 

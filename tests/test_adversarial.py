@@ -2,8 +2,9 @@
 
 Each test states the correct behaviour. Besides the common cases, it covers
 callbacks that raise, exceptions that cannot be printed, tasks that turn the
-queue's own API against it, other event loops (uvloop, debug mode) and
-garbage collection.
+queue's own API against it, other event loops (uvloop, debug mode), garbage
+collection, and random programs, some with hooks that cancel tasks at any
+event.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 import uvloop
@@ -31,6 +33,8 @@ from async_queue import (
     Hook,
     Jitter,
     QueueClosedError,
+    QueueFullError,
+    RetryAfter,
     RetryPolicy,
     ShutdownMode,
     ShutdownReport,
@@ -40,9 +44,11 @@ from async_queue import (
     TaskNotFoundError,
     TaskState,
     bind,
+    containers,
 )
+from async_queue.hooks import EVENTS
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import assert_state_counts, settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 ONE_QUICK_RETRY = RetryPolicy(max_retries=1, base_delay=0, jitter="none")
@@ -1239,3 +1245,279 @@ def test_random_programs_consistent(
 ) -> None:
     """Counts match handle states after every step, and no attempt repeats."""
     run_virtual(lambda loop: _run_program(loop, workers, actions, mode))
+
+
+# Random programs over the features that the programs above leave out:
+# delays, priorities with aging, the rate limit, max_pending, dedup keys,
+# pause, resume and resize.
+FEATURE_ACTION = st.one_of(
+    st.tuples(
+        st.just("submit"),
+        st.sampled_from(["ok", "fail_once", "fail", "gate"]),
+        st.integers(-2, 2),
+        st.sampled_from([None, 0.5, 2.0]),
+        st.sampled_from([None, "a", "b"]),
+    ),
+    st.tuples(st.just("cancel"), st.integers(0, 40)),
+    st.tuples(st.just("release"), st.integers(0, 40)),
+    st.tuples(st.just("advance"), st.sampled_from([0.1, 0.5, 2.0])),
+    st.tuples(st.just("pause")),
+    st.tuples(st.just("resume")),
+    st.tuples(st.just("resize"), st.integers(1, 4)),
+)
+
+
+class FeatureProgram:
+    """Handles of one random program, with the attempts each task ran."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self.calls: dict[int, int] = {}
+        self.running: set[int] = set()
+        self.gates: dict[int, asyncio.Event] = {}
+        self.first_final: dict[int, TaskState] = {}
+        self.began = asyncio.get_running_loop().time()
+
+    def make(self, kind: str, index: int) -> Callable[[], Any]:
+        self.calls[index] = 0
+        self.gates[index] = asyncio.Event()
+
+        async def task() -> int:
+            assert index not in self.running, "two attempts of one task at once"
+            self.running.add(index)
+            self.calls[index] += 1
+            try:
+                if kind == "fail" or (kind == "fail_once" and self.calls[index] == 1):
+                    raise ValueError(f"task {index} failed")
+
+                if kind == "gate":
+                    await self.gates[index].wait()
+
+                return index
+            finally:
+                self.running.discard(index)
+
+        return task
+
+    def check(self, queue: AsyncTaskQueue, max_pending: int) -> None:
+        unique = list({id(h): h for h in self.handles}.values())
+        states = [h.state for h in unique]
+        stats = queue.stats()
+        assert_state_counts(stats, states)
+        assert stats.running <= stats.workers
+        # A retry may exceed max_pending, a first attempt never.
+        waiting = (TaskState.PENDING, TaskState.DELAYED)
+        fresh = [h for h in unique if h.state in waiting and h.attempts == 0]
+        assert len(fresh) <= max_pending
+        # The rate limit: 4 starts per second, in bursts of up to 2.
+        elapsed = asyncio.get_running_loop().time() - self.began
+        assert sum(self.calls.values()) <= 2 + 4.0 * elapsed + 1e-3
+        for handle in unique:
+            assert handle.attempts == self.calls[handle.id]
+            assert handle.attempts <= 2
+            if handle.done():
+                first = self.first_final.setdefault(handle.id, handle.state)
+                assert handle.state is first
+
+
+async def _run_feature_program(
+    loop: VirtualClockLoop,
+    actions: list[tuple[Any, ...]],
+    aging: bool,
+    mode: str,
+) -> None:
+    policy = RetryPolicy(max_retries=1, base_delay=1.0, jitter="none")
+    queue = AsyncTaskQueue(
+        2,
+        retry=policy,
+        max_pending=4,
+        aging_rate=0.5 if aging else None,
+        rate_limit=4.0,
+        rate_burst=2,
+    )
+    await queue.start()
+    program = FeatureProgram()
+    for action in actions:
+        name = action[0]
+        if name == "submit":
+            _, kind, priority, delay, key = action
+            index = queue.stats().submitted + 1
+            task = program.make(kind, index)
+            try:
+                handle = queue.submit_nowait(
+                    task, priority=priority, delay=delay, dedup_key=key
+                )
+            except QueueFullError:
+                del program.calls[index]
+            else:
+                program.handles.append(handle)
+        elif name == "advance":
+            loop.advance(action[1])
+            await settle(5)
+        elif name == "pause":
+            queue.pause()
+        elif name == "resume":
+            queue.resume()
+        elif name == "resize":
+            queue.resize(action[1])
+        elif program.handles:
+            handle = program.handles[action[1] % len(program.handles)]
+            if name == "cancel":
+                was_final = handle.done()
+                assert handle.cancel() is (not was_final)
+            else:
+                program.gates[handle.id].set()
+
+        await settle(3)
+        program.check(queue, 4)
+
+    stop = asyncio.create_task(queue.stop(mode, timeout=50, grace=1))
+    while not stop.done():
+        for gate in program.gates.values():
+            gate.set()
+        loop.advance(1)
+        await settle(5)
+
+    stop.result()
+    program.check(queue, 4)
+    assert all(h.done() for h in program.handles)
+    assert queue.stats().workers == 0
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(FEATURE_ACTION, max_size=40),
+    st.booleans(),
+    st.sampled_from(["drain", "finish_running", "cancel"]),
+)
+def test_random_feature_programs_consistent(
+    actions: list[tuple[Any, ...]], aging: bool, mode: str
+) -> None:
+    """Counts match handle states with every feature on, and no attempt repeats."""
+    # A tiny threshold makes both heaps compact their stale entries often.
+    with mock.patch.object(containers, "_COMPACT_MIN_STALE", 2):
+        run_virtual(lambda loop: _run_feature_program(loop, actions, aging, mode))
+
+
+# Random cancels from hooks and callers
+
+
+def _make_chaos_hook(rng: random.Random, record: Callable[[Any], None]) -> Hook:
+    """Return a hook that, at any event, may cancel a random task via ``record``."""
+
+    class Chaos(Hook):
+        pass
+
+    def observe(self: Hook, event: TaskEvent) -> None:
+        if rng.random() < 0.3:
+            record(None)
+
+    for name in EVENTS:
+        setattr(Chaos, name, observe)
+
+    return Chaos()
+
+
+async def _chaos_task(kind: str) -> int:
+    if kind == "fail":
+        raise ValueError("attempt failed")
+
+    if kind == "retry_after":
+        raise RetryAfter(0.3)
+
+    if kind == "hang":
+        await asyncio.sleep(5)
+
+    if kind == "suppress":
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(5)
+
+    return 1
+
+
+async def _run_chaos(loop: VirtualClockLoop, rng: random.Random) -> None:
+    handles: list[Any] = []
+    attempts_at_cancel: dict[object, int] = {}
+
+    def cancel_random(_: object) -> None:
+        if handles:
+            handle = rng.choice(handles)
+            before = handle.attempts
+            if handle.cancel("cancelled at random"):
+                attempts_at_cancel.setdefault(handle.id, before)
+
+    policy = RetryPolicy(max_retries=2, base_delay=0.5, jitter="none")
+    queue = AsyncTaskQueue(
+        rng.randint(1, 3),
+        retry=policy,
+        timeout=1.0,
+        hooks=[_make_chaos_hook(rng, cancel_random)],
+        max_pending=rng.choice([None, 3]),
+        aging_rate=rng.choice([None, 1.0]),
+        rate_limit=rng.choice([None, 5.0]),
+    )
+    await queue.start()
+    for _ in range(40):
+        roll = rng.random()
+        if roll < 0.45:
+            kind = rng.choice(["ok", "fail", "hang", "retry_after", "suppress"])
+            with contextlib.suppress(QueueFullError):
+                handles.append(
+                    queue.submit_nowait(
+                        _chaos_task,
+                        kind,
+                        priority=rng.randint(0, 2),
+                        delay=rng.choice([None, 0.2, 1.5]),
+                    )
+                )
+        elif roll < 0.6:
+            cancel_random(None)
+        else:
+            loop.advance(rng.choice([0.1, 0.5, 1.2]))
+
+        await settle(3)
+        _check_chaos(queue, handles, attempts_at_cancel)
+
+    mode = rng.choice(["drain", "cancel", "finish_running"])
+    stop = asyncio.create_task(queue.stop(mode, timeout=20, grace=1))
+    while not stop.done():
+        loop.advance(1)
+        await settle(5)
+
+    stop.result()
+    _check_chaos(queue, handles, attempts_at_cancel)
+    assert all(h.done() for h in handles)
+    assert queue.stats().workers == 0
+
+
+def _check_chaos(
+    queue: AsyncTaskQueue, handles: list[Any], attempts_at_cancel: dict[object, int]
+) -> None:
+    states = [h.state for h in handles]
+    stats = queue.stats()
+    assert stats.pending == states.count(TaskState.PENDING)
+    assert stats.delayed == states.count(TaskState.DELAYED)
+    assert stats.waiting_retry == states.count(TaskState.WAITING_RETRY)
+    assert stats.running == states.count(TaskState.RUNNING)
+    assert stats.succeeded == states.count(TaskState.SUCCEEDED)
+    assert stats.failed == states.count(TaskState.FAILED)
+    assert stats.cancelled == states.count(TaskState.CANCELLED)
+    for handle in handles:
+        if handle.id not in attempts_at_cancel:
+            continue
+
+        # An accepted cancel lets at most the attempt running then go on.
+        assert handle.attempts <= max(attempts_at_cancel[handle.id], 1)
+        if handle.done():
+            assert handle.state is TaskState.CANCELLED
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_random_cancels_from_hooks_hold(seed: int) -> None:
+    """Tasks cancelled at any event, by hooks or callers, end CANCELLED once."""
+    # A seeded generator, because hypothesis's own random draws read files,
+    # which the blocking-call detector rejects inside the event loop.
+    rng = random.Random(seed)
+    with mock.patch.object(containers, "_COMPACT_MIN_STALE", 2):
+        run_virtual(lambda loop: _run_chaos(loop, rng))

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
 from async_queue.containers import AgingHeap
 from async_queue.models import TaskHandle, TaskSettings, new_handle
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import one as _one
+from tests.helpers import settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 SETTINGS = TaskSettings(None, None, NO_RETRY)
@@ -183,3 +185,161 @@ def test_rate_limit_token_timer_on_exact_clock() -> None:
         return starts
 
     assert run_virtual(main, autojump=None) == [0.0, 0.2, 0.4]
+
+
+def test_rate_limit_fills_every_worker() -> None:
+    """Blocked starts resume at the rate limit on every idle worker, not one."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        gate = asyncio.Event()
+
+        async def hold() -> None:
+            await gate.wait()
+
+        queue = AsyncTaskQueue(10, retry=NO_RETRY, rate_limit=100.0)
+        await queue.start()
+        handles = [await queue.submit(hold) for _ in range(20)]
+
+        # 100 starts per second: 0.3 s gives tokens for far more than 10 workers.
+        for _ in range(30):
+            loop.advance(0.01)
+            await settle()
+
+        assert queue.stats().running == 10
+        assert queue.stats().pending == 10
+
+        gate.set()
+        # The drain starts the last ten tasks at the rate limit, in virtual time.
+        stopping = asyncio.ensure_future(queue.stop("drain"))
+        while not stopping.done():
+            loop.advance(0.01)
+            await settle()
+        assert all(h.state is TaskState.SUCCEEDED for h in handles)
+
+    run_virtual(main)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    workers=st.integers(1, 6),
+    rate=st.sampled_from([5.0, 20.0, 50.0]),
+    burst=st.integers(1, 4),
+    tasks=st.integers(1, 15),
+)
+def test_rate_limit_bounds_and_progress(
+    workers: int, rate: float, burst: int, tasks: int
+) -> None:
+    """Starts never exceed burst + rate * elapsed, and blocked starts resume."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        gate = asyncio.Event()
+        starts: list[float] = []
+
+        async def hold() -> None:
+            starts.append(loop.time())
+            await gate.wait()
+
+        queue = AsyncTaskQueue(
+            workers, retry=NO_RETRY, rate_limit=rate, rate_burst=burst
+        )
+        await queue.start()
+        begin = loop.time()
+        for _ in range(tasks):
+            await queue.submit(hold)
+
+        step = 0.25 / rate
+        for _ in range(8 * (tasks + 1)):
+            loop.advance(step)
+            await settle(5)
+            elapsed = loop.time() - begin
+            # A small slack for the wall time that passes under the virtual clock.
+            assert len(starts) <= burst + rate * elapsed + 1e-3
+
+        # 2 * (tasks + 1) token intervals have passed: every worker is busy.
+        assert len(starts) == min(workers, tasks)
+
+        gate.set()
+        await queue.stop("drain")
+        assert len(starts) == tasks
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize(
+    "priority", [10**400, -(10**400), 2**1024], ids=["1e400", "-1e400", "2**1024"]
+)
+async def test_aging_huge_priority_changes_nothing(priority: int) -> None:
+    """A priority beyond the float range is rejected before anything is queued."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=1.0)
+    await queue.start()
+    queue.pause()
+
+    with pytest.raises(ValueError, match=r"priority of \d+ bits is out of range"):
+        await queue.submit(_one, priority=priority, dedup_key="job", task_id="job")
+
+    stats = queue.stats()
+    assert stats.submitted == 0
+    assert stats.pending == 0
+    join = asyncio.create_task(queue.join())
+    await until(join.done)
+
+    # The id and the dedup key are still free.
+    handle = await queue.submit(_one, task_id="job", dedup_key="job")
+    queue.resume()
+    assert await handle == 1
+    assert (await queue.stop("drain")).never_started == ()
+
+
+async def test_aging_float_max_priority_runs() -> None:
+    """The largest priority the aging heap can key still runs first."""
+    started: list[str] = []
+
+    async def record(name: str) -> None:
+        started.append(name)
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=1.0)
+    await queue.start()
+    queue.pause()
+    low = await queue.submit(record, "low", priority=0)
+    await queue.submit(record, "high", priority=int(sys.float_info.max))
+    queue.resume()
+    await until(lambda: low.done())
+
+    assert started == ["high", "low"]
+    await queue.stop()
+
+
+def test_rate_limit_owes_early_token() -> None:
+    """Where a token counts as earned before it is whole, the rest is owed.
+    With a slack worth a whole token, as uvloop's at 2,000 starts per second,
+    forgiving it let every queued task start at once."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        gate = asyncio.Event()
+        started = 0
+
+        async def hold() -> None:
+            nonlocal started
+            started += 1
+            await gate.wait()
+
+        queue = AsyncTaskQueue(50, retry=NO_RETRY, rate_limit=2000.0)
+        await queue.start()
+        queue._slack = 0.0005  # as on uvloop: half a millisecond is one token
+        for _ in range(50):
+            queue.submit_nowait(hold)
+        await settle()
+
+        # The burst of one, and one token taken early.
+        assert started == 2
+
+        for _ in range(10):
+            loop.advance(0.001)
+            await settle()
+
+        # 10 ms at 2,000 per second is 20 more, give or take the debt.
+        assert 21 <= started <= 23
+        gate.set()
+        await queue.stop()
+
+    run_virtual(main, autojump=None)

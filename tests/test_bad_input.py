@@ -27,6 +27,7 @@ from async_queue import (
     bind,
 )
 from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import one as _one
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -153,6 +154,18 @@ async def test_coroutine_object_with_args(queue: AsyncTaskQueue) -> None:
     await check_next_id(queue, 1)
 
 
+async def test_lambda_of_coroutine_message_suggests_bind() -> None:
+    """A lambda that calls a coroutine function gets pointed to bind()."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+
+    with pytest.raises(TypeError, match=r"submit bind\(coroutine_function, \.\.\.\)"):
+        await queue.submit(lambda: _one())
+
+    assert queue.stats().submitted == 0
+    await queue.stop()
+
+
 # Queue options
 
 BAD_QUEUE_OPTIONS: list[tuple[str, object, type[Exception]]] = [
@@ -207,6 +220,25 @@ def test_queue_option_advice(name: str, value: object, advice: str) -> None:
     message = str(caught.value)
     assert message.startswith(f"{name} must be")
     assert advice in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "advice"),
+    [
+        ("max_pending", "10", "max_pending=None"),
+        ("max_pending", 2.5, "max_pending=None"),
+        ("max_workers", 4.0, "the pool has a fixed size"),
+    ],
+)
+def test_type_error_omits_limit_advice(name: str, value: object, advice: str) -> None:
+    # The advice is for values that mean "no limit" elsewhere. A str or a
+    # float is a wrong type for a real bound, which the advice does not fix.
+    with pytest.raises(TypeError) as caught:
+        AsyncTaskQueue(**{name: value})  # type: ignore[arg-type]
+
+    message = str(caught.value)
+    assert message.startswith(f"{name} must be an int, got {value!r}")
+    assert advice not in message
 
 
 @settings(max_examples=60)
@@ -590,3 +622,112 @@ async def test_lookup_rejects_id_type(queue: AsyncTaskQueue, task_id: object) ->
     assert str(by_cancel.value) == message
     assert str(by_requeue.value) == message
     assert queue.stats() == before
+
+
+# A full queue: await submit() checks its input before it waits for room
+
+
+def _plain() -> int:
+    return 1
+
+
+@pytest.mark.parametrize(
+    ("fn", "options", "error"),
+    [
+        (_plain, {}, TypeError),
+        (_one, {"priority": "high"}, TypeError),
+        (_one, {"timeout": -1}, ValueError),
+        (_one, {"retry": 3}, TypeError),
+        (_one, {"delay": float("nan")}, ValueError),
+        (_one, {"delay": 1, "at": 2}, TypeError),
+        (_one, {"task_id": ""}, ValueError),
+    ],
+    ids=["plain", "priority", "timeout", "retry", "delay", "delay-and-at", "task-id"],
+)
+async def test_full_queue_rejects_bad_input_at_once(
+    fn: Callable[[], Any], options: dict[str, Any], error: type[Exception]
+) -> None:
+    """On a full queue, await submit() raises for bad input instead of waiting."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    queued = await queue.submit(_one)
+
+    attempt = asyncio.create_task(queue.submit(fn, **options))
+    await until(attempt.done)
+
+    with pytest.raises(error):
+        attempt.result()
+
+    assert queue.stats().submitted == 1
+    queue.resume()
+    assert await queued == 1
+    # No room stayed reserved for the rejected call.
+    assert await queue.submit_nowait(_one) == 1
+    await queue.stop()
+
+
+async def test_full_queue_rejects_coroutine_with_retries_at_once() -> None:
+    """A coroutine object with retries is rejected before waiting, and not closed."""
+    queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=1), max_pending=1)
+    await queue.start()
+    queue.pause()
+    await queue.submit(_one)
+    coroutine = _one()
+
+    attempt = asyncio.create_task(queue.submit(coroutine))
+    await until(attempt.done)
+
+    with pytest.raises(ValueError, match="cannot be retried"):
+        attempt.result()
+
+    assert await coroutine == 1  # still the caller's to run
+    await queue.stop()
+
+
+async def test_full_queue_rejects_taken_id() -> None:
+    async def job() -> None:
+        return None
+
+    queue = AsyncTaskQueue(1, max_pending=1)
+    await queue.start()
+    queue.pause()  # room never frees
+    queue.submit_nowait(job, task_id="taken")
+
+    submission = asyncio.ensure_future(queue.submit(job, task_id="taken"))
+    await until(submission.done)
+
+    with pytest.raises(DuplicateTaskIdError, match="'taken'"):
+        submission.result()
+    assert queue.stats().submitted == 1
+    await queue.stop()
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"priority": "high", "dedup_key": []}, TypeError, "priority"),
+        ({"dedup_key": [], "task_id": 5}, TypeError, "dedup_key"),
+        ({"dedup_key": "k", "task_id": 5}, TypeError, "task_id"),
+    ],
+)
+async def test_full_queue_check_order(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    """On a full queue, await submit() reports the same invalid argument as
+    submit_nowait(), not the first one it happened to check."""
+
+    async def job() -> None:
+        return None
+
+    queue = AsyncTaskQueue(1, max_pending=1)
+    await queue.start()
+    queue.pause()
+    queue.submit_nowait(job)
+
+    with pytest.raises(error, match=match):
+        queue.submit_nowait(job, **options)
+    with pytest.raises(error, match=match):
+        await queue.submit(job, **options)
+    assert queue.stats().submitted == 1
+    await queue.stop()

@@ -288,6 +288,66 @@ def test_ready_cancel_model(
         assert heap._stale == 0
 
 
+HEAP_OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("push"), st.integers(-2, 2)),
+        st.tuples(st.just("push"), st.integers(-2, 2)),
+        st.tuples(st.just("pop"), st.just(0)),
+        st.tuples(st.just("drop"), st.just(0)),
+        st.tuples(st.just("cancel"), st.integers(0, 50)),
+    ),
+    min_size=10,
+    max_size=150,
+)
+
+
+@given(HEAP_OPERATIONS)
+def test_ready_heap_drops_last_to_start(operations: list[tuple[str, int]]) -> None:
+    """Pushes, pops, cancels and drops in any mix keep the heap's order and
+    its counts of entries and stale entries."""
+    heap = ReadyHeap()
+    live: list[tuple[int, int]] = []  # (priority, seq) of the pending tasks
+    handles = {}
+    for seq, (operation, value) in enumerate(operations):
+        if operation == "push":
+            handles[seq] = make_handle(seq, value)
+            heap.push(handles[seq])
+            live.append((value, seq))
+        elif operation == "pop":
+            popped = heap.pop()
+            if not live:
+                assert popped is None
+            else:
+                expected = min(live, key=lambda e: (-e[0], e[1]))
+                assert popped is not None
+                assert popped.id == expected[1]
+                live.remove(expected)
+        elif operation == "drop":
+            victim = heap.last_to_start()
+            if not live:
+                assert victim is None
+            else:
+                expected = min(live, key=lambda e: (e[0], -e[1]))
+                assert victim is not None
+                assert victim.id == expected[1]
+                cancel_in_heap(heap, victim)
+                live.remove(expected)
+        elif live:
+            _, chosen = live.pop(value % len(live))
+            cancel_in_heap(heap, handles[chosen])
+
+        assert len(heap) == len(live)
+        assert heap._entries == sum(len(level) for level in heap._levels.values())
+        assert heap._stale == sum(heap._stale_by_level.values())
+        depth: dict[int, int] = {}
+        for priority, _ in sorted(live, reverse=True):
+            depth[priority] = depth.get(priority, 0) + 1
+        assert heap.depth_by_priority() == depth
+
+    remaining = [h.id for h in iter(heap.pop, None)]
+    assert remaining == [seq for _, seq in sorted(live, key=lambda e: (-e[0], e[1]))]
+
+
 # ReadyHeap: drain and depth
 
 

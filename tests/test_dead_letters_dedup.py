@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import math
 
 import pytest
 from hypothesis import given
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 from async_queue import (
     AsyncTaskQueue,
     DeadLetter,
+    QueueClosedError,
     RetryAfter,
     RetryPolicy,
     TaskNotFoundError,
@@ -19,6 +22,8 @@ from async_queue import (
 )
 from async_queue.deadletters import DeadLetterStore
 from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import fail as _fail
+from tests.helpers import one as _one
 from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -121,6 +126,74 @@ def test_retry_after_rejects_bad_delay(delay: float) -> None:
         RetryAfter(delay)
 
 
+@pytest.mark.parametrize(
+    "delay",
+    [math.nan, math.inf, -1.0, "5", 10**400],
+    ids=["nan", "inf", "negative", "str", "huge_int"],
+)
+def test_retry_after_delay_checked_when_raised(delay: object) -> None:
+    # A delay changed after RetryAfter checked it: NaN as the due time of the
+    # shared retry timer kept every other task's retry from ever firing.
+    async def main(loop: VirtualClockLoop) -> None:
+        async def odd_delay() -> None:
+            error = RetryAfter(1)
+            error.delay = delay  # type: ignore[assignment]
+            raise error
+
+        calls = 0
+
+        async def retry_once() -> str:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RetryAfter(3)
+            return "done"
+
+        async with AsyncTaskQueue(retry=RetryPolicy(max_retries=1)) as queue:
+            odd = await queue.submit(odd_delay)
+            other = await queue.submit(retry_once)
+            await until(lambda: odd.done() and other.state is TaskState.WAITING_RETRY)
+
+            loop.advance(3)
+            await until(other.done)
+
+        assert other.result() == "done"
+        assert odd.state is TaskState.FAILED
+        assert odd.attempts == 1
+        error = odd.exception()
+        assert isinstance(error, (TypeError, ValueError))
+        assert "RetryAfter" in str(error)
+        assert repr(delay)[:10] in str(error)
+
+    run_virtual(main, autojump=None)
+
+
+def test_retry_after_subclass_without_delay() -> None:
+    # A subclass that skipped RetryAfter.__init__ failed its task with a bare
+    # AttributeError that did not say what to change.
+    class Later(RetryAfter):
+        def __init__(self) -> None:
+            Exception.__init__(self, "later")
+
+    async def later() -> None:
+        raise Later()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(retry=RetryPolicy(max_retries=1)) as queue:
+            handle = await queue.submit(later)
+            await until(handle.done)
+
+        assert handle.state is TaskState.FAILED
+        assert handle.attempts == 1
+        error = handle.exception()
+        assert isinstance(error, TypeError)
+        assert "Later has no delay" in str(error)
+        assert "RetryAfter.__init__(self, seconds)" in str(error)
+        assert isinstance(error.__cause__, Later)
+
+    run_virtual(main, autojump=None)
+
+
 # Deduplication
 
 
@@ -172,6 +245,105 @@ async def test_dedup_covers_waiting_retry() -> None:
         handle.cancel()
 
     assert calls == 1
+
+
+async def test_dedup_hit_while_full_returns_at_once() -> None:
+    """submit() of a queued dedup key needs no room, like submit_nowait()."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    first = await queue.submit(_one, dedup_key="job")
+
+    again = asyncio.create_task(queue.submit(_one, dedup_key="job"))
+    await until(again.done)
+
+    assert again.result() is first
+    assert queue.submit_nowait(_one, dedup_key="job") is first
+    assert queue.stats().deduplicated == 2
+    assert queue.stats().pending == 1
+
+    queue.resume()
+    assert await first == 1
+    await queue.stop()
+
+
+@pytest.mark.parametrize("key", [["a"], {"a": 1}, {1}])
+async def test_unhashable_dedup_key_message(key: object) -> None:
+    """An unhashable dedup_key raises a TypeError that names the option."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    queue.pause()
+    await queue.submit(_one)
+
+    # The queue is full, so submit() looks the key up before it waits.
+    with pytest.raises(TypeError, match="dedup_key must be hashable"):
+        await queue.submit(_one, dedup_key=key)
+
+    with pytest.raises(TypeError, match="dedup_key must be hashable"):
+        queue.submit_nowait(_one, dedup_key=key)
+
+    assert queue.stats().submitted == 1
+    await queue.stop()
+
+
+async def test_dedup_hit_still_checks_task_id() -> None:
+    """An invalid task_id raises even when the dedup key matches a task."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    queue.pause()
+    first = await queue.submit(_one, dedup_key="job", task_id="job")
+
+    with pytest.raises(TypeError, match="task_id must be a non-empty str"):
+        await queue.submit(_one, dedup_key="job", task_id=7)  # type: ignore[arg-type]
+
+    # The same valid id with the same key is the idempotent resubmission.
+    assert await queue.submit(_one, dedup_key="job", task_id="job") is first
+    assert queue.stats().deduplicated == 1
+    await queue.stop()
+
+
+class ChangingKey:
+    """A dedup key whose hash its owner changes after submitting it."""
+
+    def __init__(self) -> None:
+        self.hash = 1
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+
+async def test_dedup_key_with_changed_hash_keeps_worker(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def job() -> int:
+        return 1
+
+    queue = AsyncTaskQueue(max_workers=1)
+    await queue.start()
+    key = ChangingKey()
+    first = await queue.submit(job, dedup_key=key)
+    key.hash = 2
+
+    assert await first == 1
+    assert queue.stats().workers == 1
+    second = await queue.submit(job, dedup_key=key)
+    assert second is not first
+    assert await second == 1
+
+    cancelled = await queue.submit(job, dedup_key=key, delay=60)
+    key.hash = 3
+    assert cancelled.cancel() is True
+    assert queue.stats().cancelled == 1
+
+    report = await queue.stop("drain")
+    assert report.never_started == ()
+    assert queue.stats().succeeded == 2
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "changed its hash or equality" in warnings[0].getMessage()
 
 
 # Dead letters
@@ -423,3 +595,149 @@ def test_store_keeps_arrival_order(
 
         assert [letter.task_id for letter in store.list()] == [e[1] for e in model]
         assert store.evicted == evicted
+
+
+async def test_dead_letter_callback_cancelled_error_keeps_worker() -> None:
+    """on_dead_letter raising CancelledError must not end the worker."""
+
+    def callback(letter: DeadLetter) -> None:
+        raise asyncio.CancelledError(f"dead letter {letter.task_id!r}")
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, on_dead_letter=callback)
+    await queue.start()
+    failing = await queue.submit(_fail)
+    after = await queue.submit(_one)
+    await until(lambda: after.done())
+
+    assert failing.state is TaskState.FAILED
+    assert len(queue.dead_letters()) == 1
+    assert after.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+
+    report = await queue.stop()
+    assert report.abandoned == ()
+
+
+async def test_failed_requeue_keeps_letter_order() -> None:
+    """A requeue rejected for its arguments leaves the dead letters as they were."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_dead_letters=3)
+    await queue.start()
+    for _ in range(3):
+        await queue.submit(_fail)
+    await queue.join()
+    before = [letter.task_id for letter in queue.dead_letters()]
+    assert before == [1, 2, 3]
+
+    with pytest.raises(TypeError, match="priority must be an int"):
+        await queue.requeue(1, priority="urgent")  # type: ignore[arg-type]
+
+    assert [letter.task_id for letter in queue.dead_letters()] == before
+
+    # The oldest letter is still the first evicted.
+    await queue.submit(_fail)
+    await queue.join()
+    assert [letter.task_id for letter in queue.dead_letters()] == [2, 3, 4]
+    await queue.stop()
+
+
+async def test_coroutine_letter_requeue_keeps_order() -> None:
+    """Requeueing a coroutine object's letter raises and moves no letter."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    coroutine_task = await queue.submit(_fail())
+    await queue.submit(_fail)
+    await queue.join()
+
+    with pytest.raises(ValueError, match="coroutine object"):
+        await queue.requeue(coroutine_task.id)
+
+    assert [letter.task_id for letter in queue.dead_letters()] == [1, 2]
+    await queue.stop()
+
+
+async def test_requeue_after_stop_keeps_letter() -> None:
+    """requeue() on a stopped queue raises and keeps the letter in place."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    await queue.submit(_fail)
+    await queue.submit(_fail)
+    await queue.join()
+    await queue.stop()
+
+    with pytest.raises(QueueClosedError):
+        await queue.requeue(1)
+
+    assert [letter.task_id for letter in queue.dead_letters()] == [1, 2]
+
+
+async def test_reused_task_id_letter_is_newest() -> None:
+    """A str id that fails again replaces its letter as the newest one."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0, max_dead_letters=2)
+    await queue.start()
+    for task_id in ("job", "other", "job"):
+        await queue.submit(_fail, task_id=task_id)
+        await queue.join()
+
+    assert [letter.task_id for letter in queue.dead_letters()] == ["other", "job"]
+    assert queue.stats().dead_letters_evicted == 1  # the first letter of "job"
+
+    await queue.submit(_fail, task_id="third")
+    await queue.join()
+    # "other" is now the oldest, so it is the one evicted.
+    assert [letter.task_id for letter in queue.dead_letters()] == ["job", "third"]
+    assert queue.stats().dead_letters_evicted == 2
+    assert queue.stats().evicted == 4  # max_results=0 evicts every task at once
+    await queue.stop()
+
+
+async def fail(label: str, gate: asyncio.Event | None = None) -> None:
+    if gate is not None:
+        await gate.wait()
+    raise ValueError(label)
+
+
+def test_cancelled_requeue_keeps_newer_letters() -> None:
+    """A requeue that gave up evicted a newer dead letter than its own.
+
+    ``requeue()`` takes the letter out before it waits for room, and puts it
+    back as the newest if the wait ends without a task. A task that failed
+    meanwhile filled the store, so the letter put back evicted a newer one,
+    against "oldest evicted first".
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        hold = asyncio.Event()
+        gate = asyncio.Event()
+
+        async def block() -> None:
+            await hold.wait()
+
+        queue = AsyncTaskQueue(2, retry=NO_RETRY, max_dead_letters=2, max_pending=1)
+        await queue.start()
+        first = await queue.submit(fail, "first")
+        second = await queue.submit(fail, "second")
+        await queue.join()
+
+        await queue.submit(block)
+        third = await queue.submit(fail, "third", gate)
+        await settle()
+        queue.pause()
+        await queue.submit(block)  # pending, so the queue is full
+
+        requeue = asyncio.create_task(queue.requeue(first.id))
+        await settle()
+        gate.set()
+        with contextlib.suppress(ValueError):
+            await third
+
+        requeue.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await requeue
+
+        letters = [letter.task_id for letter in queue.dead_letters()]
+        hold.set()
+        await queue.stop()
+        # The first letter went back before the others, so it was evicted.
+        assert letters == [second.id, third.id]
+
+    run_virtual(main)

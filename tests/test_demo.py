@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import math
@@ -13,6 +14,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, RetryAfter, RetryPolicy, TaskState
 from async_queue.__main__ import build_parser, main
+from async_queue.__main__ import main as cli_main
 from async_queue._demo import (
     EXIT_INTERRUPTED,
     PRIORITY_CLASSES,
@@ -40,7 +43,8 @@ from async_queue._demo_server import (
     ServerError,
     decide,
 )
-from tests.helpers import until
+from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import settle, until
 
 ROOT = Path(__file__).resolve().parent.parent
 HIGH, NORMAL, LOW = PRIORITY_CLASSES
@@ -675,6 +679,75 @@ async def test_server_rejects_invalid_request() -> None:
     assert server.requests == 0
 
 
+def test_demo_server_close_ends_slow_responses() -> None:
+    """Closing the demo server waited for every response delay to end.
+
+    The connection tasks sleeping out a latency do not notice that their
+    connection closed, so with ``--latency 20`` the demo printed its summary
+    and then took half a minute more to exit, and with ``--latency 1e308``
+    it never exited.
+    """
+    latency = 1_000_000.0
+    decision = decide(
+        1,
+        1,
+        1,
+        failure_rate=0,
+        hang_rate=0,
+        mean_latency=latency,
+        retry_after_share=0,
+        reject_share=0,
+    )
+    assert decision.outcome is Outcome.OK
+    assert decision.latency > 3600
+
+    async def main(loop: VirtualClockLoop) -> bool:
+        server = DemoServer(seed=1, failure_rate=0, hang_rate=0, mean_latency=latency)
+        await server.start()
+        client = DemoClient(server.port, max_idle=1)
+        request = asyncio.create_task(client.request(1, 1))
+        await until(lambda: server.requests == 1)
+
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await request
+        client.close()
+
+        closing = asyncio.create_task(server.close())
+        done, _ = await asyncio.wait({closing}, timeout=60)
+        if not done:
+            loop.advance(decision.latency)  # let the response delay end
+            await closing
+        return bool(done)
+
+    assert run_virtual(main)
+
+
+def test_demo_server_close_reports_no_error() -> None:
+    """Ending a slow response by cancelling its task made asyncio's server
+    (Python 3.11) report "Exception in callback" with a CancelledError for
+    each connection, on every demo run."""
+    errors: list[dict[str, Any]] = []
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        server = DemoServer(seed=1, failure_rate=0, hang_rate=0, mean_latency=1e6)
+        await server.start()
+        client = DemoClient(server.port, max_idle=1)
+        request = asyncio.create_task(client.request(1, 1))
+        await until(lambda: server.requests == 1)
+
+        await server.close()
+        with contextlib.suppress(ConnectionError):
+            await request
+        client.close()
+        await settle()
+
+    run_virtual(main, autojump=None)
+
+    assert errors == []
+
+
 # Whole runs in this process
 
 
@@ -916,6 +989,18 @@ def test_main_defaults_match_config() -> None:
     assert args.max_delay == defaults.max_delay
     assert args.retry_after_share == defaults.retry_after_share
     assert args.reject_share == defaults.reject_share
+
+
+def test_demo_rejects_huge_count(capsys: pytest.CaptureFixture[str]) -> None:
+    """--count 2**63 ended in an OverflowError traceback and exit status 1.
+
+    Status 1 is also the demo's "a task was lost" status.
+    """
+    with pytest.raises(SystemExit) as exited:
+        cli_main(["demo", "--count", str(2**63), "--progress-interval", "0"])
+
+    assert exited.value.code == 2
+    assert "--count" in capsys.readouterr().err
 
 
 # Whole runs in a subprocess

@@ -453,6 +453,43 @@ def test_stub_lists_facade_names() -> None:
     assert stub_names() == {*facade_names, "ShutDown"}
 
 
+# Code that the standard library's stubs accept: at run time queue.Empty is
+# _queue.Empty and queue.SimpleQueue is _queue.SimpleQueue.
+C_QUEUE_USAGE = """
+import _queue
+import queue
+
+
+def takes_empty(error: _queue.Empty) -> None: ...
+
+
+def takes_simple(items: _queue.SimpleQueue[int]) -> None: ...
+
+
+takes_empty(queue.Empty())
+takes_simple(queue.SimpleQueue[int]())
+simple: queue.SimpleQueue[int] = _queue.SimpleQueue()
+"""
+
+
+def test_stub_types_empty_as_c_queue_type() -> None:
+    """queue.pyi declared Empty and SimpleQueue as classes of its own.
+
+    So mypy, run in the project root, rejected code that mixes them with
+    the _queue types they are at run time, which it accepts elsewhere.
+    """
+    completed = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "-c", C_QUEUE_USAGE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert completed.returncode == 0, completed.stdout
+
+
 def test_stdlib_private_names_resolve() -> None:
     # Code that reaches for the pure-Python SimpleQueue or a helper the
     # standard module imports gets the same object as from that module.

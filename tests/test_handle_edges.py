@@ -208,6 +208,21 @@ async def test_finished_none_handle_awaits_again_and_again() -> None:
     assert handle.result() is None
 
 
+async def test_none_result_iterator_send() -> None:
+    async def nothing() -> None:
+        return None
+
+    async with AsyncTaskQueue(1) as queue:
+        handle = queue.submit_nowait(nothing)
+        await handle
+
+    for _ in range(2):
+        iterator = handle.__await__()
+        with pytest.raises(StopIteration) as stop:
+            iterator.send(None)
+        assert stop.value.value is None
+
+
 async def test_finished_value_handle_awaits_its_value() -> None:
     async with AsyncTaskQueue(2) as queue:
         handle = queue.submit_nowait(echo, 0)
@@ -250,3 +265,36 @@ def test_handle_calls_outside_running_loop() -> None:
         loop.run_until_complete(queue.stop())
     finally:
         loop.close()
+
+
+class ChangingId(str):
+    """A str subclass whose hash the test changes after submission."""
+
+    hash = 1
+
+    def __hash__(self) -> int:
+        return self.hash
+
+
+async def test_task_id_subclass_stored_as_str() -> None:
+    async def job() -> int:
+        return 1
+
+    queue = AsyncTaskQueue(max_workers=1, max_results=1)
+    await queue.start()
+    task_id = ChangingId("report")
+    first = await queue.submit(job, task_id=task_id)
+    ChangingId.hash = 2
+
+    assert await first == 1
+    assert type(first.id) is str
+    assert first.id == "report"
+    assert queue.task("report") is first
+
+    second = await queue.submit(job)  # evicts the first from the results
+    assert await second == 1
+    assert queue.stats().workers == 1
+
+    report = await queue.stop("drain")
+    assert report.never_started == ()
+    assert queue.stats().succeeded == 2

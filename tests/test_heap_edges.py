@@ -1,8 +1,8 @@
-"""Cancelled pending tasks in the ready heap and the aging heap.
+"""Cancelled tasks in the ready heap, the aging heap and the timer heap.
 
-A task cancelled while pending stays in its heap as a stale entry. These tests
-check, through the queue, that stale entries never start, never show in
-``stats()``, and are dropped in bulk once enough of them pile up.
+A task cancelled while pending or delayed stays in its heap as a stale entry.
+These tests check, through the queue, that stale entries never start, never
+show in ``stats()``, and are dropped in bulk once enough of them pile up.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from typing import Any
 
 import pytest
 
@@ -161,3 +162,54 @@ async def test_cancelled_pending_skipped_on_aging_heap() -> None:
         TaskState.CANCELLED,
         TaskState.SUCCEEDED,
     ]
+
+
+async def _echo(value: object) -> object:
+    return value
+
+
+async def test_cancelled_delayed_tasks_are_released() -> None:
+    """Delayed tasks cancelled in bulk do not keep their arguments alive."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0)
+    await queue.start()
+    refs = []
+    for _ in range(3000):
+        handle = await queue.submit(_echo, bytearray(100), delay=3600)
+        assert handle.cancel()
+        refs.append(weakref.ref(handle))
+    del handle
+    gc.collect()
+
+    alive = sum(ref() is not None for ref in refs)
+    # Stale entries are dropped in batches of at least 1024.
+    assert alive < 1024
+    stats = queue.stats()
+    assert stats.delayed == 0
+    assert stats.cancelled == 3000
+    await queue.stop()
+
+
+def test_compaction_keeps_live_delayed_tasks() -> None:
+    """Compacting the timer heap keeps every delayed task that is not cancelled."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        queue = AsyncTaskQueue(1, retry=NO_RETRY, max_results=0)
+        await queue.start()
+        kept_tasks: list[tuple[int, Any]] = []
+        for index in range(2100):
+            handle = await queue.submit(_echo, index, delay=10 + index % 7)
+            if index % 3 == 0:
+                kept_tasks.append((index, handle))
+            else:
+                assert handle.cancel()
+
+        assert queue.stats().delayed == len(kept_tasks)
+        loop.advance(20)
+        await until(lambda: all(h.done() for _, h in kept_tasks))
+
+        assert [await h for _, h in kept_tasks] == [index for index, _ in kept_tasks]
+        assert queue.stats().succeeded == len(kept_tasks)
+        assert queue.stats().delayed == 0
+        await queue.stop()
+
+    run_virtual(main)

@@ -1,21 +1,30 @@
-"""Lifecycle hooks: which events fire, with what, and failing hooks."""
+"""Lifecycle hooks: which events fire, with what and when, hooks that fail or
+cancel tasks, and callbacks rejected for being defined with ``async def``."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from typing import Any
 
 import pytest
 
 from async_queue import (
     AsyncTaskQueue,
+    DeadLetter,
     Hook,
     RetryPolicy,
     TaskEvent,
+    TaskId,
     TaskState,
 )
 from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import fail as _fail
+from tests.helpers import one as _one
 from tests.helpers import until
+
+NO_RETRY = RetryPolicy(max_retries=0)
 
 
 class Recorder(Hook):
@@ -224,3 +233,148 @@ async def test_hook_caused_event_follows_current_one(canceller_first: bool) -> N
     ]
     assert before.events == expected
     assert after.events == expected
+
+
+class RaisingHook(Hook):
+    """A hook whose chosen event raises ``CancelledError``, a BaseException."""
+
+    def __init__(self, event: str) -> None:
+        self.event = event
+
+    def _maybe_raise(self, event: TaskEvent, name: str) -> None:
+        if name == self.event:
+            raise asyncio.CancelledError(f"{name} of task {event.task_id!r}")
+
+    def on_submitted(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_submitted")
+
+    def on_started(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_started")
+
+    def on_succeeded(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_succeeded")
+
+    def on_failed(self, event: TaskEvent) -> None:
+        self._maybe_raise(event, "on_failed")
+
+
+@pytest.mark.parametrize(
+    "event", ["on_submitted", "on_started", "on_succeeded", "on_failed"]
+)
+async def test_hook_cancelled_error_keeps_worker(event: str) -> None:
+    """A hook that raises CancelledError is ignored like any other hook error."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[RaisingHook(event)])
+    await queue.start()
+    failing = await queue.submit(_fail)
+    first = await queue.submit(_one)
+    second = await queue.submit(_one)
+    await until(lambda: second.done())
+
+    assert failing.state is TaskState.FAILED
+    assert first.state is TaskState.SUCCEEDED
+    assert second.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+    assert queue.stats().running == 0
+
+    report = await queue.stop()
+    assert report.abandoned == ()
+
+
+class CancelEveryTask(Hook):
+    """A hook that cancels every task in ``handles`` whenever one is dropped."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self.dropped: list[object] = []
+
+    def on_dropped(self, event: TaskEvent) -> None:
+        self.dropped.append(event.task_id)
+        for handle in self.handles:
+            handle.cancel()
+
+
+@pytest.mark.parametrize("mode", ["cancel", "finish_running"])
+async def test_hook_cancel_during_stop_drop_settles_once(mode: str) -> None:
+    """A hook cancelling queued tasks while stop() drops them changes nothing."""
+    hook = CancelEveryTask()
+    queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[hook])
+    await queue.start()
+    queue.pause()
+    hook.handles = [await queue.submit(_one) for _ in range(3)]
+    hook.handles.append(await queue.submit(_one, delay=10))
+
+    report = await queue.stop(mode)
+
+    assert report.never_started == tuple(hook.handles)
+    assert hook.dropped == [1, 2, 3, 4]
+    assert all(h.state is TaskState.CANCELLED for h in hook.handles)
+    stats = queue.stats()
+    assert stats.pending == 0
+    assert stats.delayed == 0
+    assert stats.waiting_retry == 0
+    assert stats.cancelled == 4
+    assert stats.dropped == 4
+    assert stats.workers == 0
+    assert queue.closed
+
+
+@pytest.mark.parametrize("how", ["swallows the timeout", "cancels itself, returns"])
+def test_interruption_hooks_delay_next_start(how: str) -> None:
+    """A task that was interrupted but returned runs its hooks before the next
+    task starts: the next task's timeout and wait time count from after them."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        class SlowHook(Hook):
+            def on_timed_out(self, event: TaskEvent) -> None:
+                loop.advance(5)
+
+            def on_cancelled(self, event: TaskEvent) -> None:
+                loop.advance(5)
+
+        queue = AsyncTaskQueue(1, retry=NO_RETRY, hooks=[SlowHook()])
+
+        async def first() -> str:
+            if how == "cancels itself, returns":
+                await asyncio.sleep(1)
+                queue.task(1).cancel()
+                return "returned"
+
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(100)
+            return "returned"
+
+        async def second() -> str:
+            await asyncio.sleep(7)
+            return "ran 7 s"
+
+        async with queue:
+            timeout = 1 if how == "swallows the timeout" else None
+            interrupted = queue.submit_nowait(first, timeout=timeout)
+            following = queue.submit_nowait(second, timeout=10)
+            assert await following == "ran 7 s"
+            stats = queue.stats()
+
+        assert interrupted.state in (TaskState.FAILED, TaskState.CANCELLED)
+        # The second task waited 1 s for the first, then 5 s for its hook.
+        assert stats.wait_time.total == 6.0
+        assert stats.wait_time.count == 2
+
+    run_virtual(main)
+
+
+class AsyncFailedHook(Hook):
+    def __init__(self) -> None:
+        self.failed: list[TaskId] = []
+
+    async def on_failed(self, event: TaskEvent) -> None:  # type: ignore[override]
+        self.failed.append(event.task_id)
+
+
+def test_async_callbacks_rejected_with_advice() -> None:
+    async def notify(letter: DeadLetter) -> None:
+        pass
+
+    with pytest.raises(TypeError, match=r"on_dead_letter .* is a coroutine function"):
+        AsyncTaskQueue(on_dead_letter=notify)
+    with pytest.raises(TypeError, match=r"defines on_failed with 'async def'"):
+        AsyncTaskQueue(hooks=[AsyncFailedHook()])

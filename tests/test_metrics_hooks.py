@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from async_queue import (
     AsyncTaskQueue,
@@ -567,6 +567,27 @@ def test_prometheus_bucket_conflict_rejected() -> None:
     PrometheusHook(registry, queue_name="c", buckets=[1.0, 10.0])
     with pytest.raises(ValueError, match="already have the buckets"):
         PrometheusHook(registry, queue_name="d", buckets=[1, 5])
+
+
+def test_failed_prometheus_hook_registers_nothing() -> None:
+    """A PrometheusHook that failed to register left six families behind.
+
+    The hook registers its seven metric families one at a time. When the
+    last name was taken, the first six stayed in the registry, and a second
+    attempt then failed on the first name, which the hook itself had taken.
+    """
+    registry = CollectorRegistry()
+    Histogram(
+        "async_queue_task_run_seconds", "Taken by the application.", registry=registry
+    )
+    before = {family.name for family in registry.collect()}
+
+    with pytest.raises(ValueError, match="async_queue_task_run_seconds"):
+        PrometheusHook(registry)
+
+    assert {family.name for family in registry.collect()} == before
+    with pytest.raises(ValueError, match="async_queue_task_run_seconds"):
+        PrometheusHook(registry)
 
 
 def test_prometheus_default_registry() -> None:

@@ -1,14 +1,17 @@
-"""Tasks that await the handles of other tasks of the same queue."""
+"""Tasks that await the handles of other tasks of the same queue, and the
+warning when every worker waits in such an await."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
 
 from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskState
-from tests.helpers import until
+from tests.helpers import fail, until
+from tests.helpers import one as leaf
 
 NO_RETRY = RetryPolicy(max_retries=0)
 BLOCKED = "another task of the same queue while running"
@@ -114,3 +117,237 @@ async def test_blocked_warning_names_tasks(caplog: pytest.LogCaptureFixture) -> 
         )
         for handle in parents:
             handle.cancel()
+
+
+async def test_gather_left_waiting_no_false_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gather() child that outlives its task keeps the worker counted.
+
+    gather() without return_exceptions fails as soon as one handle fails,
+    and leaves the other children awaiting their handles. Their worker then
+    counts as blocked while it is idle or runs other tasks. A task that
+    awaits its child on the other worker then logs that no task can start,
+    though a worker is free and runs the child at once.
+    """
+
+    async def parent(queue: AsyncTaskQueue) -> None:
+        failing = await queue.submit(fail)
+        later = await queue.submit(fail, delay=3600)
+        await asyncio.gather(failing, later)
+
+    async def middle(queue: AsyncTaskQueue) -> int:
+        return await (await queue.submit(leaf))
+
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+        first = await queue.submit(parent, queue)
+        with pytest.raises(ValueError, match="boom"):
+            await first
+
+        # Both workers are idle now, and the delayed task waits for its time.
+        assert await (await queue.submit(middle, queue)) == 1
+        assert blocked_warnings(caplog) == []
+        assert queue._blocked_workers() == 0
+        await queue.stop("cancel")  # not an hour's drain for the delayed task
+
+
+async def test_failing_log_filter_leaves_no_count() -> None:
+    """A logging filter that raises on the warning breaks the await.
+
+    The warning is logged after the handle's waiter is added and the
+    worker is counted, but before the try block that undoes both. The
+    filter's error fails the awaiting task, and the count and the waiter
+    stay for good; the count then hides every later warning. The overflow
+    drop warning guards against such filters, this one does not.
+    """
+
+    class FailingFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if BLOCKED in record.getMessage():
+                raise RuntimeError("filter failed")
+            return True
+
+    log_filter = FailingFilter()
+    logging.getLogger("async_queue").addFilter(log_filter)
+    children: list[Any] = []
+    try:
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+
+            async def parent() -> int:
+                child = await queue.submit(leaf)
+                children.append(child)
+                return await child
+
+            # With one worker the parent waits for good, and is cancelled.
+            handle = await queue.submit(parent)
+            await until(lambda: len(children) == 1)
+
+            assert handle.state is TaskState.RUNNING
+            assert queue._blocked_workers() == 1
+            handle.cancel()
+            with pytest.raises(TaskCancelledError):
+                await handle
+
+            assert await children[0] == 1
+            assert queue._blocked_workers() == 0
+            assert children[0]._waiters in (None, [])
+    finally:
+        logging.getLogger("async_queue").removeFilter(log_filter)
+
+
+async def test_new_deadlock_after_resize_up_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Growing the pool ends one deadlock but not the warned state.
+
+    With one worker, ``top`` awaits ``middle``, which cannot start: the
+    queue warns. resize(2) lets ``middle`` start, and ``middle`` awaits
+    ``leaf``, which cannot start either. Both workers are blocked for good,
+    and the queue stays silent, since the flag of the first warning is only
+    cleared when an await ends.
+    """
+
+    async def middle(queue: AsyncTaskQueue) -> int:
+        return await (await queue.submit(leaf))
+
+    async def top(queue: AsyncTaskQueue) -> int:
+        return await (await queue.submit(middle, queue))
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    handle = await queue.submit(top, queue)
+    await until(lambda: queue.stats().running == 1 and queue.stats().pending == 1)
+    assert len(blocked_warnings(caplog)) == 1
+
+    queue.resize(2)
+    await until(lambda: queue.stats().running == 2 and queue.stats().pending == 1)
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+    warned = len(blocked_warnings(caplog))
+    await queue.stop()
+    with pytest.raises(TaskCancelledError):
+        await handle
+
+    assert warned == 2
+
+
+async def test_deadlock_after_resize_down_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Shrinking the pool below the blocked workers gives no warning.
+
+    Two workers: ``top`` awaits ``leaf`` while the other worker runs a
+    long task. resize(1) makes the blocked worker enough to fill the pool,
+    so once the long task ends, ``leaf`` can never start. The queue checks
+    for the warning only when an await begins, so it logs nothing.
+    """
+
+    async def top(queue: AsyncTaskQueue) -> int:
+        return await (await queue.submit(leaf))
+
+    gate = asyncio.Event()
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    long_task = await queue.submit(gate.wait)
+    handle = await queue.submit(top, queue)
+    await until(lambda: queue.stats().running == 2 and queue.stats().pending == 1)
+    assert blocked_warnings(caplog) == []
+
+    queue.resize(1)
+    gate.set()
+    await long_task
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+    pending = queue.stats().pending
+    warned = len(blocked_warnings(caplog))
+    await queue.stop()
+    with pytest.raises(TaskCancelledError):
+        await handle
+
+    assert pending == 1  # leaf never started
+    assert warned == 1
+
+
+async def test_retry_not_blocked_by_stale_await(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retry is not blocked by a gather() child of its failed attempt.
+
+    The first attempt fails through gather(), whose other child goes on
+    awaiting a delayed task. The worker's count of awaits belongs to the
+    task, not to the attempt, so when the retry runs on the same worker, it
+    counts as blocked although it awaits only an event. Once the task on
+    the other worker awaits a handle, the queue warns that no task can
+    start until one of the awaits ends, and names the retry.
+    """
+    retry_once = RetryPolicy(max_retries=1, base_delay=0, jitter="none")
+    queue = AsyncTaskQueue(2, retry=retry_once)
+    await queue.start()
+    later = await queue.submit(asyncio.sleep, 0, delay=3600, task_id="later")
+    release = asyncio.Event()
+    attempts: list[int] = []
+
+    async def await_later() -> None:
+        await later
+
+    async def fail() -> None:
+        raise ValueError("boom")
+
+    async def flaky() -> None:
+        attempts.append(len(attempts) + 1)
+        if len(attempts) == 1:
+            await asyncio.gather(await_later(), fail())
+        await release.wait()
+
+    async def waiter() -> None:
+        await later
+
+    try:
+        flaky_handle = await queue.submit(flaky, task_id="flaky")
+        await until(lambda: len(attempts) == 2)
+        waiter_handle = await queue.submit(waiter, task_id="waiter")
+        await until(lambda: waiter_handle.state is TaskState.RUNNING)
+        await asyncio.sleep(0)
+
+        assert blocked_warnings(caplog) == []
+        assert queue._blocked_workers() == 1
+
+        release.set()
+        await flaky_handle
+    finally:
+        await queue.stop("cancel")
+
+
+async def test_warning_after_shrink_counts_workers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After resize(1) the pool still has two busy workers.
+
+    The warning then names the awaiting task's worker "the queue's only
+    worker", while a second worker, which the shrink retired, still runs
+    another task.
+    """
+    queue = AsyncTaskQueue(2)
+    await queue.start()
+    later = await queue.submit(asyncio.sleep, 0, delay=3600, task_id="later")
+    release = asyncio.Event()
+
+    async def awaits_later() -> None:
+        await later
+
+    try:
+        awaiting = await queue.submit(awaits_later, task_id="awaiting")
+        other = await queue.submit(release.wait, task_id="other")
+        await until(lambda: queue._blocked_workers() == 1)
+        await until(lambda: other.state is TaskState.RUNNING)
+
+        queue.resize(1)
+
+        warnings = blocked_warnings(caplog)
+        assert len(warnings) == 1
+        assert "only worker" not in warnings[0]
+        assert awaiting.state is TaskState.RUNNING
+    finally:
+        await queue.stop("cancel")

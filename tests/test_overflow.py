@@ -422,3 +422,165 @@ def test_drop_lowest_keeps_best_tasks(priorities: list[int], max_pending: int) -
         assert stats.succeeded + stats.cancelled == stats.submitted == len(priorities)
 
     run_virtual(main)
+
+
+async def test_drop_lowest_forgets_earlier_victims() -> None:
+    # Each victim used to stay in the ready heap as a stale entry behind the
+    # live tasks of its priority, so every later drop walked past all of the
+    # earlier ones: n drops cost O(n**2).
+    limit = 300
+    async with AsyncTaskQueue(
+        1, max_pending=limit, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        low = [queue.submit_nowait(noop, priority=0) for _ in range(limit)]
+        high = [queue.submit_nowait(noop, priority=1) for _ in range(limit - 1)]
+
+        assert [h.state for h in low[1:]] == [TaskState.CANCELLED] * (limit - 1)
+        assert low[0].state is TaskState.PENDING
+        assert all(h.state is TaskState.PENDING for h in high)
+        assert queue.stats().pending == limit
+
+        heap = queue._ready
+        assert heap._entries - len(heap) <= 1  # at most the last victim
+        queue.resume()
+
+    stats = queue.stats()
+    assert stats.succeeded == limit
+    assert stats.dropped == limit - 1
+
+
+async def test_thread_advice_fits_raise_policy() -> None:
+    # Under "raise", queue.submit() raises at once too, so the advice to wait
+    # for room with it from a thread was wrong.
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="raise", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        await queue.submit(noop)
+
+        future = await asyncio.to_thread(queue.submit_threadsafe, noop)
+        with pytest.raises(QueueFullError) as caught:
+            await asyncio.wrap_future(future)
+
+        message = str(caught.value)
+        assert "run_coroutine_threadsafe" not in message
+        assert "submit again later, or raise max_pending" in message
+        queue.resume()
+
+
+async def test_thread_advice_under_wait_policy() -> None:
+    # The default policy keeps the advice to wait from the thread.
+    async with AsyncTaskQueue(1, max_pending=1, retry=NO_RETRY) as queue:
+        queue.pause()
+        await queue.submit(noop)
+
+        future = await asyncio.to_thread(queue.submit_threadsafe, noop)
+        with pytest.raises(QueueFullError, match="run_coroutine_threadsafe"):
+            await asyncio.wrap_future(future)
+
+        queue.resume()
+
+
+async def test_stats_dropped_counts_both_kinds() -> None:
+    # The docs said that stats().dropped and on_dropped meant stop() alone;
+    # they count the tasks that the overflow policy dropped as well.
+    dropped: list[object] = []
+
+    class DropLog(Hook):
+        def on_dropped(self, event: TaskEvent) -> None:
+            dropped.append(event.task_id)
+
+    queue = AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_newest", retry=NO_RETRY, hooks=[DropLog()]
+    )
+    await queue.start()
+    queue.pause()
+    queued = await queue.submit(noop)
+    overflowed = await queue.submit(noop)
+
+    report = await queue.stop()
+
+    assert report.dropped == (queued,)
+    assert overflowed.state is TaskState.CANCELLED
+    assert dropped == [overflowed.id, queued.id]
+    stats = queue.stats()
+    assert stats.dropped == 2
+    assert stats.cancelled == 2
+
+
+async def test_drop_for_huge_priority_ends_victim() -> None:
+    # The drop message formatted the new priority with str(), which raises
+    # ValueError past 4300 digits. The victim was then CANCELLED but never
+    # finished: not counted, its callbacks and join() never released.
+    huge = 10**5000
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        queue.pause()
+        low = await queue.submit(noop, priority=0)
+        released: list[object] = []
+        low.add_done_callback(released.append)
+
+        urgent = await queue.submit(noop, priority=huge)
+
+        assert low.state is TaskState.CANCELLED
+        assert urgent.state is TaskState.PENDING
+        with pytest.raises(TaskCancelledError, match="priority <16610-bit int>"):
+            await low
+
+        stats = queue.stats()
+        assert stats.dropped == 1
+        assert stats.cancelled == 1
+        assert stats.pending == 1
+        queue.resume()
+        await queue.join()
+        assert released == [low]
+
+    assert urgent.state is TaskState.SUCCEEDED
+
+
+async def test_requeued_task_can_be_dropped_later() -> None:
+    # The requeue() docstring stated that the dropping policies never drop a
+    # requeued task, which holds only on arrival: once queued, drop_lowest may
+    # drop it, and its dead letter is gone by then.
+    async with AsyncTaskQueue(
+        1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
+    ) as queue:
+        failed = await queue.submit(fail)
+        with pytest.raises(ValueError, match="fails once"):
+            await failed
+
+        queue.pause()
+        requeued = await queue.requeue(failed.id)
+        urgent = await queue.submit(noop, priority=5)
+
+        assert requeued.state is TaskState.CANCELLED
+        assert urgent.state is TaskState.PENDING
+        assert queue.dead_letters() == ()
+        queue.resume()
+
+
+def test_drop_lowest_drops_last_to_enter() -> None:
+    # The victim is the task of the lowest priority that entered the ready
+    # heap last. A delayed task enters when it is due, so it can be the
+    # victim although it was submitted first: the docs called the victim
+    # "the newest of the lowest priority".
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(
+            1, max_pending=2, overflow="drop_lowest", retry=NO_RETRY
+        ) as queue:
+            queue.pause()
+            first = await queue.submit(noop, delay=1)
+            second = await queue.submit(noop)
+            await asyncio.sleep(2)
+            assert first.state is TaskState.PENDING
+
+            urgent = await queue.submit(noop, priority=5)
+
+            assert first.state is TaskState.CANCELLED
+            assert second.state is TaskState.PENDING
+            assert urgent.state is TaskState.PENDING
+            queue.resume()
+
+    run_virtual(main)

@@ -7,13 +7,16 @@ import dataclasses
 import math
 import random
 import re
+import warnings
+from collections.abc import Coroutine
 from typing import Any
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from async_queue import Jitter, RetryPolicy
+from async_queue import AsyncTaskQueue, Jitter, RetryPolicy, TaskHandle, TaskState
+from async_queue.testing import VirtualClockLoop, run_virtual
 
 HUGE_RETRIES = [
     pytest.param(10**6, id="1e6"),
@@ -126,6 +129,17 @@ def test_backoff_negative_retry() -> None:
 
     with pytest.raises(ValueError, match="-1"):
         policy.backoff(-1)
+
+
+@pytest.mark.parametrize("retry", [math.nan, 2.5, True, "1", None])
+@pytest.mark.parametrize("jitter", ["none", "decorrelated"])
+def test_backoff_and_delay_reject_non_int_retry(retry: object, jitter: str) -> None:
+    # backoff(nan) and delay(nan) returned NaN, and backoff(2.5) a delay
+    # between two retries.
+    policy = RetryPolicy(jitter=jitter)  # type: ignore[arg-type]
+    for method in (policy.backoff, policy.delay):
+        with pytest.raises(TypeError, match=r"retry must be an int .*got"):
+            method(retry)  # type: ignore[arg-type]
 
 
 # Jitter
@@ -334,6 +348,42 @@ def test_retry_never_cancelled_error(retry_on: Any) -> None:
     assert policy.should_retry(asyncio.CancelledError(), 0) is False
 
 
+async def is_transient(exc: BaseException) -> bool:
+    return False
+
+
+async def fail_once() -> None:
+    raise ValueError("boom")
+
+
+def test_predicate_returning_coroutine_fails_task() -> None:
+    # A plain lambda around an async predicate passes the check at creation,
+    # and its truthy coroutine retried every exception.
+    def predicate(exc: BaseException) -> Coroutine[Any, Any, bool]:
+        return is_transient(exc)
+
+    policy = RetryPolicy(max_retries=2, base_delay=0, retry_on=predicate)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="returned a coroutine"):
+        policy.should_retry(ValueError(), 0)
+
+    handles: list[TaskHandle[None]] = []
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(1, retry=policy) as queue:
+            handle = queue.submit_nowait(fail_once)
+            handles.append(handle)
+            with pytest.raises(TypeError, match="returned a coroutine"):
+                await handle
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_virtual(main)
+
+    handle = handles[0]
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+
+
 # Argument checks
 
 
@@ -410,6 +460,25 @@ def test_policy_rejects_jitter_type(value: object) -> None:
 )
 def test_policy_rejects_retry_on(value: object) -> None:
     assert_rejected(TypeError, value, retry_on=value)
+
+
+class _AsyncPredicate:
+    async def __call__(self, exc: BaseException) -> bool:
+        return False
+
+
+async def _async_predicate(exc: BaseException) -> bool:
+    return False
+
+
+@pytest.mark.parametrize("predicate", [_async_predicate, _AsyncPredicate()])
+def test_async_retry_on_predicate_rejected(predicate: object) -> None:
+    # The coroutine it returns is truthy, so every exception was retried
+    # whatever the predicate meant, and the coroutine was never awaited.
+    with pytest.raises(
+        TypeError, match=r"retry_on must be a plain function.*coroutine function"
+    ):
+        RetryPolicy(retry_on=predicate)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("value", [42, None, random])

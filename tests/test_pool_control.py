@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, QueueClosedError, RetryPolicy, TaskState
-from tests.helpers import until
+from tests.helpers import one as _one
+from tests.helpers import settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -86,6 +87,44 @@ async def test_shrink_retires_idle_workers_first() -> None:
         assert await busy == "done"
 
 
+async def test_resize_cycles_keep_idle_list_bounded() -> None:
+    """Growing and shrinking an idle pool leaves no retired worker listed idle."""
+    queue = AsyncTaskQueue(2, retry=NO_RETRY)
+    await queue.start()
+    await settle()
+    for _ in range(200):
+        queue.resize(10)
+        await settle(3)
+        queue.resize(1)
+        await settle(3)
+
+    assert queue.stats().workers == 1
+    assert len(queue._idle) == 1  # the only live worker
+
+    handle = await queue.submit(_one)
+    assert await handle == 1
+    await queue.stop()
+
+
+async def test_shrink_keeps_wakeup() -> None:
+    """resize() may retire the idle worker that a submission has just woken;
+    an idle worker that stays then takes the task."""
+
+    async def job() -> str:
+        return "ran"
+
+    async with AsyncTaskQueue(2) as queue:
+        await settle()  # both workers idle
+        handle = queue.submit_nowait(job)
+        queue.resize(1)
+
+        await until(handle.done)
+        stats = queue.stats()
+
+    assert handle.result() == "ran"
+    assert stats.workers == 1
+
+
 async def test_pause_stops_new_starts() -> None:
     calls = 0
 
@@ -140,6 +179,36 @@ async def test_drain_resumes_paused_queue() -> None:
     assert report.never_started == ()
 
 
+async def test_pause_during_drain_raises() -> None:
+    """pause() once stop() has begun raises, so a drain cannot hang paused."""
+    gate = asyncio.Event()
+
+    async def hold() -> str:
+        await gate.wait()
+        return "held"
+
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.start()
+    running = await queue.submit(hold)
+    queued = await queue.submit(_one)
+    await until(lambda: running.state is TaskState.RUNNING)
+    stop = asyncio.create_task(queue.stop("drain"))
+    await until(lambda: queue.closed)
+
+    with pytest.raises(QueueClosedError, match="cannot pause a queue that is stopping"):
+        queue.pause()
+
+    assert not queue.paused
+    gate.set()
+    await until(stop.done)
+    assert await running == "held"
+    assert await queued == 1
+    assert stop.result().never_started == ()
+
+    with pytest.raises(QueueClosedError, match="cannot pause a queue that is stopped"):
+        queue.pause()
+
+
 async def test_resize_before_start_sets_pool_size() -> None:
     queue = AsyncTaskQueue(2)
     queue.resize(5)
@@ -158,6 +227,16 @@ async def test_resize_after_stop_raises() -> None:
         queue.resize(3)
 
 
+async def test_resize_after_stop_message() -> None:
+    """resize() after stop() names the call, not task submission."""
+    queue = AsyncTaskQueue(2)
+    await queue.start()
+    await queue.stop()
+
+    with pytest.raises(QueueClosedError, match=r"cannot resize .* call resize\(\)"):
+        queue.resize(3)
+
+
 @pytest.mark.parametrize("value", [0, -2, 1.5, True, None])
 async def test_resize_rejects_invalid_count(value: object) -> None:
     async with AsyncTaskQueue(2) as queue:
@@ -166,6 +245,14 @@ async def test_resize_rejects_invalid_count(value: object) -> None:
 
         assert queue.max_workers == 2
         assert queue.stats().workers == 2
+
+
+async def test_resize_to_zero_points_to_pause() -> None:
+    async with AsyncTaskQueue(2) as queue:
+        with pytest.raises(ValueError, match=r"got 0; the pool .* call pause\(\)"):
+            queue.resize(0)
+
+        assert queue.max_workers == 2
 
 
 # One step: the new pool size, then how many of the running tasks finish.

@@ -14,6 +14,7 @@ from async_queue import (
     RetryPolicy,
     ShutdownMode,
     TaskCancelledError,
+    TaskHandle,
     TaskNotFoundError,
     TaskState,
 )
@@ -180,3 +181,28 @@ def test_queue_from_closed_loop_rejected() -> None:
     assert queue.stats() == stats
     assert queue.max_workers == 2
     assert queue.schedules == ()
+
+
+def test_await_after_loop_closed_says_closed() -> None:
+    # The check for another loop ran first and advised awaiting the handle
+    # on the queue's loop, which had closed and could never finish it.
+    handles: list[TaskHandle[bool]] = []
+
+    async def main() -> None:
+        queue = AsyncTaskQueue(1)
+        await queue.start()
+        handles.append(queue.submit_nowait(asyncio.Event().wait))
+        handles.append(queue.submit_nowait(asyncio.Event().wait))
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    handle = handles[1]
+    assert handle.state is TaskState.PENDING
+
+    async def await_later() -> None:
+        await handle
+
+    with pytest.raises(QueueStateError, match="which is closed") as caught:
+        asyncio.run(await_later())
+
+    assert "run_coroutine_threadsafe" not in str(caught.value)

@@ -1,4 +1,5 @@
-"""Retries through the queue: parking on a timer, the schedule, the final error."""
+"""Retries through the queue: parking on a timer, the schedule, the final error,
+and the errors that are never retried."""
 
 from __future__ import annotations
 
@@ -19,12 +20,16 @@ from async_queue import (
     RetryAfter,
     RetryPolicy,
     TaskEvent,
+    TaskHandle,
     TaskState,
     bind,
 )
 from async_queue._outcomes import _is_closed_queue_error
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import assert_failed_unretried, until
+from tests.helpers import fail as _fail
+from tests.helpers import one as _one
+from tests.helpers import one as leaf
 
 
 class Flaky:
@@ -410,3 +415,131 @@ def test_closed_error_found_through_causes() -> None:
     assert not _is_closed_queue_error(first)
     second.__cause__ = ExceptionGroup("children", [QueueClosedError("closed")])
     assert _is_closed_queue_error(first)
+
+
+async def test_retry_predicate_cancelled_error_fails_task() -> None:
+    """A retry_on predicate raising CancelledError fails its task, once."""
+
+    def predicate(exc: BaseException) -> bool:
+        raise asyncio.CancelledError("predicate")
+
+    policy = RetryPolicy(max_retries=2, retry_on=predicate)
+    queue = AsyncTaskQueue(1, retry=policy)
+    await queue.start()
+    failing = await queue.submit(_fail)
+    after = await queue.submit(_one)
+    await until(lambda: after.done())
+
+    assert failing.state is TaskState.FAILED
+    assert failing.attempts == 1
+    error = failing.exception()
+    assert isinstance(error, RuntimeError)
+    assert "CancelledError" in str(error)
+    assert isinstance(error.__cause__, asyncio.CancelledError)
+    assert after.state is TaskState.SUCCEEDED
+    assert queue.stats().workers == 1
+    assert queue.stats().failed == 1
+
+    report = await queue.stop()
+    assert report.abandoned == ()
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+@pytest.mark.parametrize("retry_on", [BaseException, lambda exc: True])
+def test_fatal_exception_never_retried(
+    fatal: type[BaseException], retry_on: object
+) -> None:
+    # The worker re-raises a fatal exception and the event loop stops, so a
+    # retry could never run: the task was left WAITING_RETRY for good.
+    policy = RetryPolicy(max_retries=2, base_delay=0, retry_on=retry_on)  # type: ignore[arg-type]
+    assert policy.should_retry(fatal(), 0) is False
+
+    queue = AsyncTaskQueue(retry=policy)
+    handles: list[TaskHandle[None]] = []
+    contexts: list[dict[str, object]] = []
+
+    async def raise_fatal() -> None:
+        raise fatal
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: contexts.append(context))
+        await queue.start()
+        handles.append(await queue.submit(raise_fatal))
+        await asyncio.Event().wait()
+
+    with asyncio.Runner() as runner:
+        with pytest.raises(fatal):
+            runner.run(main())
+
+        runner.run(queue.stop())
+
+    assert_failed_unretried(queue, handles[0], fatal)
+    assert contexts == []
+
+
+def test_queue_closed_in_task_group_not_retried() -> None:
+    """A QueueClosedError that reaches the task in an ExceptionGroup is retried.
+
+    A task that submits its children in an asyncio.TaskGroup gets the
+    error of a stopping queue wrapped in an ExceptionGroup. The retry rule
+    only matches a bare QueueClosedError, so the task runs again three
+    times, and stop("drain") waits 7 virtual seconds for retries that can
+    only fail the same way.
+    """
+
+    async def main(loop: VirtualClockLoop) -> tuple[int, float]:
+        policy = RetryPolicy(max_retries=3, base_delay=1, jitter="none")
+        queue = AsyncTaskQueue(1, retry=policy)
+        await queue.start()
+        started = asyncio.Event()
+
+        async def parent() -> None:
+            started.set()
+            await asyncio.sleep(1)  # stop() begins meanwhile
+            async with asyncio.TaskGroup() as group:
+                group.create_task(queue.submit(leaf))
+
+        handle = await queue.submit(parent)
+        await started.wait()
+        stop_at = loop.time()
+        await queue.stop("drain")
+        return handle.attempts, loop.time() - stop_at
+
+    attempts, stop_seconds = run_virtual(main, autojump=0)
+
+    assert attempts == 1
+    assert stop_seconds == pytest.approx(1)
+
+
+@pytest.mark.parametrize("fatal", [KeyboardInterrupt, SystemExit])
+def test_fatal_cleanup_after_timeout_not_retried(
+    fatal: type[BaseException],
+) -> None:
+    # The worker re-raises the fatal exception and the event loop stops, so
+    # a retry could never run: the task was left WAITING_RETRY for good.
+    queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=3), timeout=1)
+    handles: list[TaskHandle[None]] = []
+
+    async def cleanup_raises() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            raise fatal from None
+
+    async def main() -> None:
+        await queue.start()
+        handles.append(queue.submit_nowait(cleanup_raises))
+        await asyncio.Event().wait()
+
+    loop = VirtualClockLoop()
+    loop.set_exception_handler(lambda _, context: None)
+    try:
+        with pytest.raises(fatal):
+            loop.run_until_complete(main())
+
+        loop.run_until_complete(queue.stop())
+    finally:
+        loop.close()
+
+    assert_failed_unretried(queue, handles[0], fatal)

@@ -1,13 +1,16 @@
-"""run_virtual() called where it cannot run: inside a running event loop.
+"""run_virtual() misused: called inside a running event loop, or given a main
+that is not a coroutine function.
 
 An async test function (pytest-asyncio's auto mode makes every ``async def
-test_*`` one) that calls run_virtual() is the usual way to get here.
+test_*`` one) that calls run_virtual() is the usual way to call it inside a
+running loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import warnings
 
 import pytest
@@ -48,3 +51,22 @@ def test_run_virtual_in_running_loop_no_warning() -> None:
         gc.collect()
 
     assert [str(warning.message) for warning in caught] == []
+
+
+def test_run_virtual_rejects_sync_main() -> None:
+    def main(loop: VirtualClockLoop) -> int:
+        return 5
+
+    with pytest.raises(TypeError, match=r"async def main\(loop\).*returned 5"):
+        run_virtual(main)  # type: ignore[arg-type]
+
+
+def test_run_virtual_rejects_coroutine_object() -> None:
+    async def main(loop: VirtualClockLoop) -> int:
+        return 5
+
+    coroutine = main(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"pass main itself, not main\(\.\.\.\)"):
+        run_virtual(coroutine)  # type: ignore[arg-type]
+
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED

@@ -21,7 +21,7 @@ from async_queue import (
     bind,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import frame_names, until
+from tests.helpers import frame_names, settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -134,6 +134,88 @@ def test_cancel_while_settling_keeps_timeout() -> None:
             await queue.stop(grace=0.0)
 
     run_virtual(main)
+
+
+class CancelOnTimeout(Hook):
+    """A hook that cancels each task whose attempt timed out."""
+
+    def __init__(self) -> None:
+        self.queue: AsyncTaskQueue | None = None
+        self.accepted: list[bool] = []
+
+    def on_timed_out(self, event: TaskEvent) -> None:
+        assert self.queue is not None
+        self.accepted.append(self.queue.cancel(event.task_id, "cancelled on timeout"))
+
+
+def test_cancel_from_timeout_hook_stops_retry() -> None:
+    """A task cancelled by its on_timed_out hook never runs another attempt."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        calls: list[float] = []
+
+        async def slow_then_fast() -> str:
+            calls.append(loop.time())
+            if len(calls) == 1:
+                await asyncio.sleep(100)
+
+            return "ok"
+
+        hook = CancelOnTimeout()
+        policy = RetryPolicy(max_retries=1, base_delay=1.0, jitter="none")
+        queue = AsyncTaskQueue(1, retry=policy, timeout=5, hooks=[hook])
+        hook.queue = queue
+        await queue.start()
+        handle = await queue.submit(slow_then_fast)
+        await until(lambda: handle.state is TaskState.RUNNING)
+        loop.advance(6)
+        await until(handle.done)
+        loop.advance(2)  # past the backoff the retry would have waited
+        await settle()
+
+        assert hook.accepted == [True]
+        assert handle.state is TaskState.CANCELLED
+        assert handle.attempts == 1
+        assert len(calls) == 1
+        assert "cancelled on timeout" in str(handle.exception())
+        stats = queue.stats()
+        assert stats.retries == 0
+        assert stats.cancelled == 1
+        assert stats.waiting_retry == 0
+        await queue.stop()
+
+    run_virtual(main)
+
+
+async def test_cancel_from_retry_predicate_stops_retry() -> None:
+    """A retry_on predicate that cancels its task ends it CANCELLED at once."""
+    handles: list[Any] = []
+    calls = 0
+
+    def cancel_and_retry(exc: BaseException) -> bool:
+        handles[0].cancel("cancelled by the predicate")
+        return True
+
+    async def fails_once() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ValueError("first attempt")
+
+        return "ok"
+
+    policy = RetryPolicy(max_retries=1, base_delay=0, retry_on=cancel_and_retry)
+    queue = AsyncTaskQueue(1, retry=policy)
+    await queue.start()
+    handles.append(await queue.submit(fails_once))
+    await until(handles[0].done)
+    await settle()
+
+    assert handles[0].state is TaskState.CANCELLED
+    assert handles[0].attempts == 1
+    assert calls == 1
+    assert queue.stats().retries == 0
+    await queue.stop()
 
 
 async def fails() -> None:

@@ -1,4 +1,5 @@
-"""stats(): depth per priority, oldest wait, wait and run times; repr."""
+"""stats(): depth per priority, oldest wait, wait and run times, counts while an
+attempt settles; repr."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import asyncio
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy
+from async_queue import AsyncTaskQueue, Hook, RetryPolicy, TaskEvent
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import counted_tasks, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -85,3 +86,43 @@ async def test_repr_shows_state() -> None:
     release.set()
     await queue.stop("drain")
     assert "closed=True" in repr(queue)
+
+
+def test_stats_add_up_while_attempt_settles() -> None:
+    # An attempt that timed out is settled while its task is still RUNNING:
+    # on_timed_out hooks and the retry_on predicate see it so.
+    seen: list[tuple[str, int, int, int]] = []
+    queue: AsyncTaskQueue
+
+    def record(where: str) -> None:
+        stats = queue.stats()
+        seen.append((where, counted_tasks(stats), stats.submitted, stats.running))
+
+    class Record(Hook):
+        def on_timed_out(self, event: TaskEvent) -> None:
+            record("on_timed_out")
+
+        def on_retry_scheduled(self, event: TaskEvent) -> None:
+            record("on_retry_scheduled")
+
+    def retry_on(exc: BaseException) -> bool:
+        record("retry_on")
+        return True
+
+    policy = RetryPolicy(
+        max_retries=1, base_delay=1.0, jitter="none", retry_on=retry_on
+    )
+
+    async def main(loop: VirtualClockLoop) -> None:
+        nonlocal queue
+        queue = AsyncTaskQueue(retry=policy, timeout=1.0, hooks=[Record()])
+        async with queue:
+            handle = await queue.submit(asyncio.sleep, 10)
+            await asyncio.gather(handle, return_exceptions=True)
+
+    run_virtual(main)
+    assert seen[:3] == [
+        ("on_timed_out", 1, 1, 1),
+        ("retry_on", 1, 1, 1),
+        ("on_retry_scheduled", 1, 1, 0),
+    ]

@@ -1,5 +1,6 @@
 """A task that stops or joins its own queue, directly or through child tasks,
-and a task that cancels its own worker."""
+a task that cancels its own worker, and a hook that calls stop() again while
+stop() runs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    RetryPolicy,
+    ShutdownMode,
+    ShutdownReport,
+    TaskEvent,
+    TaskState,
+)
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import until
 
@@ -461,3 +469,53 @@ def test_retried_stop_caller_ends_drain() -> None:
         assert (await queue.stop()).escalated is False
 
     run_virtual(main)
+
+
+# stop() entered again from a hook
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need 3.12")
+@pytest.mark.parametrize("first_mode", ["finish_running", "cancel"])
+async def test_stop_from_on_dropped_eager(first_mode: str) -> None:
+    """An on_dropped hook that starts stop("cancel") as an eager task.
+
+    stop() emits on_dropped for the queued tasks before it stores its stop
+    task. Under asyncio.eager_task_factory the hook's stop() runs inside
+    that emission, finds no stop task and starts a second shutdown. The two
+    callers get different reports: the first call's report, which
+    queue.report also returns, does not list the running task that the
+    second call interrupted.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    try:
+        hook_stops: list[asyncio.Task[ShutdownReport]] = []
+
+        class StopOnDrop:
+            def on_dropped(self, event: TaskEvent) -> None:
+                if not hook_stops:
+                    hook_stops.append(loop.create_task(queue.stop("cancel")))
+
+        queue = AsyncTaskQueue(1, hooks=[StopOnDrop()])
+        await queue.start()
+        started = asyncio.Event()
+
+        async def job() -> None:
+            started.set()
+            await asyncio.sleep(3600)
+
+        running = await queue.submit(job, task_id="running")
+        pending = await queue.submit(job, task_id="pending")
+        await started.wait()
+
+        report = await queue.stop(first_mode)
+        hook_report = await hook_stops[0]
+
+        assert running.state is TaskState.CANCELLED
+        assert pending.state is TaskState.CANCELLED
+        assert report.mode is ShutdownMode(first_mode)
+        assert report.never_started == (pending,)
+        assert report.interrupted == (running,)
+        assert hook_report is report
+    finally:
+        loop.set_task_factory(None)

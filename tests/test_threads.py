@@ -1,4 +1,5 @@
-"""Submission from other threads, done callbacks, and functions run in threads."""
+"""Submission from other threads, handles awaited from another thread's loop,
+done callbacks, and functions run in threads."""
 
 from __future__ import annotations
 
@@ -11,15 +12,18 @@ import pytest
 
 from async_queue import (
     AsyncTaskQueue,
+    QueueClosedError,
     QueueStateError,
     RetryPolicy,
     TaskCancelledError,
+    TaskHandle,
     TaskState,
     thread_cancel_event,
     threaded,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import Gate, until
+from tests.helpers import one as _one
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -324,3 +328,52 @@ async def test_thread_cancel_event_outside_threaded() -> None:
         thread_cancel_event()
     with pytest.raises(RuntimeError, match=r"pass a threading\.Event of your own"):
         await asyncio.to_thread(plain)
+
+
+def test_threadsafe_after_stop_settles_future() -> None:
+    """submit_threadsafe() after stop() fails its future even if the loop idles."""
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+
+    async def start_and_stop() -> None:
+        await queue.start()
+        await queue.stop()
+
+    loop = asyncio.new_event_loop()
+    try:
+        loop.run_until_complete(start_and_stop())
+        # The loop is not running now, so a callback sent to it would wait.
+        future = queue.submit_threadsafe(_one)
+
+        assert future.done()
+        with pytest.raises(QueueClosedError, match="stopped"):
+            future.result()
+    finally:
+        loop.close()
+
+
+async def test_await_handle_from_other_thread_loop() -> None:
+    # The awaiting coroutine added its waiter to the handle from the other
+    # thread, racing with the queue's loop, before asyncio rejected the
+    # future of another loop with a message that named no fix.
+    def await_elsewhere(handle: TaskHandle[object]) -> Exception | None:
+        async def wait() -> object:
+            return await handle
+
+        try:
+            asyncio.run(wait())
+        except Exception as error:
+            return error
+        return None
+
+    gate = Gate(result="done")
+    async with AsyncTaskQueue(retry=NO_RETRY) as queue:
+        handle = await queue.submit(gate)
+        error = await asyncio.to_thread(await_elsewhere, handle)
+
+        assert isinstance(error, QueueStateError)
+        assert "a different loop awaits it" in str(error)
+        assert "asyncio.run_coroutine_threadsafe()" in str(error)
+        assert handle._waiters is None or handle._waiters == []
+
+        gate.release.set()
+        assert await handle == "done"

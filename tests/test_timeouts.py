@@ -1,4 +1,5 @@
-"""Per-task timeouts: cancelled coroutine, TimeoutError, retries, defaults."""
+"""Per-task timeouts: cancelled coroutine, TimeoutError, retries, defaults, and
+the watchdog on loops that run timers early."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskState
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -164,3 +165,40 @@ async def test_many_timeouts_share_one_watchdog() -> None:
     assert all(isinstance(outcome, TimeoutError) for outcome in outcomes)
     assert hanger.calls == 16
     assert hanger.cancelled == 16
+
+
+def test_timer_slack_by_loop() -> None:
+    from async_queue._base import _CLOCK_RESOLUTION
+    from async_queue.core import _timer_slack
+
+    uvloop = pytest.importorskip("uvloop")
+    asyncio_loop = asyncio.new_event_loop()
+    uv_loop = uvloop.new_event_loop()
+    try:
+        assert _timer_slack(asyncio_loop) == _CLOCK_RESOLUTION
+        assert _timer_slack(uv_loop) == 0.0005
+    finally:
+        asyncio_loop.close()
+        uv_loop.close()
+
+
+def test_watchdog_deadline_within_slack() -> None:
+    """On a loop that runs timers a fraction of a millisecond early, the
+    watchdog does not set itself again for a deadline that close: it times the
+    task out."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def hang() -> None:
+            await asyncio.Event().wait()
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            queue._slack = 0.0005  # as on uvloop
+            handle = queue.submit_nowait(hang, timeout=1.0)
+            await settle()
+
+            loop.advance(0.9996)  # the watchdog runs 0.4 ms early
+            queue._on_watchdog()
+            with pytest.raises(TimeoutError):
+                await handle
+
+    run_virtual(main, autojump=None)
