@@ -21,7 +21,7 @@ _BLOCKED_IDS_SHOWN = 5
 
 
 class _Blocking(_QueueBase):
-    """Tracks workers that wait for handles of the same queue."""
+    """Tracks workers that wait for handles of the same queue, or for room in it."""
 
     __slots__ = ()
 
@@ -64,7 +64,7 @@ class _Blocking(_QueueBase):
 
     @staticmethod
     def _is_blocked(worker: _Worker) -> bool:
-        """Return whether the current attempt of ``worker`` awaits a handle."""
+        """Return whether the current attempt of ``worker`` awaits a handle or room."""
         current = worker.current
         return (
             current is not None
@@ -74,7 +74,7 @@ class _Blocking(_QueueBase):
         )
 
     def _blocked_tasks(self) -> list[TaskHandle[Any]]:
-        """Return the running tasks whose current attempt awaits a handle."""
+        """Return the running tasks whose current attempt awaits a handle or room."""
         return [
             w.current
             for w in self._workers
@@ -108,18 +108,20 @@ class _Blocking(_QueueBase):
         subject = f"task {task_ids}" if single else f"tasks {task_ids}"
         room_waits = [w for w in self._workers if w.room_waits and self._is_blocked(w)]
         if not room_waits:
-            what = ("awaits" if single else "await") + " another task of the same queue"
+            verb = "awaits" if single else "await"
+            wait_phrase = f"{verb} another task of the same queue"
             wait = "awaits"
             advice = "await handles outside the queue's tasks, or raise max_workers"
         else:
             # Tasks that submit() into their own full queue: the room they
             # wait for comes only when a pending task starts.
-            what = ("waits" if single else "wait") + " for room in the same queue"
-            what += f" (max_pending={self._max_pending})"
+            verb = "waits" if single else "wait"
+            limit = self._max_pending
+            wait_phrase = f"{verb} for room in the same queue (max_pending={limit})"
             if blocked > len(room_waits) or any(
                 w.awaits > w.room_waits for w in room_waits
             ):
-                what += " or for another task of it"
+                wait_phrase += " or for another task of it"
             wait = "waits"
             advice = (
                 "submit from tasks with submit_nowait() and handle "
@@ -132,7 +134,7 @@ class _Blocking(_QueueBase):
                 "%s %s while running, and with max_workers=%d no task can start "
                 "until one of those %s ends; %s",
                 subject,
-                what,
+                wait_phrase,
                 self._max_workers,
                 wait,
                 advice,

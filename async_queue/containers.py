@@ -6,6 +6,7 @@ import heapq
 import threading
 from collections import deque
 from collections.abc import Callable
+from fractions import Fraction
 from typing import Any
 
 from .models import DELAYED, PENDING, WAITING_RETRY, TaskHandle, TaskId
@@ -18,6 +19,9 @@ __all__ = ("AgingHeap", "ReadyHeap", "TaskTable", "TimerHeap")
 # are cancelled in bulk does not keep their memory. A stale handle has
 # already let go of its arguments (see AsyncTaskQueue._finish).
 _COMPACT_MIN_STALE = 1024
+
+# Aging keys at or past this size are exact: floats there are 1 or more apart.
+_EXACT_KEY_LIMIT = 2**52
 
 # Emptied priority levels are kept, for reuse, while there are at most this
 # many levels.
@@ -390,7 +394,9 @@ class AgingHeap:
     ``p + rate * (now - t)``. The rate is the same for every task, so the
     order of two waiting tasks never changes over time, and the static key
     ``p - rate * t`` orders them: a push or pop costs O(log n). Equal keys
-    pop in push order. ``_lock`` guards every field, as in ``ReadyHeap``.
+    pop in push order. The key is a float, or an exact ``Fraction`` where a
+    float could not tell priorities one apart, so any int is a priority.
+    ``_lock`` guards every field, as in ``ReadyHeap``.
     """
 
     __slots__ = ("_counter", "_entries", "_heap", "_lock", "_stale", "clock", "rate")
@@ -398,7 +404,7 @@ class AgingHeap:
     def __init__(self, rate: float, clock: Callable[[], float]) -> None:
         self.rate = rate
         self.clock = clock  # the event loop's time(), set by the queue on start
-        self._heap: list[tuple[float, int, TaskHandle[Any]]] = []
+        self._heap: list[tuple[float | Fraction, int, TaskHandle[Any]]] = []
         self._counter = 0
         self._entries = 0
         self._stale = 0
@@ -410,11 +416,22 @@ class AgingHeap:
 
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task, aging from now."""
-        key = handle._priority - self.rate * self.clock()
+        key = self._key(handle._priority, self.clock())
         with self._lock:
             self._counter += 1
             heapq.heappush(self._heap, (-key, self._counter, handle))
             self._entries += 1
+
+    def _key(self, priority: int, now: float) -> float | Fraction:
+        """Return the static key of ``priority`` pushed at loop time ``now``."""
+        if -_EXACT_KEY_LIMIT < priority < _EXACT_KEY_LIMIT:
+            key = priority - self.rate * now
+            if -_EXACT_KEY_LIMIT < key < _EXACT_KEY_LIMIT:
+                return key
+
+        # From 2**52 on, floats one apart or less can round to the same
+        # value, so the key is exact and priority + 1 still starts first.
+        return priority - Fraction(self.rate) * Fraction(now)
 
     def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the task of highest effective priority, or ``None``."""

@@ -17,7 +17,6 @@ import functools
 import inspect
 import logging
 import math
-import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Hashable
@@ -77,7 +76,6 @@ class _Unset(enum.Enum):
 
 
 _UNSET = _Unset.UNSET
-_FLOAT_MAX = sys.float_info.max
 _YEAR = 365 * 24 * 3600.0
 _CO_COROUTINE = inspect.CO_COROUTINE
 _RESIZE_ADVICE = "the pool has a fixed size; call pause() to stop starting tasks"
@@ -590,8 +588,6 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
 
         if type(priority) is not int:
             priority = _checks.check_priority(priority)
-        if self._aging and not -_FLOAT_MAX <= priority <= _FLOAT_MAX:
-            self._reject_aging_priority(priority)
 
         if timeout is _UNSET:
             timeout = self._timeout
@@ -694,9 +690,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
 
         Queues nothing; ``submit()`` calls it before it waits for room.
         """
-        checked_priority = _checks.check_priority(priority)
-        if self._aging and not -_FLOAT_MAX <= checked_priority <= _FLOAT_MAX:
-            self._reject_aging_priority(checked_priority)
+        _checks.check_priority(priority)
 
         if timeout is not _UNSET:
             _checks.check_timeout("timeout", timeout)
@@ -1462,14 +1456,6 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
             )
 
         return float(at)
-
-    def _reject_aging_priority(self, priority: int) -> None:
-        # The aging heap keys tasks by a float, which such an int overflows.
-        raise ValueError(
-            f"priority of {priority.bit_length()} bits is out of range for a "
-            f"queue with aging_rate: it must be within +-{_FLOAT_MAX:g}, the "
-            "float range; use a smaller priority"
-        )
 
 
 def _timer_slack(loop: asyncio.AbstractEventLoop) -> float:

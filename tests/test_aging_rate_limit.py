@@ -13,7 +13,6 @@ from async_queue import AsyncTaskQueue, RetryPolicy, TaskState
 from async_queue.containers import AgingHeap
 from async_queue.models import TaskHandle, TaskSettings, new_handle
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import one as _one
 from tests.helpers import settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -265,29 +264,70 @@ def test_rate_limit_bounds_and_progress(
     run_virtual(main)
 
 
-@pytest.mark.parametrize(
-    "priority", [10**400, -(10**400), 2**1024], ids=["1e400", "-1e400", "2**1024"]
+# Bases near and past the range where floats one apart round together.
+HUGE_BASES = [0, 2**52, 2**53, 2**61, 10**400, -(2**53), -(10**400)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.integers(0, 100),
+    pushes=st.lists(
+        st.tuples(
+            st.builds(
+                lambda base, offset: base + offset,
+                st.sampled_from(HUGE_BASES),
+                st.integers(-3, 3),
+            ),
+            st.integers(0, 10),
+        ),
+        max_size=30,
+    ),
 )
-async def test_aging_huge_priority_changes_nothing(priority: int) -> None:
-    """A priority beyond the float range is rejected before anything is queued."""
-    queue = AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=1.0)
-    await queue.start()
-    queue.pause()
+def test_aging_orders_huge_priorities(rate: int, pushes: list[tuple[int, int]]) -> None:
+    """Any int priority pops by p + rate * (now - pushed_at), exactly."""
+    now = 0.0
+    heap = AgingHeap(float(rate), lambda: now)
+    pushed: list[tuple[int, float, int]] = []
+    for seq, (priority, step) in enumerate(pushes):
+        now += step
+        heap.push(make_handle(priority, seq))
+        pushed.append((priority, now, seq))
 
-    with pytest.raises(ValueError, match=r"priority of \d+ bits is out of range"):
-        await queue.submit(_one, priority=priority, dedup_key="job", task_id="job")
+    # Whole rates and times keep every product exact, so the expected keys
+    # are exact ints.
+    expected = sorted(pushed, key=lambda e: (-(e[0] - rate * int(e[1])), e[2]))
+    order = []
+    while (handle := heap.pop()) is not None:
+        order.append(handle.id)
 
-    stats = queue.stats()
-    assert stats.submitted == 0
-    assert stats.pending == 0
-    join = asyncio.create_task(queue.join())
-    await until(join.done)
+    assert order == [seq for _, _, seq in expected]
 
-    # The id and the dedup key are still free.
-    handle = await queue.submit(_one, task_id="job", dedup_key="job")
-    queue.resume()
-    assert await handle == 1
-    assert (await queue.stop("drain")).never_started == ()
+
+@pytest.mark.parametrize(
+    "base",
+    [2**53, 2**61, 1_700_000_000_000_000_000, 10**400],
+    ids=["2**53", "2**61", "time_ns", "1e400"],
+)
+def test_aging_queue_orders_large_priorities(base: int) -> None:
+    """With aging_rate set, priority base + 1 starts before priority base."""
+
+    async def main(loop: VirtualClockLoop) -> list[str]:
+        order: list[str] = []
+
+        async def record(name: str) -> None:
+            order.append(name)
+
+        async with AsyncTaskQueue(1, aging_rate=1.0, retry=NO_RETRY) as queue:
+            queue.pause()
+            await queue.submit(record, "lower", priority=base)
+            await queue.submit(record, "higher", priority=base + 1)
+            await queue.submit(record, "highest", priority=base + 100)
+            await queue.submit(record, "negative", priority=-base)
+            queue.resume()
+
+        return order
+
+    assert run_virtual(main) == ["highest", "higher", "lower", "negative"]
 
 
 async def test_aging_float_max_priority_runs() -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskState
-from tests.helpers import fail, until
+from tests.helpers import fail, settle, until
 from tests.helpers import one as leaf
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -351,3 +351,91 @@ async def test_warning_after_shrink_counts_workers(
         assert awaiting.state is TaskState.RUNNING
     finally:
         await queue.stop("cancel")
+
+
+# Tasks that wait in submit() for room in their own full queue
+
+
+def queue_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "async_queue" and record.levelno == logging.WARNING
+    ]
+
+
+async def test_room_waits_in_every_worker_warn(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = AsyncTaskQueue(2, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    submitting: list[int] = []
+
+    async def parent(index: int) -> None:
+        submitting.append(index)
+        await queue.submit(leaf)
+
+    try:
+        parents = [await queue.submit(parent, index, priority=1) for index in range(2)]
+        filler = await queue.submit(leaf)
+        await until(lambda: len(submitting) == 2)
+        await settle()
+
+        assert [handle.state for handle in parents] == [TaskState.RUNNING] * 2
+        assert filler.state is TaskState.PENDING
+        assert queue_warnings(caplog) == [
+            "tasks 1, 2 wait for room in the same queue (max_pending=1) while "
+            "running, and with max_workers=2 no task can start until one of "
+            "those waits ends; submit from tasks with submit_nowait() and "
+            "handle QueueFullError, or raise max_pending or max_workers"
+        ]
+    finally:
+        await queue.stop("drain")
+
+    # stop() lets the waiting submitters go with QueueClosedError.
+    assert [handle.state for handle in parents] == [TaskState.FAILED] * 2
+    assert filler.state is TaskState.SUCCEEDED
+
+
+async def test_room_and_handle_waits_warn_together(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    queue = AsyncTaskQueue(2, retry=NO_RETRY, max_pending=1)
+    await queue.start()
+    filler_made: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    go = asyncio.Event()
+
+    async def awaits_filler() -> int:
+        return await (await filler_made)  # type: ignore[no-any-return]
+
+    async def submits_child() -> None:
+        await go.wait()
+        await queue.submit(leaf)
+
+    try:
+        first = await queue.submit(awaits_filler, priority=1)
+        second = await queue.submit(submits_child, priority=1)
+        await until(lambda: second.state is TaskState.RUNNING)
+        # Both workers are busy, so the filler stays pending and fills the
+        # queue before the second task submits.
+        filler = await queue.submit(leaf)
+        go.set()
+        filler_made.set_result(filler)
+        await settle()
+
+        assert first.state is TaskState.RUNNING
+        assert filler.state is TaskState.PENDING
+        assert queue_warnings(caplog) == [
+            "tasks 1, 2 wait for room in the same queue (max_pending=1) or for "
+            "another task of it while running, and with max_workers=2 no task "
+            "can start until one of those waits ends; submit from tasks with "
+            "submit_nowait() and handle QueueFullError, or raise max_pending "
+            "or max_workers"
+        ]
+
+        # The child waiting for room is let go: the filler starts, and the
+        # first task gets its result.
+        second.cancel()
+        assert await first == 1
+    finally:
+        await queue.stop()
