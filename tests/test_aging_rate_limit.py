@@ -331,7 +331,7 @@ def test_aging_queue_orders_large_priorities(base: int) -> None:
 
 
 async def test_aging_float_max_priority_runs() -> None:
-    """The largest priority the aging heap can key still runs first."""
+    """With aging_rate set, priority int(sys.float_info.max) starts first."""
     started: list[str] = []
 
     async def record(name: str) -> None:
@@ -350,9 +350,11 @@ async def test_aging_float_max_priority_runs() -> None:
 
 
 def test_rate_limit_owes_early_token() -> None:
-    """Where a token counts as earned before it is whole, the rest is owed.
-    With a slack worth a whole token, as uvloop's at 2,000 starts per second,
-    forgiving it let every queued task start at once."""
+    """A token taken up to the timer slack early is owed by the next one.
+
+    With a slack worth a whole token, as uvloop's is at 2,000 starts per
+    second, forgiving that debt would let every queued task start at once.
+    """
 
     async def main(loop: VirtualClockLoop) -> None:
         gate = asyncio.Event()

@@ -62,8 +62,8 @@ async def test_handle_pickle_raises_clear_error() -> None:
 
 @pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy])
 def test_copied_schedule_is_the_schedule(copier: object) -> None:
-    # A copy shared the timer of the schedule: cancelling the copy stopped
-    # the schedule while its `active` stayed True.
+    # A copy would share the schedule's timer, so cancelling the copy would
+    # stop the schedule while its `active` stayed True.
     async def tick() -> None:
         pass
 
@@ -92,8 +92,8 @@ async def test_schedule_pickle_raises_clear_error() -> None:
 
 @pytest.mark.parametrize("copier", [copy.copy, copy.deepcopy, pickle.dumps])
 async def test_queue_copy_raises(copier: object) -> None:
-    # A copy shared the heap and the workers but kept counters of its own,
-    # and its stop() hung.
+    # A copy would share the heap and the workers but keep counters of its
+    # own, and its stop() would hang. The queue itself goes on working.
     async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
         with pytest.raises(TypeError, match="AsyncTaskQueue cannot be"):
             copier(queue)  # type: ignore[operator]

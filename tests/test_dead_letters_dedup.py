@@ -132,8 +132,9 @@ def test_retry_after_rejects_bad_delay(delay: float) -> None:
     ids=["nan", "inf", "negative", "str", "huge_int"],
 )
 def test_retry_after_delay_checked_when_raised(delay: object) -> None:
-    # A delay changed after RetryAfter checked it: NaN as the due time of the
-    # shared retry timer kept every other task's retry from ever firing.
+    # The queue checks the delay again when the task raises RetryAfter, and
+    # fails the task if it has become invalid. A NaN due time on the shared
+    # retry timer would keep every other task's retry from firing.
     async def main(loop: VirtualClockLoop) -> None:
         async def odd_delay() -> None:
             error = RetryAfter(1)
@@ -169,8 +170,8 @@ def test_retry_after_delay_checked_when_raised(delay: object) -> None:
 
 
 def test_retry_after_subclass_without_delay() -> None:
-    # A subclass that skipped RetryAfter.__init__ failed its task with a bare
-    # AttributeError that did not say what to change.
+    # A subclass that skips RetryAfter.__init__ fails its task with a
+    # TypeError that names the missing delay and the call to add.
     class Later(RetryAfter):
         def __init__(self) -> None:
             Exception.__init__(self, "later")
@@ -598,7 +599,7 @@ def test_store_keeps_arrival_order(
 
 
 async def test_dead_letter_callback_cancelled_error_keeps_worker() -> None:
-    """on_dead_letter raising CancelledError must not end the worker."""
+    """An on_dead_letter callback raising CancelledError leaves the worker running."""
 
     def callback(letter: DeadLetter) -> None:
         raise asyncio.CancelledError(f"dead letter {letter.task_id!r}")
@@ -697,12 +698,11 @@ async def fail(label: str, gate: asyncio.Event | None = None) -> None:
 
 
 def test_cancelled_requeue_keeps_newer_letters() -> None:
-    """A requeue that gave up evicted a newer dead letter than its own.
+    """A cancelled requeue() puts its letter back in its old place.
 
-    ``requeue()`` takes the letter out before it waits for room, and puts it
-    back as the newest if the wait ends without a task. A task that failed
-    meanwhile filled the store, so the letter put back evicted a newer one,
-    against "oldest evicted first".
+    ``requeue()`` takes the letter out before it waits for room. When a task
+    fails meanwhile and fills the store, the letter put back is the oldest,
+    so it is the one evicted, and the newer letters stay.
     """
 
     async def main(loop: VirtualClockLoop) -> None:

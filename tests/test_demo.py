@@ -680,12 +680,12 @@ async def test_server_rejects_invalid_request() -> None:
 
 
 def test_demo_server_close_ends_slow_responses() -> None:
-    """Closing the demo server waited for every response delay to end.
+    """Closing the demo server ends the response delays that are still running.
 
-    The connection tasks sleeping out a latency do not notice that their
-    connection closed, so with ``--latency 20`` the demo printed its summary
-    and then took half a minute more to exit, and with ``--latency 1e308``
-    it never exited.
+    A connection task that sleeps out a latency does not notice that its
+    connection closed. Unless close() ends the sleep, the demo prints its
+    summary and then waits out each delay: half a minute with
+    ``--latency 20``, and forever with ``--latency 1e308``.
     """
     latency = 1_000_000.0
     decision = decide(
@@ -724,9 +724,12 @@ def test_demo_server_close_ends_slow_responses() -> None:
 
 
 def test_demo_server_close_reports_no_error() -> None:
-    """Ending a slow response by cancelling its task made asyncio's server
-    (Python 3.11) report "Exception in callback" with a CancelledError for
-    each connection, on every demo run."""
+    """Closing the demo server during a slow response reports no loop error.
+
+    close() ends the response delay without cancelling the connection task,
+    because on Python 3.11 asyncio's server reports "Exception in callback"
+    with a CancelledError for each cancelled connection task.
+    """
     errors: list[dict[str, Any]] = []
 
     async def main(loop: VirtualClockLoop) -> None:
@@ -992,9 +995,10 @@ def test_main_defaults_match_config() -> None:
 
 
 def test_demo_rejects_huge_count(capsys: pytest.CaptureFixture[str]) -> None:
-    """--count 2**63 ended in an OverflowError traceback and exit status 1.
+    """--count 2**63 is a usage error: exit status 2 and a message naming it.
 
-    Status 1 is also the demo's "a task was lost" status.
+    An uncaught OverflowError would exit with status 1, the demo's "a task
+    was lost" status.
     """
     with pytest.raises(SystemExit) as exited:
         cli_main(["demo", "--count", str(2**63), "--progress-interval", "0"])

@@ -473,10 +473,10 @@ simple: queue.SimpleQueue[int] = _queue.SimpleQueue()
 
 
 def test_stub_types_empty_as_c_queue_type() -> None:
-    """queue.pyi declared Empty and SimpleQueue as classes of its own.
+    """queue.pyi types Empty and SimpleQueue as the _queue classes they are.
 
-    So mypy, run in the project root, rejected code that mixes them with
-    the _queue types they are at run time, which it accepts elsewhere.
+    So mypy, run in the project root, accepts code that mixes them with the
+    _queue types, as it does elsewhere.
     """
     completed = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "-c", C_QUEUE_USAGE],

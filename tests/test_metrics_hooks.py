@@ -570,11 +570,11 @@ def test_prometheus_bucket_conflict_rejected() -> None:
 
 
 def test_failed_prometheus_hook_registers_nothing() -> None:
-    """A PrometheusHook that failed to register left six families behind.
+    """A PrometheusHook that fails to register leaves the registry as it was.
 
     The hook registers its seven metric families one at a time. When the
-    last name was taken, the first six stayed in the registry, and a second
-    attempt then failed on the first name, which the hook itself had taken.
+    last name is taken, it unregisters the first six, so a second attempt
+    fails on the same name and not on one the hook itself took.
     """
     registry = CollectorRegistry()
     Histogram(

@@ -122,13 +122,13 @@ async def test_blocked_warning_names_tasks(caplog: pytest.LogCaptureFixture) -> 
 async def test_gather_left_waiting_no_false_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A gather() child that outlives its task keeps the worker counted.
+    """A gather() child that outlives its task does not count as blocking.
 
     gather() without return_exceptions fails as soon as one handle fails,
-    and leaves the other children awaiting their handles. Their worker then
-    counts as blocked while it is idle or runs other tasks. A task that
-    awaits its child on the other worker then logs that no task can start,
-    though a worker is free and runs the child at once.
+    and leaves the other children awaiting their handles. The queue counts
+    awaits per task and attempt, so the worker is not blocked once the task
+    ends. When a task then awaits its child, the queue logs no warning,
+    since a worker is free and runs the child at once.
     """
 
     async def parent(queue: AsyncTaskQueue) -> None:
@@ -152,13 +152,12 @@ async def test_gather_left_waiting_no_false_warning(
 
 
 async def test_failing_log_filter_leaves_no_count() -> None:
-    """A logging filter that raises on the warning breaks the await.
+    """A logging filter that raises on the warning leaves the await intact.
 
-    The warning is logged after the handle's waiter is added and the
-    worker is counted, but before the try block that undoes both. The
-    filter's error fails the awaiting task, and the count and the waiter
-    stay for good; the count then hides every later warning. The overflow
-    drop warning guards against such filters, this one does not.
+    The warning is logged after the handle's waiter is added and the worker
+    is counted. The queue suppresses the filter's error, so the task goes on
+    waiting, and once the wait ends, neither the count nor the waiter stays
+    behind to hide later warnings.
     """
 
     class FailingFilter(logging.Filter):
@@ -198,13 +197,12 @@ async def test_failing_log_filter_leaves_no_count() -> None:
 async def test_new_deadlock_after_resize_up_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Growing the pool ends one deadlock but not the warned state.
+    """A deadlock after resize() grows the pool gets a warning of its own.
 
     With one worker, ``top`` awaits ``middle``, which cannot start: the
     queue warns. resize(2) lets ``middle`` start, and ``middle`` awaits
-    ``leaf``, which cannot start either. Both workers are blocked for good,
-    and the queue stays silent, since the flag of the first warning is only
-    cleared when an await ends.
+    ``leaf``, which cannot start either. resize() clears the flag of the
+    first warning, so the queue warns again when both workers block.
     """
 
     async def middle(queue: AsyncTaskQueue) -> int:
@@ -235,12 +233,12 @@ async def test_new_deadlock_after_resize_up_warns(
 async def test_deadlock_after_resize_down_warns(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Shrinking the pool below the blocked workers gives no warning.
+    """Shrinking the pool to the number of blocked workers logs the warning.
 
     Two workers: ``top`` awaits ``leaf`` while the other worker runs a
     long task. resize(1) makes the blocked worker enough to fill the pool,
-    so once the long task ends, ``leaf`` can never start. The queue checks
-    for the warning only when an await begins, so it logs nothing.
+    so once the long task ends, ``leaf`` can never start. resize() checks
+    for the warning as the start of an await does.
     """
 
     async def top(queue: AsyncTaskQueue) -> int:
@@ -277,10 +275,9 @@ async def test_retry_not_blocked_by_stale_await(
 
     The first attempt fails through gather(), whose other child goes on
     awaiting a delayed task. The worker's count of awaits belongs to the
-    task, not to the attempt, so when the retry runs on the same worker, it
-    counts as blocked although it awaits only an event. Once the task on
-    the other worker awaits a handle, the queue warns that no task can
-    start until one of the awaits ends, and names the retry.
+    attempt, so the retry, which awaits only an event, does not count as
+    blocked. When the task on the other worker awaits a handle, one worker
+    of two is blocked, and the queue logs no warning.
     """
     retry_once = RetryPolicy(max_retries=1, base_delay=0, jitter="none")
     queue = AsyncTaskQueue(2, retry=retry_once)
@@ -323,11 +320,10 @@ async def test_retry_not_blocked_by_stale_await(
 async def test_warning_after_shrink_counts_workers(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """After resize(1) the pool still has two busy workers.
+    """The warning after resize(1) does not call the blocked worker the only one.
 
-    The warning then names the awaiting task's worker "the queue's only
-    worker", while a second worker, which the shrink retired, still runs
-    another task.
+    After the shrink the pool still has two busy workers: the worker that
+    resize() retired still runs another task.
     """
     queue = AsyncTaskQueue(2)
     await queue.start()

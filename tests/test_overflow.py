@@ -425,9 +425,9 @@ def test_drop_lowest_keeps_best_tasks(priorities: list[int], max_pending: int) -
 
 
 async def test_drop_lowest_forgets_earlier_victims() -> None:
-    # Each victim used to stay in the ready heap as a stale entry behind the
-    # live tasks of its priority, so every later drop walked past all of the
-    # earlier ones: n drops cost O(n**2).
+    # The heap keeps at most the last victim as a stale entry. Victims left
+    # behind the live tasks of their priority would make every later drop
+    # walk past all of the earlier ones, so that n drops cost O(n**2).
     limit = 300
     async with AsyncTaskQueue(
         1, max_pending=limit, overflow="drop_lowest", retry=NO_RETRY
@@ -451,8 +451,8 @@ async def test_drop_lowest_forgets_earlier_victims() -> None:
 
 
 async def test_thread_advice_fits_raise_policy() -> None:
-    # Under "raise", queue.submit() raises at once too, so the advice to wait
-    # for room with it from a thread was wrong.
+    # Under "raise", queue.submit() raises at once too, so the QueueFullError
+    # does not advise waiting for room with it through run_coroutine_threadsafe().
     async with AsyncTaskQueue(
         1, max_pending=1, overflow="raise", retry=NO_RETRY
     ) as queue:
@@ -483,8 +483,8 @@ async def test_thread_advice_under_wait_policy() -> None:
 
 
 async def test_stats_dropped_counts_both_kinds() -> None:
-    # The docs said that stats().dropped and on_dropped meant stop() alone;
-    # they count the tasks that the overflow policy dropped as well.
+    # stats().dropped and on_dropped count the tasks that the overflow policy
+    # drops as well as those that stop() drops.
     dropped: list[object] = []
 
     class DropLog(Hook):
@@ -510,9 +510,9 @@ async def test_stats_dropped_counts_both_kinds() -> None:
 
 
 async def test_drop_for_huge_priority_ends_victim() -> None:
-    # The drop message formatted the new priority with str(), which raises
-    # ValueError past 4300 digits. The victim was then CANCELLED but never
-    # finished: not counted, its callbacks and join() never released.
+    # str() raises ValueError for an int past 4300 digits, so the drop message
+    # shows such a priority by its bit length. The victim still finishes: it
+    # is counted, its done callbacks run, and join() returns.
     huge = 10**5000
     async with AsyncTaskQueue(
         1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
@@ -541,9 +541,8 @@ async def test_drop_for_huge_priority_ends_victim() -> None:
 
 
 async def test_requeued_task_can_be_dropped_later() -> None:
-    # The requeue() docstring stated that the dropping policies never drop a
-    # requeued task, which holds only on arrival: once queued, drop_lowest may
-    # drop it, and its dead letter is gone by then.
+    # The dropping policies never drop a requeued task on arrival, but once it
+    # is queued, drop_lowest may drop it, and its dead letter is gone by then.
     async with AsyncTaskQueue(
         1, max_pending=1, overflow="drop_lowest", retry=NO_RETRY
     ) as queue:
@@ -563,9 +562,8 @@ async def test_requeued_task_can_be_dropped_later() -> None:
 
 def test_drop_lowest_drops_last_to_enter() -> None:
     # The victim is the task of the lowest priority that entered the ready
-    # heap last. A delayed task enters when it is due, so it can be the
-    # victim although it was submitted first: the docs called the victim
-    # "the newest of the lowest priority".
+    # heap last, not the newest one. A delayed task enters when it is due,
+    # so it can be the victim although it was submitted first.
     async def main(loop: VirtualClockLoop) -> None:
         async with AsyncTaskQueue(
             1, max_pending=2, overflow="drop_lowest", retry=NO_RETRY

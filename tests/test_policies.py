@@ -134,8 +134,8 @@ def test_backoff_negative_retry() -> None:
 @pytest.mark.parametrize("retry", [math.nan, 2.5, True, "1", None])
 @pytest.mark.parametrize("jitter", ["none", "decorrelated"])
 def test_backoff_and_delay_reject_non_int_retry(retry: object, jitter: str) -> None:
-    # backoff(nan) and delay(nan) returned NaN, and backoff(2.5) a delay
-    # between two retries.
+    # A retry number of nan would give a NaN delay, and 2.5 a delay between
+    # those of two retries.
     policy = RetryPolicy(jitter=jitter)  # type: ignore[arg-type]
     for method in (policy.backoff, policy.delay):
         with pytest.raises(TypeError, match=r"retry must be an int .*got"):
@@ -357,8 +357,9 @@ async def fail_once() -> None:
 
 
 def test_predicate_returning_coroutine_fails_task() -> None:
-    # A plain lambda around an async predicate passes the check at creation,
-    # and its truthy coroutine retried every exception.
+    # A plain function around an async predicate passes the check at creation,
+    # so should_retry() rejects the coroutine it returns, which is truthy and
+    # would retry every exception, and closes it without a warning.
     def predicate(exc: BaseException) -> Coroutine[Any, Any, bool]:
         return is_transient(exc)
 
@@ -473,8 +474,8 @@ async def _async_predicate(exc: BaseException) -> bool:
 
 @pytest.mark.parametrize("predicate", [_async_predicate, _AsyncPredicate()])
 def test_async_retry_on_predicate_rejected(predicate: object) -> None:
-    # The coroutine it returns is truthy, so every exception was retried
-    # whatever the predicate meant, and the coroutine was never awaited.
+    # The coroutine it would return is truthy, so every exception would be
+    # retried whatever the predicate means, and no one would await it.
     with pytest.raises(
         TypeError, match=r"retry_on must be a plain function.*coroutine function"
     ):

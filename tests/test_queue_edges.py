@@ -184,8 +184,9 @@ def test_queue_from_closed_loop_rejected() -> None:
 
 
 def test_await_after_loop_closed_says_closed() -> None:
-    # The check for another loop ran first and advised awaiting the handle
-    # on the queue's loop, which had closed and could never finish it.
+    # The error reports that the queue's loop is closed. Advice to await the
+    # handle on that loop, as for any other loop, would not help: a closed
+    # loop never finishes the task.
     handles: list[TaskHandle[bool]] = []
 
     async def main() -> None:

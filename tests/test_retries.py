@@ -450,7 +450,8 @@ def test_fatal_exception_never_retried(
     fatal: type[BaseException], retry_on: object
 ) -> None:
     # The worker re-raises a fatal exception and the event loop stops, so a
-    # retry could never run: the task was left WAITING_RETRY for good.
+    # retry could never run: the task fails at once instead of staying
+    # WAITING_RETRY for good.
     policy = RetryPolicy(max_retries=2, base_delay=0, retry_on=retry_on)  # type: ignore[arg-type]
     assert policy.should_retry(fatal(), 0) is False
 
@@ -479,13 +480,12 @@ def test_fatal_exception_never_retried(
 
 
 def test_queue_closed_in_task_group_not_retried() -> None:
-    """A QueueClosedError that reaches the task in an ExceptionGroup is retried.
+    """A QueueClosedError that reaches the task in an ExceptionGroup is not retried.
 
     A task that submits its children in an asyncio.TaskGroup gets the
-    error of a stopping queue wrapped in an ExceptionGroup. The retry rule
-    only matches a bare QueueClosedError, so the task runs again three
-    times, and stop("drain") waits 7 virtual seconds for retries that can
-    only fail the same way.
+    error of a stopping queue wrapped in an ExceptionGroup. The queue finds
+    the QueueClosedError inside the group, so stop("drain") does not wait
+    out three backoffs for retries that could only fail the same way.
     """
 
     async def main(loop: VirtualClockLoop) -> tuple[int, float]:
@@ -517,7 +517,8 @@ def test_fatal_cleanup_after_timeout_not_retried(
     fatal: type[BaseException],
 ) -> None:
     # The worker re-raises the fatal exception and the event loop stops, so
-    # a retry could never run: the task was left WAITING_RETRY for good.
+    # a retry could never run: the task fails at once instead of staying
+    # WAITING_RETRY for good.
     queue = AsyncTaskQueue(1, retry=RetryPolicy(max_retries=3), timeout=1)
     handles: list[TaskHandle[None]] = []
 

@@ -478,12 +478,12 @@ async def tick() -> None:
 
 @pytest.mark.parametrize("interval", [1e-10, 1e-20, 1e-300, 5e-324])
 def test_interval_below_clock_resolution_rejected(interval: float) -> None:
-    """An interval far below the float spacing of loop times hung _on_due.
+    """every() rejects an interval below 1e-9 s and adds no schedule.
 
     Near a loop time of 10**4 s, adding 1e-20 to a due time does not change
-    it, so the loop that looked for the next due time after ``now`` ran for
-    hundreds of millions of steps. 5e-324 made ``(now - first) / interval``
-    infinite, so ``math.floor()`` raised OverflowError.
+    it, so a search for the next due time after ``now`` would run for
+    hundreds of millions of steps. 5e-324 makes ``(now - first) / interval``
+    infinite, which ``math.floor()`` rejects with OverflowError.
     """
 
     async def main(loop: VirtualClockLoop) -> None:
@@ -512,11 +512,11 @@ def test_smallest_interval_keeps_coalescing() -> None:
 
 
 def test_every_from_other_thread_rejected() -> None:
-    """every() from a thread left a schedule listed as active with no timer.
+    """every() from another thread raises QueueStateError and adds no schedule.
 
-    In debug mode ``loop.call_at()`` raised RuntimeError after the schedule
-    was added to ``queue.schedules``, and outside debug mode it added the
-    timer without waking the loop.
+    Called from there, ``loop.call_at()`` raises RuntimeError in debug mode,
+    and outside debug mode adds the timer without waking the loop, so a
+    schedule listed before that call would be active with no timer.
     """
 
     async def main() -> None:
@@ -544,7 +544,7 @@ class Refresher:
     ids=["bind", "partial", "callable-object"],
 )
 def test_schedule_name_matches_run_name(fn: Callable[[], Awaitable[object]]) -> None:
-    """Schedule.name was the repr of a bind(), a partial or a callable object."""
+    """Schedule.name of a bind(), a partial or a callable object is its runs' name."""
 
     async def main(loop: VirtualClockLoop) -> None:
         async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
@@ -560,7 +560,7 @@ def test_schedule_name_matches_run_name(fn: Callable[[], Awaitable[object]]) -> 
 
 
 def test_schedules_listed_in_creation_order() -> None:
-    """queue.schedules came from a set, so its order followed object ids."""
+    """queue.schedules lists the live schedules in the order of creation."""
 
     async def main(loop: VirtualClockLoop) -> None:
         async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
@@ -579,10 +579,11 @@ def test_schedules_listed_in_creation_order() -> None:
     reason="a timed-out threaded() run is done while its thread still runs",
 )
 def test_timed_out_threaded_run_not_overlapped() -> None:
-    """The next run started while the thread of a timed-out run still ran.
+    """A schedule skips due times while the thread of a timed-out run runs.
 
     The handle of a ``threaded()`` run ends ``FAILED`` at its timeout, but
-    Python cannot stop the thread, so the schedule saw the run as finished.
+    Python cannot stop the thread. The schedule still treats the run as
+    finished and starts the next one, the gap that the xfail mark records.
     """
     started = threading.Event()
     release = threading.Event()
@@ -614,7 +615,7 @@ def test_timed_out_threaded_run_not_overlapped() -> None:
 
 
 def test_schedule_inactive_once_loop_closed() -> None:
-    """A schedule stayed active, with a due time in the past, on a closed loop."""
+    """A schedule whose loop closes without stop() is inactive, with no next run."""
     queue = AsyncTaskQueue(1, retry=NO_RETRY)
 
     async def main() -> Schedule[None]:

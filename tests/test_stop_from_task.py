@@ -477,14 +477,13 @@ def test_retried_stop_caller_ends_drain() -> None:
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need 3.12")
 @pytest.mark.parametrize("first_mode", ["finish_running", "cancel"])
 async def test_stop_from_on_dropped_eager(first_mode: str) -> None:
-    """An on_dropped hook that starts stop("cancel") as an eager task.
+    """stop("cancel") started as an eager task from on_dropped joins the first stop.
 
     stop() emits on_dropped for the queued tasks before it stores its stop
-    task. Under asyncio.eager_task_factory the hook's stop() runs inside
-    that emission, finds no stop task and starts a second shutdown. The two
-    callers get different reports: the first call's report, which
-    queue.report also returns, does not list the running task that the
-    second call interrupted.
+    task, so under asyncio.eager_task_factory the hook's stop() runs inside
+    that emission. It waits for the first call's stop task instead of
+    starting a second shutdown, and both callers get one report, which lists
+    the running task as interrupted.
     """
     loop = asyncio.get_running_loop()
     loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]

@@ -352,9 +352,9 @@ def test_threadsafe_after_stop_settles_future() -> None:
 
 
 async def test_await_handle_from_other_thread_loop() -> None:
-    # The awaiting coroutine added its waiter to the handle from the other
-    # thread, racing with the queue's loop, before asyncio rejected the
-    # future of another loop with a message that named no fix.
+    # The handle raises QueueStateError that names the fix before it adds a
+    # waiter, which the other thread would add racing with the queue's loop.
+    # asyncio's own error for a future of another loop names no fix.
     def await_elsewhere(handle: TaskHandle[object]) -> Exception | None:
         async def wait() -> object:
             return await handle

@@ -63,11 +63,12 @@ def test_virtual_clock_rejects_bad_advance(
 
 
 def test_timer_fires_after_clock_passes_194_days() -> None:
-    """A timer due exactly at the virtual time never fired.
+    """A timer due exactly at the virtual time fires with the clock past 2**24 s.
 
-    With the clock past 2**24 s the loop saw the timer as due in zero
-    seconds but not yet due, so it spun in place: with autojump on, a plain
-    ``await asyncio.sleep(1)`` hung at full CPU.
+    There, time() plus a clock resolution of 1e-9 s is time() itself. Unless
+    the loop widens its resolution, it treats the timer as due in zero seconds
+    but not yet due and spins in place: with autojump on, a plain
+    ``await asyncio.sleep(1)`` would hang at full CPU.
     """
 
     async def main(loop: VirtualClockLoop) -> list[float]:
@@ -102,12 +103,13 @@ def test_timer_fires_at_any_virtual_time(offset: int, delay: int) -> None:
 
 
 def test_retry_schedule_on_long_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The testing guide's retry schedule ran late on a machine up 194 days.
+    """The testing guide's retry schedule keeps its times after 194 days of uptime.
 
     The clock starts at the machine's monotonic time. From 2**24 s of uptime
-    on, a backoff timer due at exactly the advanced time stayed pending until
-    the next advance, so attempts came one second late, and an ``await`` on
-    a timer that only autojump could reach never returned.
+    on, a backoff timer due at exactly the advanced time must fire on that
+    advance: left pending until the next one, the attempts would come one
+    second late, and an ``await`` on a timer that only autojump can reach
+    would never return.
     """
     with monkeypatch.context() as patch:
         patch.setattr(time, "monotonic", lambda: LONG_UPTIME)
@@ -140,11 +142,12 @@ def test_retry_schedule_on_long_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_virtual_times_exact_at_any_uptime(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whole-second due times came out inexact after some machine uptimes.
+    """Whole-second due times stay exact after any machine uptime.
 
-    The virtual clock started at the fractional ``time.monotonic()``. Just
-    below a power of two, 32753.3 + 20 rounds to the next float spacing, so
-    a run due 20 s after the start ran 20.000000000003638 s after it.
+    The virtual clock starts at the whole seconds of ``time.monotonic()``.
+    From a fractional start just below a power of two, 32753.3 + 20 would
+    round to the next float spacing, so a run due 20 s after the start would
+    run 20.000000000003638 s after it.
     """
     with monkeypatch.context() as patch:
         patch.setattr(time, "monotonic", lambda: 2.0**15 - 14.7)
@@ -184,11 +187,11 @@ class _CountingSelector(WrappedSelector):
 
 
 def test_autojump_reaches_distant_timer_at_once() -> None:
-    """A timer 30 days ahead took 30 idle waits of ``autojump`` to reach.
+    """autojump reaches a timer 30 days ahead in one idle wait.
 
-    asyncio caps the time it passes to the selector at 24 hours, and the
-    clock jumped by that capped time, so reaching a timer d seconds ahead
-    cost about ``d / 86400 * autojump`` real seconds (a year: 18 s).
+    asyncio caps the time it passes to the selector at 24 hours. A jump by
+    that capped time would make reaching a timer d seconds ahead cost about
+    ``d / 86400 * autojump`` real seconds (a year: 18 s).
     """
     loop = VirtualClockLoop(autojump=0)
     # Each select with a timeout ends in one jump of the clock.
@@ -228,12 +231,12 @@ class _WakeAfterJump(WrappedSelector):
 
 
 def test_autojump_to_infinite_sleep_keeps_clock_finite() -> None:
-    """An idle loop whose only timer is sleep(math.inf) jumps to infinity.
+    """An idle loop whose only timer is sleep(math.inf) keeps its clock finite.
 
-    The jump goes to the next timer past the 24-hour cap, and that timer
-    is due at infinity. time() then returns inf for good: every later
-    timer is due at inf, which asyncio never treats as due, so a plain
-    ``await asyncio.sleep(1)`` after that hangs.
+    The jump goes to the next timer past the 24-hour cap, except a timer due
+    at infinity. A jump to that one would make time() return inf for good:
+    every later timer would be due at inf, which asyncio never treats as
+    due, so a plain ``await asyncio.sleep(1)`` after it would hang.
     """
     loop = VirtualClockLoop(autojump=0)
     selector = _WakeAfterJump(loop, loop._selector)  # type: ignore[attr-defined]
@@ -309,7 +312,7 @@ def test_virtual_clock_runs_process_pool_calls(blockbuster: BlockBuster) -> None
 
 
 def test_virtual_clock_jumps_after_cancelled_thread_call() -> None:
-    # A call that the executor never starts must not keep the clock still.
+    # A call that the executor never starts does not keep the clock still.
     executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
     async def main(loop: VirtualClockLoop) -> float:
