@@ -1,4 +1,4 @@
-"""How an attempt ends: errors, retries, timeouts, cancellation and progress."""
+"""The end of an attempt: errors, retries, timeouts, cancellation and progress."""
 
 from __future__ import annotations
 
@@ -61,17 +61,22 @@ class _Outcomes(_QueueBase):
         return tb.tb_frame.f_code in (self._worker_code, _BOUND_CALL_CODE)
 
     def _settle_error(
-        self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
+        self,
+        worker: _Worker,
+        handle: TaskHandle[Any],
+        exc: BaseException | None,
+        started_at: float,
     ) -> bool:
         """Settle a failed or interrupted attempt without letting the worker die.
 
-        Returns whether the worker must re-raise and exit. An exception from
-        the settling itself, such as a ``retry_on`` predicate that raises,
-        fails the task with that exception instead.
+        ``started_at`` is the loop time at which the attempt started. Returns
+        whether the worker must re-raise and exit. An exception from the
+        settling itself, such as a ``retry_on`` predicate that raises, fails
+        the task with that exception instead.
         """
         self._settling.append(handle)
         try:
-            return self._on_attempt_error(worker, handle, exc)
+            return self._on_attempt_error(worker, handle, exc, started_at)
         except asyncio.CancelledError as error:
             assert worker.task is not None
             if worker.task.cancelling():
@@ -140,7 +145,11 @@ class _Outcomes(_QueueBase):
         self._strip_frames(error)  # again, in case a callback raised it
 
     def _on_attempt_error(
-        self, worker: _Worker, handle: TaskHandle[Any], exc: BaseException | None
+        self,
+        worker: _Worker,
+        handle: TaskHandle[Any],
+        exc: BaseException | None,
+        started_at: float,
     ) -> bool:
         """Settle an attempt that raised ``exc`` or was interrupted by the queue.
 
@@ -148,7 +157,7 @@ class _Outcomes(_QueueBase):
         """
         reason = None if handle._extras is None else handle._extras.cancel_reason
         if reason is not None:
-            return self._on_interrupted(worker, handle, reason, exc)
+            return self._on_interrupted(worker, handle, reason, exc, started_at)
 
         assert exc is not None
         if isinstance(exc, asyncio.CancelledError):
@@ -167,7 +176,7 @@ class _Outcomes(_QueueBase):
             return outside
 
         if handle._state is RUNNING:
-            self._retry_or_fail(handle, exc)
+            self._retry_or_fail(handle, exc, started_at)
 
         return isinstance(exc, _FATAL)  # _is_fatal(), inlined for retries
 
@@ -177,6 +186,7 @@ class _Outcomes(_QueueBase):
         handle: TaskHandle[Any],
         reason: CancelReason,
         exc: BaseException | None,
+        started_at: float,
     ) -> bool:
         task = worker.task
         assert task is not None
@@ -204,7 +214,7 @@ class _Outcomes(_QueueBase):
                 failure: BaseException = error
                 if exc is not None and _is_fatal(exc):
                     failure = exc
-                self._retry_or_fail(handle, failure)
+                self._retry_or_fail(handle, failure, started_at)
             else:
                 self._set_cancelled(handle)
 
@@ -287,7 +297,9 @@ class _Outcomes(_QueueBase):
     # Retries: a task waiting out its backoff is parked in `_timers`, and one
     # loop timer is set for the earliest of them.
 
-    def _retry_or_fail(self, handle: TaskHandle[Any], exc: BaseException) -> None:
+    def _retry_or_fail(
+        self, handle: TaskHandle[Any], exc: BaseException, started_at: float
+    ) -> None:
         policy = handle._settings.retry
         retries_done = handle._attempts - 1
         if isinstance(exc, RetryAfter):
@@ -309,6 +321,9 @@ class _Outcomes(_QueueBase):
                 extras = handle._extras
                 previous = None if extras is None else extras.last_delay
                 delay = policy.delay(retries_done, previous)
+
+        if retry and policy.max_elapsed is not None:
+            retry = self._within_budget(handle, exc, started_at, delay)
 
         # Read again, since the policy's random source may have cancelled the
         # task. The extras are made only when needed: most retried tasks
@@ -338,6 +353,39 @@ class _Outcomes(_QueueBase):
         self._emit("on_failed", handle, exception=exc)
         self._add_dead_letter(handle, exc)
         self._strip_frames(exc)  # again, in case a callback raised it
+
+    def _within_budget(
+        self,
+        handle: TaskHandle[Any],
+        exc: BaseException,
+        started_at: float,
+        delay: float,
+    ) -> bool:
+        """Return whether a retry after ``delay`` starts within ``max_elapsed``.
+
+        The budget counts from the start of the first attempt, which is
+        recorded when that attempt fails. A retry past it is not made, and a
+        note on ``exc`` says why.
+        """
+        budget = handle._settings.retry.max_elapsed
+        assert budget is not None
+        extras = extras_of(handle)
+        if handle._attempts == 1 or extras.first_started is None:
+            extras.first_started = started_at
+
+        elapsed = self._loop.time() + delay - extras.first_started
+        if elapsed <= budget:
+            return True
+
+        # A note keeps the task's own exception as its outcome. An exception
+        # whose __notes__ is not a list cannot take one.
+        with contextlib.suppress(Exception):
+            exc.add_note(
+                f"not retried: retry {handle._attempts} would start {elapsed:.6g} s "
+                f"after the first attempt started, past the retry policy's "
+                f"max_elapsed={budget:g}"
+            )
+        return False
 
     def _set_progress(self, handle: TaskHandle[Any], progress: Any) -> None:
         """Record the progress of ``handle``, a running task; see ``set_progress()``."""

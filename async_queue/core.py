@@ -1173,7 +1173,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
                     run_time.total += ran
                     if ran > run_time.max:
                         run_time.max = ran
-                    if self._settle_error(worker, handle, exc):
+                    if self._settle_error(worker, handle, exc, started_at):
                         self._forget_worker(worker, handle)
                         raise
 
@@ -1213,7 +1213,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
                             now = clock()  # the hooks may have taken a while
                     else:
                         # Interrupted, but the coroutine returned: hooks run here.
-                        if self._settle_error(worker, handle, None):
+                        if self._settle_error(worker, handle, None, started_at):
                             self._forget_worker(worker, handle)
                             raise asyncio.CancelledError from None
 

@@ -133,6 +133,7 @@ class TaskExtras:
         "cancel_message",
         "cancel_reason",
         "dedup_key",
+        "first_started",
         "last_delay",
         "progress",
         "seq",
@@ -145,6 +146,7 @@ class TaskExtras:
         self.cancel_reason: CancelReason | None = None  # set while interrupted
         self.cancel_message: str | None = None
         self.last_delay: float | None = None  # the previous retry's backoff
+        self.first_started: float | None = None  # for a RetryPolicy.max_elapsed
         self.dedup_key: Hashable | None = None  # of a failed task, for its letter
         self.progress: Any = None  # the last value given to set_progress()
 

@@ -103,6 +103,11 @@ class RetryPolicy:
             the exception and returns whether to retry it.
         rng: the random source for jitter. Pass a seeded ``random.Random`` for
             reproducible delays; the default is a private unseeded one.
+        max_elapsed: if set, the seconds from the start of a task's first
+            attempt within which a retry must start. A retry whose delay
+            would end later is not made, and the task fails with its last
+            exception. It does not cut a running attempt short: use a
+            timeout for that.
     """
 
     max_retries: int = 3
@@ -112,6 +117,7 @@ class RetryPolicy:
     jitter: Jitter | JitterName = Jitter.FULL
     retry_on: RetryFilter = Exception
     rng: random.Random = field(default_factory=random.Random, compare=False)
+    max_elapsed: float | None = None
 
     def __post_init__(self) -> None:
         retries = self.max_retries
@@ -155,6 +161,10 @@ class RetryPolicy:
         _check_filter(self.retry_on)
         if not isinstance(self.rng, random.Random):
             raise TypeError(f"rng must be a random.Random, got {self.rng!r}")
+
+        if self.max_elapsed is not None:
+            budget = _check_delay("max_elapsed", self.max_elapsed)
+            object.__setattr__(self, "max_elapsed", budget)
 
         object.__setattr__(self, "base_delay", base)
         object.__setattr__(self, "max_delay", cap)

@@ -413,6 +413,28 @@ def test_policy_rejects_delay_type(name: str, value: object) -> None:
     assert name in str(info.value)
 
 
+@pytest.mark.parametrize("value", [-1.0, math.nan, math.inf, 10**400])
+def test_policy_rejects_max_elapsed_value(value: float) -> None:
+    info = assert_rejected(ValueError, value, max_elapsed=value)
+
+    assert "max_elapsed" in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["1", True, [1]])
+def test_policy_rejects_max_elapsed_type(value: object) -> None:
+    info = assert_rejected(TypeError, value, max_elapsed=value)
+
+    assert "max_elapsed" in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "stored"), [(None, None), (0, 0.0), (2, 2.0)])
+def test_policy_stores_max_elapsed(value: int | None, stored: float | None) -> None:
+    policy = RetryPolicy(max_elapsed=value)
+
+    assert policy.max_elapsed == stored
+    assert type(policy.max_elapsed) is type(stored)
+
+
 @pytest.mark.parametrize("name", ["base_delay", "max_delay", "multiplier"])
 def test_policy_rejects_int_beyond_float(name: str) -> None:
     """An int too large for a float is rejected like inf, not with OverflowError."""

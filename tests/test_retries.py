@@ -4,6 +4,7 @@ and the errors that are never retried."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import pickle
@@ -544,3 +545,127 @@ def test_fatal_cleanup_after_timeout_not_retried(
         loop.close()
 
     assert_failed_unretried(queue, handles[0], fatal)
+
+
+# A time budget for retries: RetryPolicy(max_elapsed=...)
+
+
+class TimedFailures:
+    """Fails every call after ``run_for`` seconds, recording each start time."""
+
+    def __init__(self, run_for: float = 0.0, error: Exception | None = None) -> None:
+        self.run_for = run_for
+        self.error = error
+        self.starts: list[float] = []
+
+    async def __call__(self) -> None:
+        self.starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(self.run_for)
+        raise self.error if self.error is not None else ValueError("still failing")
+
+
+def budget_policy(max_elapsed: float, max_retries: int = 10) -> RetryPolicy:
+    return RetryPolicy(
+        max_retries=max_retries,
+        base_delay=1,
+        multiplier=2,
+        max_delay=100,
+        jitter="none",
+        max_elapsed=max_elapsed,
+    )
+
+
+def run_until_final(
+    task: Callable[[], Awaitable[None]], policy: RetryPolicy, timeout: float | None
+) -> TaskHandle[None]:
+    async def main(loop: VirtualClockLoop) -> TaskHandle[None]:
+        async with AsyncTaskQueue(1, retry=policy, timeout=timeout) as queue:
+            handle = await queue.submit(task)
+            with contextlib.suppress(Exception):
+                await handle
+            return handle
+
+    return run_virtual(main, autojump=0)
+
+
+def relative(starts: list[float]) -> list[float]:
+    return [start - starts[0] for start in starts]
+
+
+@pytest.mark.parametrize(
+    ("run_for", "expected_starts"),
+    [(0.0, [0.0, 1.0, 3.0]), (2.0, [0.0, 3.0])],
+    ids=["instant", "two-second-attempts"],
+)
+def test_max_elapsed_stops_retries(
+    run_for: float, expected_starts: list[float]
+) -> None:
+    """A retry starts only if its delay ends within max_elapsed of the first start."""
+    task = TimedFailures(run_for)
+    handle = run_until_final(task, budget_policy(5), timeout=None)
+
+    assert relative(task.starts) == expected_starts
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == len(expected_starts)
+    error = handle.exception()
+    assert isinstance(error, ValueError)
+    assert error.__notes__[-1].startswith(
+        f"not retried: retry {len(expected_starts)} would start "
+    )
+    assert error.__notes__[-1].endswith("past the retry policy's max_elapsed=5")
+
+
+def test_max_elapsed_bounds_timed_out_attempts() -> None:
+    """Attempts that time out count their full run time against the budget."""
+    task = TimedFailures(run_for=60)
+    handle = run_until_final(task, budget_policy(5), timeout=1)
+
+    # Each attempt ends at its timeout, 1 s after it starts: the third one,
+    # ending at 6 s, would retry 4 s later, at 10 s.
+    assert relative(task.starts) == [0.0, 2.0, 5.0]
+    assert handle.state is TaskState.FAILED
+    assert isinstance(handle.exception(), TimeoutError)
+
+
+def test_max_elapsed_bounds_retry_after() -> None:
+    """A delay that the task asks for with RetryAfter is held to the budget too."""
+    task = TimedFailures(error=RetryAfter(10))
+    handle = run_until_final(task, budget_policy(5), timeout=None)
+
+    assert len(task.starts) == 1
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == 1
+
+
+@given(
+    run_times=st.lists(st.integers(0, 3), min_size=1, max_size=8),
+    budget=st.integers(0, 20),
+    max_retries=st.integers(0, 6),
+)
+def test_max_elapsed_matches_model(
+    run_times: list[int], budget: int, max_retries: int
+) -> None:
+    """Start times follow the budget rule, attempt by attempt."""
+    durations = iter(run_times * 8)
+    starts: list[float] = []
+
+    async def task() -> None:
+        starts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(next(durations))
+        raise ValueError("still failing")
+
+    handle = run_until_final(task, budget_policy(budget, max_retries), timeout=None)
+
+    # The model: whole-second run times and delays keep every time exact.
+    expected = [0.0]
+    end = float(run_times[0])
+    for retry in range(max_retries):
+        retry_at = end + min(2.0**retry, 100.0)
+        if retry_at > budget:
+            break
+        expected.append(retry_at)
+        end = retry_at + (run_times * 8)[retry + 1]
+
+    assert relative(starts) == expected
+    assert handle.state is TaskState.FAILED
+    assert handle.attempts == len(expected)
