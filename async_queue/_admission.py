@@ -9,11 +9,10 @@ from collections import deque
 from typing import Any
 
 from ._base import _ACCEPTING, _QueueBase
+from ._log import log
 from .containers import ReadyHeap
 from .errors import QueueFullError
 from .models import CANCELLED, Overflow, TaskHandle, _format_int, extras_of
-
-logger = logging.getLogger("async_queue")
 
 # Seconds of the loop's clock between two warnings about overflow drops. The
 # drops in between are counted, and the next warning gives their number.
@@ -108,19 +107,24 @@ class _Admission(_QueueBase):
         since = f"; {more} more dropped since the last such warning" if more else ""
         # A logging filter that raises must not stop the submission that
         # caused the drop.
-        with contextlib.suppress(Exception):
-            logger.warning("task %r (%s) %s%s", handle._id, handle.name, message, since)
+        log(
+            logging.WARNING,
+            "task %r (%s) %s%s",
+            handle._id,
+            handle.name,
+            message,
+            since,
+        )
 
     def _log_unlogged_drops(self) -> None:
         """Log the overflow drops that no warning has counted yet."""
         count, self._drops_unlogged = self._drops_unlogged, 0
         if count:
-            with contextlib.suppress(Exception):
-                logger.warning(
-                    "%d more dropped by the overflow policy since the last such "
-                    "warning",
-                    count,
-                )
+            log(
+                logging.WARNING,
+                "%d more dropped by the overflow policy since the last such warning",
+                count,
+            )
 
     def _full_error(self, advice: str) -> QueueFullError:
         # Retries come back without taking room, so the count can pass the limit.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import math
@@ -14,6 +13,7 @@ from types import CodeType, FunctionType
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from . import _checks
+from ._log import log
 from .containers import AgingHeap, ReadyHeap, TaskTable, TimerHeap
 from .deadletters import DeadLetter, DeadLetterStore
 from .errors import QueueClosedError, QueueStateError
@@ -46,7 +46,6 @@ from .schedules import Schedule
 if TYPE_CHECKING:
     from .core import AsyncTaskQueue
 
-logger = logging.getLogger("async_queue")
 
 # asyncio's loops run a timer callback up to one clock tick early, so a
 # deadline within one tick of "now" counts as reached; see _timer_slack().
@@ -518,14 +517,14 @@ class _QueueBase:
 
     def _drop_changed_key(self, handle: TaskHandle[Any], key: Hashable) -> None:
         """Free a dedup_key that no longer finds its task by hash and equality."""
-        with contextlib.suppress(Exception):
-            logger.warning(
-                "dedup_key %r of task %r changed its hash or equality after "
-                "submission; use an immutable key such as a str, an int or a "
-                "tuple of them",
-                key,
-                handle._id,
-            )
+        log(
+            logging.WARNING,
+            "dedup_key %r of task %r changed its hash or equality after "
+            "submission; use an immutable key such as a str, an int or a "
+            "tuple of them",
+            key,
+            handle._id,
+        )
 
         # Rebuilt without the task's entry, since the key cannot find it.
         try:
@@ -533,7 +532,12 @@ class _QueueBase:
         except Exception:
             # NOTE: another key raised as it was hashed again; the entry stays,
             # and that dedup_key stays taken.
-            logger.exception("could not free the dedup_key of task %r", handle._id)
+            log(
+                logging.ERROR,
+                "could not free the dedup_key of task %r",
+                handle._id,
+                exc_info=True,
+            )
 
     def _release_waiters(self, handle: TaskHandle[Any]) -> None:
         waiters = handle._waiters

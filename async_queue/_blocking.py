@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -11,9 +10,8 @@ from typing import Any
 
 from ._base import _QueueBase, _Worker
 from ._context import CURRENT_WORKER
+from ._log import log
 from .models import TaskHandle
-
-logger = logging.getLogger("async_queue")
 
 # Task ids that the warning about workers that all await their own queue
 # names at most.
@@ -129,16 +127,16 @@ class _Blocking(_QueueBase):
             )
 
         # A logging filter that raises must not break the await.
-        with contextlib.suppress(Exception):
-            logger.warning(
-                "%s %s while running, and with max_workers=%d no task can start "
-                "until one of those %s ends; %s",
-                subject,
-                wait_phrase,
-                self._max_workers,
-                wait,
-                advice,
-            )
+        log(
+            logging.WARNING,
+            "%s %s while running, and with max_workers=%d no task can start "
+            "until one of those %s ends; %s",
+            subject,
+            wait_phrase,
+            self._max_workers,
+            wait,
+            advice,
+        )
 
     def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:
         """Return the busy worker of this queue that runs the current coroutine.

@@ -11,6 +11,7 @@ from typing import Any
 from . import _checks
 from ._base import _QueueBase, _Worker
 from ._frames import strip_frames
+from ._log import log
 from .deadletters import DeadLetter
 from .errors import QueueClosedError, QueueStateError, RetryAfter
 from .models import (
@@ -28,8 +29,6 @@ from .models import (
 )
 from .policies import Jitter
 from .testing import _TestMode
-
-logger = logging.getLogger("async_queue")
 
 _FATAL = (KeyboardInterrupt, SystemExit)
 _BOUND_CALL_CODE = BoundCall.__call__.__code__
@@ -106,13 +105,13 @@ class _Outcomes(_QueueBase):
             outcome = "the task was cancelled first, so it ends cancelled"
         else:
             outcome = "the task fails with this error"
-        with contextlib.suppress(Exception):
-            logger.error(
-                "settling an attempt of task %r failed; %s",
-                handle._id,
-                outcome,
-                exc_info=error,
-            )
+        log(
+            logging.ERROR,
+            "settling an attempt of task %r failed; %s",
+            handle._id,
+            outcome,
+            exc_info=error,
+        )
 
         if handle._state in (SUCCEEDED, FAILED, CANCELLED):
             return
@@ -431,10 +430,12 @@ class _Outcomes(_QueueBase):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # CancelledError too, as for hooks
-            logger.exception(
+            log(
+                logging.ERROR,
                 "on_dead_letter hook %r failed for task %r",
                 self._on_dead_letter,
                 handle._id,
+                exc_info=True,
             )
 
     def _park(self, handle: TaskHandle[Any], delay: float) -> None:

@@ -8,6 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ._log import log
 from ._outcomes import _Outcomes
 from .models import (
     CANCELLED,
@@ -19,8 +20,6 @@ from .models import (
     TaskHandle,
     extras_of,
 )
-
-logger = logging.getLogger("async_queue")
 
 
 class _Shutdown(_Outcomes):
@@ -102,7 +101,8 @@ class _Shutdown(_Outcomes):
         for worker in self._workers:
             handle = worker.current
             if handle is not None and handle._state is RUNNING:
-                logger.error(
+                log(
+                    logging.ERROR,
                     "task %r (%s) is still running %s after it was cancelled; "
                     "abandoning it: its coroutine suppresses CancelledError",
                     handle._id,

@@ -28,6 +28,7 @@ from ._admission import _Admission
 from ._base import _ACCEPTING, _CLOCK_RESOLUTION, _Join, _Lifecycle, _Worker
 from ._blocking import _Blocking
 from ._context import CURRENT_WORKER
+from ._log import log
 from ._shutdown import _Shutdown
 from .containers import AgingHeap
 from .deadletters import DeadLetter
@@ -57,7 +58,6 @@ from .schedules import Schedule
 
 __all__ = ("AsyncTaskQueue",)
 
-logger = logging.getLogger("async_queue")
 
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
@@ -235,7 +235,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
             self._add_workers(count - len(staying))
             self._wake_workers()
             self._check_blocked()
-            logger.debug("resized the pool from %d to %d workers", old, count)
+            log(logging.DEBUG, "resized the pool from %d to %d workers", old, count)
             return
 
         # Retire idle workers first, so that running tasks are not delayed.
@@ -252,7 +252,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
         # not start now: wake the idle workers that stay instead.
         self._wake_workers()
         self._check_blocked()
-        logger.debug("resized the pool from %d to %d workers", old, count)
+        log(logging.DEBUG, "resized the pool from %d to %d workers", old, count)
 
     def pause(self) -> None:
         """Stop starting new tasks; running tasks go on. Timers keep running.
@@ -303,6 +303,10 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
         if self._lifecycle is _Lifecycle.NEW:
             self._lifecycle = _Lifecycle.STOPPED
             self._empty_report = ShutdownReport(mode, False, (), (), (), ())
+
+        if self._stop_task is not None and not self._stop_task.done():
+            # A later call joins or escalates a stop in progress, on its loop.
+            self._check_loop()
 
         if self._stop_task is None and self._lifecycle is _Lifecycle.STOPPING:
             # A call from a hook that the first call's cancellations ran, before
@@ -1246,10 +1250,15 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
         if handle is None:
             # Mostly the event loop closing with the queue still running,
             # which needs no warning.
-            logger.debug("idle worker %s was cancelled from outside the queue", name)
+            log(
+                logging.DEBUG,
+                "idle worker %s was cancelled from outside the queue",
+                name,
+            )
             return
 
-        logger.warning(
+        log(
+            logging.WARNING,
             "worker %s was cancelled from outside the queue while it ran task "
             "%r, and has exited; the next submission, join(), stop() or await "
             "of a handle starts a new worker. A task runs inside its worker's "

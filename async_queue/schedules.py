@@ -8,6 +8,7 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, SupportsIndex, TypeVar
 
+from ._log import log
 from .errors import QueueFullError
 from .models import Overflow, TaskHandle, function_name
 from .policies import RetryPolicy
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 __all__ = ("Schedule",)
 
 T = TypeVar("T")
-
-logger = logging.getLogger("async_queue")
 
 
 class Schedule(Generic[T]):
@@ -203,7 +202,8 @@ class Schedule(Generic[T]):
         last = self._last
         if last is not None and not last.done():
             self._skipped += 1
-            logger.debug(
+            log(
+                logging.DEBUG,
                 "skipped a run of schedule %s: task %r is still %s",
                 self.name,
                 last.id,
@@ -231,7 +231,8 @@ class Schedule(Generic[T]):
             self._full_skips += 1
             if self._full_skips == 1:
                 # Once per spell of a full queue, which may last many due times.
-                logger.warning(
+                log(
+                    logging.WARNING,
                     "skipped a run of schedule %s, and will skip more until "
                     "the queue has room: %s",
                     self.name,
@@ -241,7 +242,8 @@ class Schedule(Generic[T]):
 
         self._runs += 1
         if self._full_skips:
-            logger.info(
+            log(
+                logging.INFO,
                 "schedule %s submitted a run again, after %d skipped because "
                 "the queue was full",
                 self.name,

@@ -136,7 +136,16 @@ class VirtualClockLoop(asyncio.SelectorEventLoop):
 
     @offset.setter
     def offset(self, seconds: float) -> None:
-        self._offset = seconds
+        checked = check_seconds("offset", seconds)
+        assert checked is not None
+        if checked < self._offset:
+            raise ValueError(
+                f"offset must not go back from {self._offset!r}, got {seconds!r}: "
+                "asyncio's timers and the queue assume that the clock never "
+                "goes back; use a new loop to start again"
+            )
+
+        self._offset = checked
         self._fit_resolution()
 
     def time(self) -> float:

@@ -1,0 +1,22 @@
+"""Logging on the ``async_queue`` logger that a failing filter cannot break."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+logger = logging.getLogger("async_queue")
+
+
+def log(
+    level: int, msg: str, *args: object, exc_info: bool | BaseException = False
+) -> None:
+    """Log ``msg % args`` on the ``async_queue`` logger, and never raise.
+
+    The queue logs from steps that must run to the end, such as settling a
+    task, stopping or starting a worker. A logging filter or handler that
+    raises must not break them, so its error is dropped. The record names
+    the caller's line, as a direct call to the logger would.
+    """
+    with contextlib.suppress(Exception):
+        logger.log(level, msg, *args, exc_info=exc_info, stacklevel=2)
