@@ -29,23 +29,24 @@ class _Admission(_QueueBase):
 
     __slots__ = ()
 
-    def _must_wait_for_room(self) -> bool:
+    def _must_wait_for_room(self, *, starts_now: bool) -> bool:
         if self._lifecycle is not _ACCEPTING:
             return False  # submit_nowait() raises the lifecycle error
 
-        return bool(self._space_waiters) or self._is_full()
+        return bool(self._space_waiters) or self._is_full(starts_now=starts_now)
 
-    def _take_room(self, overflow: Overflow) -> bool:
+    def _take_room(self, overflow: Overflow, *, starts_now: bool) -> bool:
         """Take room for a new task; return ``False`` if the queue is full.
 
-        A full queue raises ``QueueFullError`` unless ``overflow`` drops tasks.
+        ``starts_now`` says that the task is not delayed. A full queue raises
+        ``QueueFullError`` unless ``overflow`` drops tasks.
         """
         if self._admitting:
             self._admitting = False
             self._reserved -= 1
             return True
 
-        if not (self._space_waiters or self._is_full()):
+        if not (self._space_waiters or self._is_full(starts_now=starts_now)):
             return True
 
         if overflow is Overflow.WAIT:

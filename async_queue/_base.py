@@ -672,9 +672,24 @@ class _QueueBase:
             ready = max(ready - self._waking, 0)
         return ready + self._delayed + self._reserved
 
-    def _is_full(self) -> bool:
+    def _is_full(self, *, starts_now: bool = False) -> bool:
+        """Return whether a new task would find no room under ``max_pending``.
+
+        With ``starts_now``, the new task is one to start now, not delayed:
+        if a woken or idle worker is free to start it at once, it needs no
+        room, even beside delayed tasks that fill the bound. Not while the
+        workers are held back, as in ``_waiting_count()``.
+        """
         assert self._max_pending is not None
-        return self._waiting_count() >= self._max_pending
+        if self._waiting_count() < self._max_pending:
+            return False
+
+        if not starts_now or self._gated:
+            return True
+
+        # Workers left free once the pending tasks and promised rooms are taken.
+        free = self._waking + len(self._idle) - len(self._ready) - self._reserved
+        return free <= 0
 
     def _wake_space_waiters(self) -> None:
         waiters = self._space_waiters

@@ -484,7 +484,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
         if (
             self._max_pending is not None
             and self._overflow is Overflow.WAIT
-            and self._must_wait_for_room()
+            and self._must_wait_for_room(starts_now=delay is None and at is None)
         ):
             # Reject invalid arguments now, not after waiting for room. A
             # dedup_key of an unfinished task queues nothing, so it needs no
@@ -634,8 +634,9 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
 
         victim = None
         drop_new = False
+        starts_now = start_at is None or start_at <= self._loop.time()
         if self._max_pending is not None and not self._take_room(
-            self._overflow if overflow is None else overflow
+            self._overflow if overflow is None else overflow, starts_now=starts_now
         ):
             victim = self._lowest_below(priority) if overflow is None else None
             drop_new = victim is None

@@ -172,9 +172,24 @@ class OverflowMachine(RuleBasedStateMachine):
 
     # Submissions
 
-    def _is_full(self) -> bool:
+    def _is_full(self, starts_now: bool) -> bool:
+        """Return whether a new task finds no room.
+
+        One that starts now needs none while a worker is free to start it:
+        idle, or woken and not yet running, beyond the pending tasks and the
+        rooms promised to woken submitters. Not while the workers are held
+        back by pause() or a shrink.
+        """
         stats = self.live_queue.stats()
-        return stats.pending + stats.delayed >= self.max_pending
+        if stats.pending + stats.delayed < self.max_pending:
+            return False
+
+        queue = self.live_queue
+        if not starts_now or queue._gated:
+            return True
+
+        idle = queue._waking + len(queue._idle)
+        return idle - stats.pending - queue._reserved <= 0
 
     def _unfinished_duplicate(self, key: str | None) -> TaskHandle[str] | None:
         if key is None:
@@ -210,7 +225,7 @@ class OverflowMachine(RuleBasedStateMachine):
     ) -> None:
         """Submit without waiting and check the outcome against the policy."""
         queue = self.live_queue
-        full = self._is_full() or bool(self.waiting)
+        full = self._is_full(starts_now=delay is None) or bool(self.waiting)
         duplicate = self._unfinished_duplicate(submission.dedup_key)
         victims: set[TaskId] = set()
         if full and self.overflow is Overflow.DROP_LOWEST:
