@@ -100,19 +100,24 @@ class _Shutdown(_Outcomes):
         abandoned = []
         for worker in self._workers:
             handle = worker.current
-            if handle is not None and handle._state is RUNNING:
-                log(
-                    logging.ERROR,
-                    "task %r (%s) is still running %s after it was cancelled; "
-                    "abandoning it: its coroutine suppresses CancelledError",
-                    handle._id,
-                    handle.name,
-                    "past the grace period",
-                )
-                self._stuck.append(worker)
-                self._abandoned_running += 1
-                self._set_cancelled(handle)
-                abandoned.append(handle)
+            if handle is None or handle._state is not RUNNING:
+                continue
+
+            if handle in self._stop_callers:
+                continue  # it awaits this stop, as from its cleanup, and ends after
+
+            log(
+                logging.ERROR,
+                "task %r (%s) is still running %s after it was cancelled; "
+                "abandoning it: its coroutine suppresses CancelledError",
+                handle._id,
+                handle.name,
+                "past the grace period",
+            )
+            self._stuck.append(worker)
+            self._abandoned_running += 1
+            self._set_cancelled(handle)
+            abandoned.append(handle)
 
         return abandoned
 

@@ -1368,11 +1368,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
             if escalated:
                 interrupted = self._cancel_running()
             grace_deadline = self._loop.time() + grace
-            await self._wait_until(
-                lambda: self._running <= self._abandoned_running,
-                grace_deadline,
-                escalate=False,
-            )
+            await self._wait_until(finished_running, grace_deadline, escalate=False)
             abandoned = self._abandon_running()
 
         await self._stop_workers()
