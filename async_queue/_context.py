@@ -28,21 +28,23 @@ THREAD_TASK: contextvars.ContextVar[tuple[TaskHandle[Any], int] | None] = (
 
 def running_handle() -> TaskHandle[Any] | None:
     """Return the handle of the task that runs the calling code, or ``None``."""
-    thread_task = THREAD_TASK.get()
-    if thread_task is not None:
-        return thread_task[0]
-
+    # A worker first: a queue that a threaded() function runs on its own
+    # event loop makes tasks that copy the thread's context, THREAD_TASK
+    # included, but run tasks of their own queue.
     worker = CURRENT_WORKER.get()
-    if worker is None or worker.current is None:
-        return None
+    if (
+        worker is not None
+        and worker.current is not None
+        and asyncio._get_running_loop() is not None
+        and asyncio.current_task() is worker.task
+    ):
+        return worker.current
 
     # Tasks that the running task creates, and threads that it starts with
-    # asyncio.to_thread(), copy its context and see the worker as well. By the
-    # time they call, the worker may run another task.
-    if asyncio._get_running_loop() is None or asyncio.current_task() is not worker.task:
-        return None
-
-    return worker.current
+    # asyncio.to_thread(), copy its context and see the worker as well, but
+    # are not its task: by the time they call, the worker may run another.
+    thread_task = THREAD_TASK.get()
+    return None if thread_task is None else thread_task[0]
 
 
 def current_handle() -> TaskHandle[Any]:
