@@ -8,7 +8,9 @@ import logging
 from collections import deque
 from typing import Any
 
-from ._base import _ACCEPTING, _QueueBase
+from ._base import _ACCEPTING
+from ._blocking import _Blocking
+from ._context import CURRENT_WORKER
 from ._log import log
 from .containers import ReadyHeap
 from .errors import QueueFullError
@@ -24,7 +26,7 @@ _DROP_LOG_INTERVAL = 10.0
 _TOKEN_ROUNDING = 1e-6
 
 
-class _Admission(_QueueBase):
+class _Admission(_Blocking):
     """Decides whether a task may enter the queue, and when one may start."""
 
     __slots__ = ()
@@ -140,6 +142,11 @@ class _Admission(_QueueBase):
         """Wait, behind earlier waiters, until a room is reserved for us."""
         waiter: asyncio.Future[bool] = self._loop.create_future()
         self._space_waiters.append(waiter)
+        # A task that waits for room in its own queue holds a worker that
+        # would start a pending task and make that room.
+        unblock = None
+        if CURRENT_WORKER.get() is not None:
+            unblock = self._block_caller(waiter, room=True)
         try:
             has_room = await waiter
         except asyncio.CancelledError:
@@ -152,6 +159,9 @@ class _Admission(_QueueBase):
                     self._space_waiters.remove(waiter)
 
             raise
+        finally:
+            if unblock is not None:
+                unblock()
 
         if not has_room:
             self._raise_not_running()

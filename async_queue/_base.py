@@ -69,14 +69,13 @@ class _Worker:
     __slots__ = (
         "awaiting_attempt",
         "awaiting_for",
-        "awaits",
         "cancels",
         "current",
         "deadline",
         "retire",
-        "room_waits",
         "task",
         "waiter",
+        "waits",
         "woken",
     )
 
@@ -86,10 +85,11 @@ class _Worker:
         self.deadline: float | None = None  # loop time at which `current` times out
         self.waiter: asyncio.Future[None] | None = None  # set while idle
         self.woken = False  # woken for a new task, and not yet running again
-        self.awaits = 0  # handles of this queue that `awaiting_for` awaits
-        self.awaiting_for: TaskHandle[Any] | None = None  # the task that awaits
+        self.awaiting_for: TaskHandle[Any] | None = None  # the task that waits
         self.awaiting_attempt = 0  # and its attempt
-        self.room_waits = 0  # of `awaits`, the submit() calls waiting for room
+        # The futures that attempt waits on in this queue: a handle's waiter,
+        # or with True, submit()'s wait for room.
+        self.waits: list[tuple[asyncio.Future[Any], bool]] = []
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -360,7 +360,9 @@ class _QueueBase:
         self._gated = self._rate is not None  # see _update_gate()
         self._idle: deque[_Worker] = deque()
         self._waking = 0  # workers woken for a new task that have not resumed
-        self._blocked_warned = False  # warned that every worker awaits a task
+        # The blocked attempts, as (seq, attempt), of the last warning that
+        # every worker waits on the queue: each such set is warned of once.
+        self._blocked_warned: frozenset[tuple[int, int]] = frozenset()
         self._timer_handle: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._watchdog: asyncio.TimerHandle | None = None

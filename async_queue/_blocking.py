@@ -11,7 +11,7 @@ from typing import Any
 from ._base import _QueueBase, _Worker
 from ._context import CURRENT_WORKER
 from ._log import log
-from .models import TaskHandle
+from .models import TaskHandle, seq_of
 
 # Task ids that the warning about workers that all await their own queue
 # names at most.
@@ -23,14 +23,17 @@ class _Blocking(_QueueBase):
 
     __slots__ = ()
 
-    def _block_caller(self, *, room: bool = False) -> Callable[[], None] | None:
-        """Count the caller's worker as blocked while it awaits a handle.
+    def _block_caller(
+        self, waiter: asyncio.Future[Any], *, room: bool = False
+    ) -> Callable[[], None] | None:
+        """Count the caller's worker as blocked while ``waiter`` is not done.
 
-        With ``room``, it waits in ``submit()`` for room in this queue
-        instead. Returns the function that ends the count, or ``None`` if the
-        caller is not a task of this queue. Once as many workers are blocked
-        as may run at once, no task can start until one of their waits ends,
-        and the queue warns of it.
+        ``waiter`` is the future of an await of a handle of this queue, or
+        with ``room``, of a wait in ``submit()`` for room in it. Returns the
+        function that ends the count, or ``None`` if the caller is not a task
+        of this queue. Once as many workers are blocked as may run at once,
+        no task can start until one of their waits ends, and the queue warns
+        of it.
         """
         worker = self._calling_worker()
         if worker is None:
@@ -40,39 +43,48 @@ class _Blocking(_QueueBase):
         assert caller is not None
         attempt = caller._attempts
         if worker.awaiting_for is not caller or worker.awaiting_attempt != attempt:
-            # Awaits left by the worker's earlier task or attempt, such as the
+            # Waits left by the worker's earlier task or attempt, such as the
             # children of a gather() that failed, do not block this one.
             worker.awaiting_for = caller
             worker.awaiting_attempt = attempt
-            worker.awaits = worker.room_waits = 0
-        worker.awaits += 1
-        worker.room_waits += room
+            worker.waits = []
+        worker.waits.append((waiter, room))
         self._check_blocked()
-        return functools.partial(self._unblock_caller, worker, caller, attempt, room)
+        return functools.partial(self._unblock_caller, worker, caller, attempt, waiter)
 
     def _unblock_caller(
-        self, worker: _Worker, caller: TaskHandle[Any], attempt: int, room: bool
+        self,
+        worker: _Worker,
+        caller: TaskHandle[Any],
+        attempt: int,
+        waiter: asyncio.Future[Any],
     ) -> None:
         if worker.awaiting_for is caller and worker.awaiting_attempt == attempt:
-            worker.awaits -= 1
-            worker.room_waits -= room
-            if worker.awaits == 0:
+            worker.waits = [wait for wait in worker.waits if wait[0] is not waiter]
+            if not worker.waits:
                 worker.awaiting_for = None
         self._check_blocked()
 
     @staticmethod
-    def _is_blocked(worker: _Worker) -> bool:
-        """Return whether the current attempt of ``worker`` awaits a handle or room."""
+    def _is_blocked(worker: _Worker, *, room: bool = False) -> bool:
+        """Return whether the current attempt of ``worker`` waits on the queue.
+
+        A wait whose future is done no longer blocks, though its coroutine has
+        not resumed yet. With ``room``, only waits for room count.
+        """
         current = worker.current
         return (
             current is not None
-            and worker.awaits > 0
             and worker.awaiting_for is current
             and worker.awaiting_attempt == current._attempts
+            and any(
+                not future.done() and (is_room or not room)
+                for future, is_room in worker.waits
+            )
         )
 
     def _blocked_tasks(self) -> list[TaskHandle[Any]]:
-        """Return the running tasks whose current attempt awaits a handle or room."""
+        """Return the running tasks whose current attempt waits on the queue."""
         return [
             w.current
             for w in self._workers
@@ -80,31 +92,32 @@ class _Blocking(_QueueBase):
         ]
 
     def _blocked_workers(self) -> int:
-        """Return the number of workers whose task awaits a handle of this queue."""
+        """Return the number of workers whose task waits on this queue."""
         return len(self._blocked_tasks())
 
     def _check_blocked(self) -> None:
-        """Warn once when the blocked workers fill the pool.
+        """Warn once for each set of blocked workers that fills the pool.
 
-        Called when an await begins or ends and when the pool is resized, so
+        Called when a wait begins or ends and when the pool is resized, so
         O(workers) there and never on the hot path.
         """
         waiting = self._blocked_tasks()
         blocked = len(waiting)
         if blocked < self._max_workers:
-            self._blocked_warned = False
+            self._blocked_warned = frozenset()
             return
 
-        if self._blocked_warned:
+        key = frozenset((seq_of(h), h._attempts) for h in waiting)
+        if key == self._blocked_warned:
             return
 
-        self._blocked_warned = True
+        self._blocked_warned = key
         task_ids = ", ".join(repr(h._id) for h in waiting[:_BLOCKED_IDS_SHOWN])
         if blocked > _BLOCKED_IDS_SHOWN:
             task_ids += ", ..."
         single = blocked == 1
         subject = f"task {task_ids}" if single else f"tasks {task_ids}"
-        room_waits = [w for w in self._workers if w.room_waits and self._is_blocked(w)]
+        room_waits = [w for w in self._workers if self._is_blocked(w, room=True)]
         if not room_waits:
             verb = "awaits" if single else "await"
             wait_phrase = f"{verb} another task of the same queue"
@@ -117,7 +130,9 @@ class _Blocking(_QueueBase):
             limit = self._max_pending
             wait_phrase = f"{verb} for room in the same queue (max_pending={limit})"
             if blocked > len(room_waits) or any(
-                w.awaits > w.room_waits for w in room_waits
+                not future.done() and not is_room
+                for w in room_waits
+                for future, is_room in w.waits
             ):
                 wait_phrase += " or for another task of it"
             wait = "waits"

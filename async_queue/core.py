@@ -26,7 +26,6 @@ from typing import Any, Literal, NoReturn, SupportsIndex, TypeVar, TypeVarTuple,
 from . import _checks
 from ._admission import _Admission
 from ._base import _ACCEPTING, _CLOCK_RESOLUTION, _Join, _Lifecycle, _Worker
-from ._blocking import _Blocking
 from ._context import CURRENT_WORKER
 from ._log import log
 from ._shutdown import _Shutdown
@@ -82,7 +81,7 @@ _RESIZE_ADVICE = "the pool has a fixed size; call pause() to stop starting tasks
 
 
 @final
-class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
+class AsyncTaskQueue(_Shutdown, _Admission):
     """A priority queue of coroutine tasks run by a bounded pool of workers.
 
     Higher ``priority`` starts first; equal priorities start in submission
@@ -496,16 +495,7 @@ class AsyncTaskQueue(_Shutdown, _Admission, _Blocking):
                 if self._lost_workers:
                     self._replace_lost_workers()  # they free the room to wait for
 
-                # A task that waits for room in its own queue holds a worker
-                # that would start a pending task and make that room.
-                unblock = None
-                if CURRENT_WORKER.get() is not None:
-                    unblock = self._block_caller(room=True)
-                try:
-                    await self._wait_for_room()
-                finally:
-                    if unblock is not None:
-                        unblock()
+                await self._wait_for_room()
 
         try:
             return self._submit_checked(

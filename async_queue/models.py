@@ -426,7 +426,7 @@ class TaskHandle(Generic[T]):
                 # Checked inline: a coroutine that no worker made, such as the
                 # code that submitted the task, is never a blocked worker.
                 if CURRENT_WORKER.get() is not None:
-                    unblock = self._block_caller()
+                    unblock = self._block_caller(waiter)
                 yield from waiter.__await__()
             finally:
                 # A cancelled awaiter leaves the list, so that awaiting again
@@ -439,12 +439,12 @@ class TaskHandle(Generic[T]):
 
         return self.result()
 
-    def _block_caller(self) -> Callable[[], None] | None:
+    def _block_caller(self, waiter: asyncio.Future[None]) -> Callable[[], None] | None:
         # Counts the worker of a task of the same queue that awaits this
         # handle; returns the function that ends the count.
         queue = self._settings.queue
         assert queue is not None
-        return queue._block_caller()
+        return queue._block_caller(waiter)
 
     def _check_awaiting_loop(self) -> None:
         # Checked before anything reads the queue's state, which belongs to

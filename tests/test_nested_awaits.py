@@ -99,7 +99,7 @@ async def test_blocked_count_returns_to_zero() -> None:
             await handle
 
         assert queue._blocked_workers() == 0
-        assert [w.awaits for w in queue._workers] == [0, 0, 0, 0]
+        assert [w.waits for w in queue._workers] == [[], [], [], []]
         assert [w.awaiting_for for w in queue._workers] == [None] * 4
 
 
