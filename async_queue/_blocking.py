@@ -153,14 +153,17 @@ class _Blocking(_QueueBase):
             advice,
         )
 
-    def _calling_worker(self, *, thorough: bool = False) -> _Worker | None:
+    def _calling_worker(
+        self, *, thorough: bool = False, eager: bool = True
+    ) -> _Worker | None:
         """Return the busy worker of this queue that runs the current coroutine.
 
         That is the worker whose asyncio task is the current one, or started
-        it and awaits it, directly or through ``gather()``. With
-        ``thorough``, for the rare stop() and join(), it is also any busy
-        worker that awaits the current task, even if another task made it.
-        That check costs O(workers) instead of O(1).
+        it and awaits it, directly or through ``gather()``. With ``eager``,
+        it is also the worker in whose step the current task runs its first,
+        eager step. With ``thorough``, for the rare stop() and join(), it is
+        also any busy worker that awaits the current task, even if another
+        task made it. That check costs O(workers) instead of O(1).
         """
         if not thorough and CURRENT_WORKER.get() is None:
             return None  # no worker of any queue made the current task
@@ -168,7 +171,7 @@ class _Blocking(_QueueBase):
         current = asyncio.current_task(self._loop)
         worker = self._workers_by_task.get(current)  # type: ignore[arg-type]
         if worker is None and current is not None:
-            worker = self._worker_above(current)
+            worker = self._worker_above(current, eager=eager)
             if worker is None and thorough:
                 worker = next(
                     (
@@ -181,13 +184,21 @@ class _Blocking(_QueueBase):
 
         return None if worker is None or worker.current is None else worker
 
-    def _calling_task(self, *, thorough: bool = False) -> TaskHandle[Any] | None:
+    def _calling_task(
+        self, *, thorough: bool = False, eager: bool = True
+    ) -> TaskHandle[Any] | None:
         """Return the task that ``_calling_worker()`` runs, or ``None``."""
-        worker = self._calling_worker(thorough=thorough)
+        worker = self._calling_worker(thorough=thorough, eager=eager)
         return None if worker is None else worker.current
 
-    def _worker_above(self, task: asyncio.Task[Any]) -> _Worker | None:
-        """Return this queue's worker that started ``task`` and awaits it."""
+    def _worker_above(
+        self, task: asyncio.Task[Any], *, eager: bool = True
+    ) -> _Worker | None:
+        """Return this queue's worker that started ``task`` and awaits it.
+
+        With ``eager``, also the worker in whose step ``task`` runs its first
+        step, as an eager task factory runs it: it may go on to await it.
+        """
         # NOTE: the wait is found through attributes that asyncio's tasks and
         # gather() keep but do not document. A child awaited through
         # shield(), wait(), a TaskGroup, wait_for() before Python 3.12, or
@@ -200,10 +211,17 @@ class _Blocking(_QueueBase):
         if self._workers_by_task.get(worker.task) is not worker:
             return None  # a worker of another queue
 
-        if worker.current is None or not _awaits(worker.task, task):
+        if worker.current is None:
             return None
 
-        return worker
+        # An eager task factory runs a new task's first step inside the step
+        # of the task that creates it, before that task can await it: while
+        # the worker's coroutine is running, the current task is its child.
+        # NOTE: such a child may be one that the task never awaits.
+        if eager and getattr(worker.task.get_coro(), "cr_running", False):
+            return worker
+
+        return worker if _awaits(worker.task, task) else None
 
 
 def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:

@@ -165,6 +165,11 @@ class AsyncTaskQueue(_Shutdown, _Admission):
 
     def _add_workers(self, count: int) -> None:
         for _ in range(count):
+            if sum(not w.retire for w in self._workers) >= self._max_workers:
+                # A task that an eager task factory ran inside this call has
+                # resized the pool already.
+                return
+
             self._worker_count += 1
             worker = _Worker()
             # A new worker looks for a task at its first step, as a woken one
@@ -480,10 +485,11 @@ class AsyncTaskQueue(_Shutdown, _Admission):
 
             return handle
 
+        starts_now = delay is None and at is None
         if (
             self._max_pending is not None
             and self._overflow is Overflow.WAIT
-            and self._must_wait_for_room(starts_now=delay is None and at is None)
+            and self._must_wait_for_room(starts_now=starts_now)
         ):
             # Reject invalid arguments now, not after waiting for room. A
             # dedup_key of an unfinished task queues nothing, so it needs no
@@ -495,7 +501,10 @@ class AsyncTaskQueue(_Shutdown, _Admission):
                 if self._lost_workers:
                     self._replace_lost_workers()  # they free the room to wait for
 
-                await self._wait_for_room()
+                # Checked again: an eager task factory runs the new workers
+                # inside the call, and they may have made room already.
+                if self._must_wait_for_room(starts_now=starts_now):
+                    await self._wait_for_room()
 
         try:
             return self._submit_checked(
@@ -879,13 +888,14 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         if remaining <= 0:
             return
 
-        if self._lost_workers:
-            self._replace_lost_workers()  # or the tasks would never start
-
         exclude = seq_of(caller) if caller is not None else 0
         future = self._loop.create_future()
         join = _Join(remaining, self._seq, future, exclude)
         self._joins.append(join)
+        if self._lost_workers:
+            # Or the tasks would never start. After the join is in place: an
+            # eager task factory runs the new workers inside the call.
+            self._replace_lost_workers()
         try:
             await join.future
         finally:

@@ -472,21 +472,25 @@ class TaskHandle(Generic[T]):
         # waits for itself until a timeout ends the wait.
         queue = self._settings.queue
         assert queue is not None
-        return self._state is RUNNING and queue._calling_task() is self
+        # Not a child in its eager first step, which may be one that the
+        # task never awaits, as when it waits for the task to end.
+        return self._state is RUNNING and queue._calling_task(eager=False) is self
 
     def _add_waiter(self) -> asyncio.Future[None]:
         # A separate frame from _wait(), whose frame a raised exception's
         # traceback keeps: a local reference to the queue here goes away.
         queue = self._settings.queue
         assert queue is not None
-        if queue._lost_workers:
-            queue._replace_lost_workers()
         waiter: asyncio.Future[None] = queue._loop.create_future()
         waiters = self._waiters
         if waiters is None:
             waiters = self._waiters = []
 
         waiters.append(waiter)
+        if queue._lost_workers:
+            # After the waiter is in place: under an eager task factory a new
+            # worker may run this very task to its end inside the call.
+            queue._replace_lost_workers()
         return waiter
 
     def __copy__(self) -> TaskHandle[T]:

@@ -646,3 +646,29 @@ def test_offset_setter_rejects_bad_value(offset: float) -> None:
         assert loop.offset == 5
     finally:
         loop.close()
+
+
+@EAGER
+async def test_eager_child_awaits_parent_handle() -> None:
+    """A child task that waits for its parent's end may await its handle.
+
+    Under an eager task factory the child's first step runs inside the
+    parent's step, so it must not count as the parent awaiting itself.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    children: list[asyncio.Task[str]] = []
+    try:
+        async with AsyncTaskQueue(1) as queue:
+
+            async def watch(handle: TaskHandle[str]) -> str:
+                return await handle
+
+            async def parent() -> str:
+                children.append(asyncio.create_task(watch(current_handle())))
+                return "done"
+
+            assert await (await queue.submit(parent)) == "done"
+            assert await children[0] == "done"
+    finally:
+        loop.set_task_factory(None)
