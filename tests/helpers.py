@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
+
+import pytest
 
 from async_queue import AsyncTaskQueue, QueueStats, TaskHandle, TaskState
 
@@ -25,6 +28,10 @@ async def until(condition: Callable[[], bool], max_iterations: int = 10_000) -> 
         await asyncio.sleep(0)
 
     raise AssertionError(f"condition not reached in {max_iterations} loop iterations")
+
+
+# Marks a test that sets asyncio.eager_task_factory, which Python 3.12 added.
+EAGER = pytest.mark.skipif(sys.version_info < (3, 12), reason="eager tasks need 3.12")
 
 
 async def settle(steps: int = 20) -> None:

@@ -1,16 +1,25 @@
-"""Logging: a WARNING per retry, an ERROR per final failure, silence otherwise."""
+"""Logging: a WARNING per retry, an ERROR per final failure, silence otherwise,
+and a queue that keeps working when a logging filter raises."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Iterator
 
 import pytest
 
-from async_queue import AsyncTaskQueue, Jitter, RetryPolicy, TaskCancelledError, bind
+from async_queue import (
+    AsyncTaskQueue,
+    Jitter,
+    RetryPolicy,
+    TaskCancelledError,
+    TaskState,
+    bind,
+)
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import settle, until
 
 LOGGER = "async_queue"
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -257,3 +266,104 @@ async def test_exception_with_broken_repr_keeps_log_lines(
         "<BadRepr whose repr() raised RuntimeError>\nTraceback"
     )
     assert messages[1].endswith("BadRepr: boom")
+
+
+# A logging filter that raises
+
+
+class FailOnAbandon(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "abandoning it" in record.getMessage():
+            raise RuntimeError("log filter failed")
+        return True
+
+
+def test_stop_abandons_despite_failing_log_filter() -> None:
+    """stop() ends an abandoned task even when a logging filter raises on its ERROR.
+
+    The task ends CANCELLED, the report lists it as abandoned, and the queue
+    no longer counts it as running.
+    """
+    log_filter = FailOnAbandon()
+    logger = logging.getLogger("async_queue")
+    logger.addFilter(log_filter)
+    cleanup = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            await cleanup.wait()  # outlasts the grace period
+
+    async def main(loop: VirtualClockLoop) -> None:
+        queue = AsyncTaskQueue(1)
+        await queue.start()
+        handle = await queue.submit(stubborn, task_id="stubborn")
+        await started.wait()
+        try:
+            report = await queue.stop("cancel", grace=1)
+
+            assert handle.state is TaskState.CANCELLED
+            assert report.abandoned == (handle,)
+            assert queue.report is report
+            assert queue.stats().running == 0
+        finally:
+            cleanup.set()
+            await until(lambda: queue._running == 0)
+
+    try:
+        run_virtual(main)
+    finally:
+        logger.removeFilter(log_filter)
+
+
+async def lose_only_worker(queue: AsyncTaskQueue) -> None:
+    """Make the only worker of ``queue`` exit, as a task that cancels it does."""
+
+    async def cancel_own_worker() -> None:
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()
+        await asyncio.sleep(0)
+
+    await queue.submit(cancel_own_worker, task_id="lost")
+    await until(lambda: queue._lost_workers == 1)
+
+
+class FailOnLostWorker(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "cancelled from outside the queue" in record.getMessage():
+            raise RuntimeError("log filter failed")
+        return True
+
+
+async def test_lost_worker_log_failure_retrieved() -> None:
+    """A lost worker leaves no unretrieved error when a logging filter raises.
+
+    The queue has already dropped the worker when it logs the warning about
+    it, so an error from that log call would reach asyncio's exception
+    handler as "Task exception was never retrieved".
+    """
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+    log_filter = FailOnLostWorker()
+    logging.getLogger("async_queue").addFilter(log_filter)
+    try:
+        async with AsyncTaskQueue(1) as queue:
+            await lose_only_worker(queue)
+
+            async def job() -> str:
+                return "ran"
+
+            assert await (await queue.submit(job)) == "ran"
+
+        gc.collect()
+        await settle(50)
+
+        assert reported == []
+    finally:
+        logging.getLogger("async_queue").removeFilter(log_filter)
+        loop.set_exception_handler(None)

@@ -9,8 +9,14 @@ from typing import Any
 
 import pytest
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskCancelledError, TaskState
-from tests.helpers import fail, settle, until
+from async_queue import (
+    AsyncTaskQueue,
+    RetryPolicy,
+    TaskCancelledError,
+    TaskHandle,
+    TaskState,
+)
+from tests.helpers import EAGER, fail, settle, until
 from tests.helpers import one as leaf
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -346,6 +352,115 @@ async def test_warning_after_shrink_counts_workers(
         assert "only worker" not in warnings[0]
         assert awaiting.state is TaskState.RUNNING
     finally:
+        await queue.stop("cancel")
+
+
+async def test_finished_await_not_counted_blocked(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A worker whose awaited handle is final no longer counts as blocked.
+
+    "child" ends on the second worker, which starts "second" in the same
+    step. When "second" awaits "last", "parent" has its result but has not
+    resumed yet, and the queue logs no warning about blocked workers.
+    """
+    release = asyncio.Event()
+    async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+        async def child() -> str:
+            await release.wait()
+            return "child"
+
+        async def last() -> str:
+            return "last"
+
+        handles: dict[str, TaskHandle[str]] = {}
+
+        async def parent() -> str:
+            return await handles["child"]
+
+        async def second() -> str:
+            return await handles["last"]
+
+        handles["child"] = await queue.submit(child, task_id="child")
+        parent_handle = await queue.submit(parent, task_id="parent")
+        await until(lambda: queue._blocked_workers() == 1)
+        # Queued behind the running pair: the worker that finishes "child"
+        # starts "second" in the same step.
+        second_handle = await queue.submit(second, priority=1, task_id="second")
+        handles["last"] = await queue.submit(last, task_id="last")
+        release.set()
+
+        assert await parent_handle == "child"
+        assert await second_handle == "last"
+        assert blocked_warnings(caplog) == []
+
+
+async def test_deadlock_after_gather_leftover_warns(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A deadlock warns even after a gather() child outlives its task.
+
+    The first task fails through gather() while its other child still awaits
+    a delayed task. The next task then occupies the only worker awaiting that
+    delayed task, which can never start, and the queue warns again.
+    """
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        later = await queue.submit(asyncio.sleep, 0, delay=3600, task_id="later")
+
+        async def await_later() -> None:
+            await later
+
+        async def fail() -> None:
+            await asyncio.sleep(0)
+            raise ValueError("boom")
+
+        async def first() -> None:
+            await asyncio.gather(await_later(), fail())
+
+        first_handle = await queue.submit(first, task_id="first")
+        with pytest.raises(ValueError, match="boom"):
+            await first_handle
+        assert len(blocked_warnings(caplog)) == 1
+
+        second_handle = await queue.submit(await_later, task_id="second")
+        await until(lambda: second_handle.state is TaskState.RUNNING)
+        await until(lambda: queue._blocked_workers() == 1)
+
+        warnings = blocked_warnings(caplog)
+        assert len(warnings) == 2
+        assert "'second'" in warnings[1]
+        await queue.stop("cancel")
+
+
+@EAGER
+async def test_gather_of_handle_blocks_eager(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task that awaits a handle through gather() counts as blocked.
+
+    Under an eager task factory gather() starts the child that awaits the
+    handle before the parent awaits the gather. The only worker then waits
+    for a task that can never start, and the queue warns once.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    queue = AsyncTaskQueue(1)
+    try:
+        await queue.start()
+        later = await queue.submit(asyncio.sleep, 0, delay=3600, task_id="later")
+
+        async def parent() -> None:
+            await asyncio.gather(later)
+
+        handle = await queue.submit(parent, task_id="parent")
+        await until(lambda: handle.state is TaskState.RUNNING)
+        await settle(50)
+
+        assert queue._blocked_workers() == 1
+        assert len(blocked_warnings(caplog)) == 1
+    finally:
+        loop.set_task_factory(None)
         await queue.stop("cancel")
 
 

@@ -20,7 +20,9 @@ from async_queue import (
     TaskHandle,
     TaskState,
 )
+from async_queue.models import OverflowName
 from async_queue.testing import VirtualClockLoop, run_virtual
+from tests.helpers import until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -582,3 +584,27 @@ def test_drop_lowest_drops_last_to_enter() -> None:
             queue.resume()
 
     run_virtual(main)
+
+
+@pytest.mark.parametrize("overflow", ["wait", "raise", "drop_newest", "drop_lowest"])
+async def test_idle_worker_takes_task_past_delayed(overflow: OverflowName) -> None:
+    """A task that an idle worker starts at once fits beside a delayed task.
+
+    The worker idles before any submission wakes it. With max_pending=1 and
+    one delayed task, the new task runs under every overflow policy.
+    """
+    release = asyncio.Event()
+    async with AsyncTaskQueue(1, max_pending=1, overflow=overflow) as queue:
+        await until(lambda: len(queue._idle) == 1)  # the worker waits for work
+        delayed = await queue.submit(release.wait, delay=3600, task_id="delayed")
+
+        handle = queue.submit_nowait(release.wait, task_id="now")
+        await until(lambda: handle.state is not TaskState.PENDING)
+
+        assert handle.state is TaskState.RUNNING
+        assert delayed.state is TaskState.DELAYED
+        stats = queue.stats()
+        assert stats.pending + stats.delayed == 1
+        release.set()
+        await handle
+        await queue.stop("cancel")

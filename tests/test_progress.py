@@ -125,6 +125,49 @@ async def test_current_handle_in_threaded_function() -> None:
     assert threads != [threading.get_ident()]
 
 
+class ProgressByTask(Hook):
+    def __init__(self) -> None:
+        self.seen: list[tuple[object, object]] = []
+
+    def on_progress(self, event: TaskEvent) -> None:
+        self.seen.append((event.task_id, event.progress))
+
+
+async def test_current_handle_of_queue_in_thread() -> None:
+    """current_handle() in a queue inside a threaded() function is the inner task's.
+
+    Each asyncio task made in that thread copies the outer task's context,
+    yet the inner task's set_progress() reaches only the inner handle and
+    the inner queue's hooks.
+    """
+    outer_log = ProgressByTask()
+    inner_log = ProgressByTask()
+
+    def run_inner_queue() -> tuple[object, object]:
+        async def inner_main() -> tuple[object, object]:
+            async with AsyncTaskQueue(1, hooks=[inner_log]) as inner:
+
+                async def job() -> object:
+                    handle = current_handle()
+                    handle.set_progress("inner")
+                    return handle.id
+
+                handle = await inner.submit(job, task_id="inner")
+                return await handle, handle.progress
+
+        return asyncio.run(inner_main())
+
+    async with AsyncTaskQueue(1, hooks=[outer_log]) as outer:
+        outer_handle = await outer.submit(threaded(run_inner_queue), task_id="outer")
+        inner_id, inner_progress = await outer_handle
+
+    assert inner_id == "inner"
+    assert inner_progress == "inner"
+    assert inner_log.seen == [("inner", "inner")]
+    assert outer_log.seen == []
+    assert outer_handle.progress is None
+
+
 async def test_set_progress_reaches_handle_and_hooks() -> None:
     log = ProgressLog()
     gate = Gate()

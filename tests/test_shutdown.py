@@ -581,6 +581,40 @@ async def test_stop_invalid_argument_keeps_queue(
     await queue.stop()
 
 
+async def test_second_stop_from_other_loop_rejected() -> None:
+    """A second stop() from another thread's event loop raises QueueStateError.
+
+    The drain that the first stop() started goes on without escalating, and
+    the running task succeeds.
+    """
+    gate = Gate()
+    queue = AsyncTaskQueue(1)
+    await queue.start()
+    try:
+        handle = await queue.submit(gate, task_id="running")
+        await gate.started.wait()
+        drain = asyncio.create_task(queue.stop("drain"))
+        await until(lambda: bool(queue._watchers))  # the drain waits
+
+        def stop_from_other_loop() -> Exception | None:
+            try:
+                asyncio.run(queue.stop("cancel"))
+            except Exception as error:  # returned to the test
+                return error
+            return None
+
+        error = await asyncio.to_thread(stop_from_other_loop)
+        gate.release.set()
+        report = await drain
+
+        assert isinstance(error, QueueStateError)
+        assert report.escalated is False
+        assert handle.state is TaskState.SUCCEEDED
+    finally:
+        gate.release.set()
+        await queue.stop("cancel")
+
+
 # async with
 
 

@@ -1,10 +1,12 @@
 """A task that stops or joins its own queue, directly or through child tasks,
-a task that cancels its own worker, and a hook that calls stop() again while
-stop() runs."""
+a task that cancels its own worker, a hook that calls stop() again while
+stop() runs, and the waits, resize() and stop() calls that start workers or
+child tasks under an eager task factory."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -18,11 +20,14 @@ from async_queue import (
     RetryPolicy,
     ShutdownMode,
     ShutdownReport,
+    TaskCancelledError,
     TaskEvent,
+    TaskHandle,
     TaskState,
+    current_handle,
 )
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import EAGER, Gate, settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 RETRY_TWICE = RetryPolicy(max_retries=2, base_delay=0.0, jitter="none")
@@ -469,6 +474,250 @@ def test_retried_stop_caller_ends_drain() -> None:
         assert (await queue.stop()).escalated is False
 
     run_virtual(main)
+
+
+def test_cancel_stop_not_waiting_for_stop_callers() -> None:
+    """stop("cancel") does not wait for a task that awaits the stop.
+
+    The task's cleanup awaits stop(), so the grace period does not wait for
+    it. The stop returns before the grace period ends without abandoning the
+    task, and the task then re-raises CancelledError.
+    """
+    reports: list[ShutdownReport] = []
+    started = asyncio.Event()
+
+    async def main(loop: VirtualClockLoop) -> None:
+        queue = AsyncTaskQueue(2)
+        await queue.start()
+
+        async def job() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                reports.append(await queue.stop())  # a cleanup step
+                raise
+
+        handle = await queue.submit(job, task_id="job")
+        await started.wait()
+        stop_began = loop.time()
+        report = await queue.stop("cancel", grace=5)
+        stop_took = loop.time() - stop_began
+        await until(lambda: len(reports) == 1)
+
+        assert report.interrupted == (handle,)
+        assert report.abandoned == ()
+        assert stop_took < 5
+        assert reports == [report]
+        assert handle.state is TaskState.CANCELLED
+
+    run_virtual(main)
+
+
+# Lost workers replaced by a wait, under asyncio.eager_task_factory
+
+
+async def lose_worker_behind(queue: AsyncTaskQueue) -> TaskHandle[str]:
+    """Lose the queue's only worker, and return a task left pending."""
+    go = asyncio.Event()
+
+    async def cancel_own_worker() -> None:
+        await go.wait()
+        current = asyncio.current_task()
+        assert current is not None
+        current.cancel()  # what a task must not do: its worker exits
+        await asyncio.sleep(0)
+
+    async def quick() -> str:
+        return "quick"
+
+    await queue.submit(cancel_own_worker, task_id="lost")
+    pending = await queue.submit(quick, task_id="pending")
+    go.set()
+    await until(lambda: queue._lost_workers == 1)
+    assert pending.state is TaskState.PENDING
+    return pending
+
+
+async def settles_with_eager_workers(
+    make_wait: Callable[[AsyncTaskQueue, TaskHandle[str]], Awaitable[object]],
+    max_pending: int | None = None,
+) -> None:
+    """Check that a wait which starts the replacement workers ends."""
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    queue = AsyncTaskQueue(1, max_pending=max_pending)
+    waiter: asyncio.Task[object] | None = None
+    try:
+        await queue.start()
+        pending = await lose_worker_behind(queue)
+
+        async def wait() -> object:
+            return await make_wait(queue, pending)
+
+        waiter = loop.create_task(wait())
+        await until(pending.done)
+        for _ in range(50):
+            if waiter.done():
+                break
+            await asyncio.sleep(0)
+
+        assert pending.state is TaskState.SUCCEEDED
+        assert waiter.done()
+        assert waiter.exception() is None
+    finally:
+        loop.set_task_factory(None)
+        if waiter is not None:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+        await queue.stop("cancel")
+
+
+@EAGER
+async def test_await_replacing_workers_eager() -> None:
+    """Awaiting a handle starts the lost worker's replacement, and ends.
+
+    Under an eager task factory the new worker runs the awaited task to its
+    end inside the await, before the await registers its waiter.
+    """
+
+    async def await_pending(queue: AsyncTaskQueue, pending: TaskHandle[str]) -> str:
+        return await pending
+
+    await settles_with_eager_workers(await_pending)
+
+
+@EAGER
+async def test_join_replacing_workers_eager() -> None:
+    """join() starts the lost worker's replacement, and returns.
+
+    Under an eager task factory the new worker finishes the pending task
+    inside join(), before join() registers its wait.
+    """
+
+    async def join(queue: AsyncTaskQueue, pending: TaskHandle[str]) -> None:
+        await queue.join()
+
+    await settles_with_eager_workers(join)
+
+
+@EAGER
+async def test_submit_for_room_replacing_workers_eager() -> None:
+    """await submit() on a full queue starts the lost worker's replacement, and ends.
+
+    Under an eager task factory the new worker takes the pending task, and
+    so frees the room, before the submitter joins the waiters for room.
+    """
+
+    async def submit(queue: AsyncTaskQueue, pending: TaskHandle[str]) -> str:
+        async def more() -> str:
+            return "more"
+
+        return await (await queue.submit(more))
+
+    await settles_with_eager_workers(submit, max_pending=1)
+
+
+# resize(), stop() and handles from tasks under asyncio.eager_task_factory
+
+
+@EAGER
+async def test_resize_inside_resize_keeps_bound_eager() -> None:
+    """resize(1) from a task that resize(3) starts leaves one worker running.
+
+    Under an eager task factory resize(3) starts its first new worker inside
+    the call, and that worker runs the task that calls resize(1) before the
+    outer call starts its second worker.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    queue = AsyncTaskQueue(1)
+    try:
+        await queue.start()
+        first = Gate()
+
+        async def shrink() -> None:
+            queue.resize(1)
+
+        await queue.submit(first)
+        await first.started.wait()
+        await queue.submit(shrink, priority=1)
+        queue.resize(3)
+        first.release.set()
+        await queue.join()
+
+        gates = [Gate() for _ in range(3)]
+        for gate in gates:
+            await queue.submit(gate)
+        await settle(50)
+
+        assert queue.max_workers == 1
+        assert queue.stats().running == 1
+        assert sum(gate.calls for gate in gates) == 1
+        for gate in gates:
+            gate.release.set()
+    finally:
+        loop.set_task_factory(None)
+        await queue.stop("cancel")
+
+
+@EAGER
+def test_stop_from_gather_child_eager() -> None:
+    """stop("drain") from a gather() child is the parent task's call.
+
+    Under an eager task factory gather() runs the child before the parent
+    awaits it, so no await links the parent's worker to the child yet. The
+    drain still returns without waiting for the parent.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        queue = AsyncTaskQueue(1)
+        await queue.start()
+
+        async def child() -> ShutdownReport:
+            return await queue.stop("drain", timeout=60)
+
+        async def parent() -> ShutdownReport:
+            (report,) = await asyncio.gather(child())
+            return report
+
+        handle = await queue.submit(parent, task_id="parent")
+        with contextlib.suppress(TaskCancelledError):
+            await handle
+
+        assert handle.state is TaskState.SUCCEEDED
+        assert handle.result().escalated is False
+        assert handle.result().interrupted == ()
+
+    run_virtual(main)
+
+
+@EAGER
+async def test_eager_child_awaits_parent_handle() -> None:
+    """A child task that waits for its parent's end may await its handle.
+
+    Under an eager task factory the child's first step runs inside the
+    parent's step, so it must not count as the parent awaiting itself.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+    children: list[asyncio.Task[str]] = []
+    try:
+        async with AsyncTaskQueue(1) as queue:
+
+            async def watch(handle: TaskHandle[str]) -> str:
+                return await handle
+
+            async def parent() -> str:
+                children.append(asyncio.create_task(watch(current_handle())))
+                return "done"
+
+            assert await (await queue.submit(parent)) == "done"
+            assert await children[0] == "done"
+    finally:
+        loop.set_task_factory(None)
 
 
 # stop() entered again from a hook

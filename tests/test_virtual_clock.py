@@ -1,5 +1,6 @@
-"""The virtual clock of async_queue.testing: advance(), timers at large loop
-times, the jump to the next timer, and calls run in threads and processes."""
+"""The virtual clock of async_queue.testing: advance() and the offset setter,
+timers at large loop times, the jump to the next timer, and calls run in
+threads and processes."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ NO_RETRY = RetryPolicy(max_retries=0)
 LONG_UPTIME = 2.0**24 + 1000
 
 
-# advance()
+# advance() and the offset setter
 
 
 @pytest.mark.parametrize(
@@ -55,6 +56,26 @@ def test_virtual_clock_rejects_bad_advance(
 
         assert loop.offset == before
         assert loop.offset == 1.5
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("offset", [float("nan"), float("inf"), 1.0, -1.0])
+def test_offset_setter_rejects_bad_value(offset: float) -> None:
+    """VirtualClockLoop.offset rejects a value that breaks the clock.
+
+    NaN, infinity and offsets below the current one raise ValueError, as
+    advance() does, and the offset stays. A NaN offset would fire a timer
+    due in an hour at once, and a smaller one would move time() backwards,
+    which asyncio's timers and the queue's rate limit assume never happens.
+    """
+    loop = VirtualClockLoop(autojump=None)
+    try:
+        loop.advance(5)
+        with pytest.raises(ValueError, match="offset"):
+            loop.offset = offset
+
+        assert loop.offset == 5
     finally:
         loop.close()
 
