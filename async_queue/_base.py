@@ -705,3 +705,7 @@ class _QueueBase:
 def _no_time() -> float:
     """Return 0.0: the clock of a queue that has not started."""
     return 0.0
+
+
+# Argument errors of the constructor name the class that callers see.
+_QueueBase.__init__.__qualname__ = "AsyncTaskQueue.__init__"

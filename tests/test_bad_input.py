@@ -731,3 +731,19 @@ async def test_full_queue_check_order(
         await queue.submit(job, **options)
     assert queue.stats().submitted == 1
     await queue.stop()
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((), {"workers": 4}, "got an unexpected keyword argument 'workers'"),
+        ((4, 5), {}, "takes from 1 to 2 positional arguments but 3 were given"),
+    ],
+)
+def test_constructor_errors_name_the_class(
+    args: tuple[int, ...], kwargs: dict[str, int], message: str
+) -> None:
+    with pytest.raises(TypeError) as info:
+        AsyncTaskQueue(*args, **kwargs)
+
+    assert str(info.value) == f"AsyncTaskQueue.__init__() {message}"
