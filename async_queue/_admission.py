@@ -69,6 +69,11 @@ class _Admission(_Blocking):
         if self._overflow is not Overflow.DROP_LOWEST:
             return None
 
+        if self._waiting_count() <= self._delayed + self._reserved:
+            # Every pending task is one that a woken worker is about to
+            # start: it takes no room, so dropping it would make none.
+            return None
+
         assert isinstance(self._ready, ReadyHeap)  # no aging with drop_lowest
         victim = self._ready.last_to_start()
         if victim is None or victim._priority >= priority:
@@ -138,10 +143,15 @@ class _Admission(_Blocking):
             f"(max_pending={self._max_pending}); {advice}"
         )
 
-    async def _wait_for_room(self) -> None:
-        """Wait, behind earlier waiters, until a room is reserved for us."""
+    async def _wait_for_room(self, *, starts_now: bool) -> None:
+        """Wait, behind earlier waiters, until a room is reserved for us.
+
+        ``starts_now`` says that the task is not delayed, so that a worker
+        free to start it at once lets it in, as in ``_is_full()``.
+        """
         waiter: asyncio.Future[bool] = self._loop.create_future()
-        self._space_waiters.append(waiter)
+        entry = (waiter, starts_now)
+        self._space_waiters.append(entry)
         # A task that waits for room in its own queue holds a worker that
         # would start a pending task and make that room.
         unblock = None
@@ -156,7 +166,7 @@ class _Admission(_Blocking):
                 self._wake_space_waiters()
             else:
                 with contextlib.suppress(ValueError):
-                    self._space_waiters.remove(waiter)
+                    self._space_waiters.remove(entry)
 
             raise
         finally:
@@ -171,7 +181,7 @@ class _Admission(_Blocking):
     def _release_space_waiters(self) -> None:
         """Wake every waiting submitter with the news that the queue closed."""
         waiters, self._space_waiters = self._space_waiters, deque()
-        for waiter in waiters:
+        for waiter, _ in waiters:
             if not waiter.done():
                 waiter.set_result(False)
 

@@ -303,7 +303,8 @@ class _QueueBase:
         self._settling: list[TaskHandle[Any]] = []
         # Backpressure: submitters waiting for room, and rooms promised to
         # woken submitters that have not resumed yet.
-        self._space_waiters: deque[asyncio.Future[bool]] = deque()
+        # Each with whether its task starts now rather than after a delay.
+        self._space_waiters: deque[tuple[asyncio.Future[bool], bool]] = deque()
         self._reserved = 0
         self._admitting = False  # the next submit_nowait() uses a reserved room
 
@@ -694,9 +695,10 @@ class _QueueBase:
         return free <= 0
 
     def _wake_space_waiters(self) -> None:
+        """Promise room to waiting submitters, first come first served."""
         waiters = self._space_waiters
-        while waiters and not self._is_full():
-            waiter = waiters.popleft()
+        while waiters and not self._is_full(starts_now=waiters[0][1]):
+            waiter, _ = waiters.popleft()
             if not waiter.done():
                 self._reserved += 1
                 waiter.set_result(True)

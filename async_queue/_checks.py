@@ -25,6 +25,20 @@ MIN_INTERVAL = 1e-9
 """The shortest interval of a schedule, in seconds."""
 
 
+def shown(value: object) -> str:
+    """Return ``repr(value)`` for an error message, even for a huge int.
+
+    ``repr()`` of an int of more than 4,300 digits raises ``ValueError``.
+    """
+    try:
+        return repr(value)
+    except ValueError:
+        if isinstance(value, int):
+            sign = "negative " if value < 0 else ""
+            return f"<{sign}{value.bit_length()}-bit int>"
+        raise
+
+
 def is_coroutine_function(fn: object) -> bool:
     """Return whether calling ``fn`` returns a coroutine.
 
@@ -105,13 +119,13 @@ def check_timeout(name: str, value: object) -> float | None:
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{name} must be a number of seconds or None, got {value!r} "
+            f"{name} must be a number of seconds or None, got {shown(value)} "
             f"of type {type(value).__name__}"
         )
 
     if not is_finite(value) or value <= 0:
         raise ValueError(
-            f"{name} must be a finite number of seconds > 0, got {value!r}; "
+            f"{name} must be a finite number of seconds > 0, got {shown(value)}; "
             "use None for no timeout"
         )
 
@@ -125,14 +139,14 @@ def check_rate(name: str, value: object, unit: str, *, zero_ok: bool) -> float:
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{name} must be a number of {unit} or None, got {value!r} "
+            f"{name} must be a number of {unit} or None, got {shown(value)} "
             f"of type {type(value).__name__}"
         )
 
     if not is_finite(value) or value < 0 or (value == 0 and not zero_ok):
         bound = ">= 0" if zero_ok else "> 0"
         raise ValueError(
-            f"{name} must be a finite number of {unit} {bound}, got {value!r}; "
+            f"{name} must be a finite number of {unit} {bound}, got {shown(value)}; "
             f"use None for no {name.replace('_', ' ')}"
         )
 
@@ -143,13 +157,13 @@ def check_interval(value: object) -> float:
     """Return the ``interval`` of a schedule: finite seconds > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"interval must be a number of seconds, got {value!r} "
+            f"interval must be a number of seconds, got {shown(value)} "
             f"of type {type(value).__name__}"
         )
 
     if not is_finite(value) or value <= 0:
         raise ValueError(
-            f"interval must be a finite number of seconds > 0, got {value!r}; "
+            f"interval must be a finite number of seconds > 0, got {shown(value)}; "
             "to run a task once, submit it with delay= instead"
         )
 
@@ -158,7 +172,7 @@ def check_interval(value: object) -> float:
     # much smaller interval does not move the due time past the current one.
     if value < MIN_INTERVAL:
         raise ValueError(
-            f"interval must be >= {MIN_INTERVAL!r} seconds, got {value!r}, "
+            f"interval must be >= {MIN_INTERVAL!r} seconds, got {shown(value)}, "
             "which is below the resolution of the event loop's clock"
         )
 
@@ -174,13 +188,13 @@ def check_seconds(
 
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{name} must be a number of seconds, got {value!r} "
+            f"{name} must be a number of seconds, got {shown(value)} "
             f"of type {type(value).__name__}"
         )
 
     if not is_finite(value) or value < 0:
         raise ValueError(
-            f"{name} must be a finite number of seconds >= 0, got {value!r}"
+            f"{name} must be a finite number of seconds >= 0, got {shown(value)}"
         )
 
     return float(value)
@@ -197,12 +211,12 @@ def check_count(name: str, value: object, minimum: int, advice: str = "") -> int
     if isinstance(value, bool) or not isinstance(value, int):
         type_tail = tail if value is None else ""
         raise TypeError(
-            f"{name} must be an int, got {value!r} of type "
+            f"{name} must be an int, got {shown(value)} of type "
             f"{type(value).__name__}{type_tail}"
         )
 
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}{tail}")
+        raise ValueError(f"{name} must be >= {minimum}, got {shown(value)}{tail}")
 
     return value
 
@@ -303,7 +317,7 @@ def _member(kind: type[_E], name: str, value: object, default: _E) -> _E:
             advice = f"; leave {name} out for the default, {default.value!r}"
         raise error(
             f"{name} must be {article} {kind.__name__} or one of {choices}, "
-            f"got {value!r}{advice}"
+            f"got {shown(value)}{advice}"
         ) from None
 
 

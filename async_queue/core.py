@@ -504,7 +504,7 @@ class AsyncTaskQueue(_Shutdown, _Admission):
                 # Checked again: an eager task factory runs the new workers
                 # inside the call, and they may have made room already.
                 if self._must_wait_for_room(starts_now=starts_now):
-                    await self._wait_for_room()
+                    await self._wait_for_room(starts_now=starts_now)
 
         try:
             return self._submit_checked(
@@ -896,11 +896,18 @@ class AsyncTaskQueue(_Shutdown, _Admission):
             # Or the tasks would never start. After the join is in place: an
             # eager task factory runs the new workers inside the call.
             self._replace_lost_workers()
+
+        # A task that joins waits for the others with its worker held.
+        unblock = None
+        if CURRENT_WORKER.get() is not None:
+            unblock = self._block_caller(future)
         try:
             await join.future
         finally:
             if join in self._joins:
                 self._joins.remove(join)
+            if unblock is not None:
+                unblock()
 
     # Dead letters
 
@@ -1323,6 +1330,8 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         waiter = self._loop.create_future()
         worker.waiter = waiter
         self._idle.append(worker)
+        if self._space_waiters:
+            self._wake_space_waiters()  # a submitter may start its task here
         try:
             await waiter
         finally:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ._checks import is_coroutine_function
+from ._checks import is_coroutine_function, shown
 
 __all__ = ("Jitter", "RetryPolicy")
 
@@ -54,13 +54,13 @@ class Jitter(enum.Enum):
 def _check_delay(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(
-            f"{name} must be a number of seconds, got {value!r} "
+            f"{name} must be a number of seconds, got {shown(value)} "
             f"of type {type(value).__name__}"
         )
 
     if not _is_finite(value) or value < 0:
         raise ValueError(
-            f"{name} must be a finite number of seconds >= 0, got {value!r}"
+            f"{name} must be a finite number of seconds >= 0, got {shown(value)}"
         )
 
     return float(value)
@@ -123,12 +123,14 @@ class RetryPolicy:
         retries = self.max_retries
         if isinstance(retries, bool) or not isinstance(retries, int):
             raise TypeError(
-                f"max_retries must be an int, got {retries!r}; use 0 to disable retries"
+                f"max_retries must be an int, got {shown(retries)}; "
+                "use 0 to disable retries"
             )
 
         if retries < 0:
             raise ValueError(
-                f"max_retries must be >= 0, got {retries!r}; use 0 to disable retries"
+                f"max_retries must be >= 0, got {shown(retries)}; "
+                "use 0 to disable retries"
             )
 
         base = _check_delay("base_delay", self.base_delay)
@@ -141,11 +143,11 @@ class RetryPolicy:
 
         multiplier = self.multiplier
         if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float)):
-            raise TypeError(f"multiplier must be a number, got {multiplier!r}")
+            raise TypeError(f"multiplier must be a number, got {shown(multiplier)}")
 
         if not _is_finite(multiplier) or multiplier < 1:
             raise ValueError(
-                f"multiplier must be a finite number >= 1, got {multiplier!r}"
+                f"multiplier must be a finite number >= 1, got {shown(multiplier)}"
             )
 
         try:
@@ -267,12 +269,14 @@ def _check_retry_number(retry: object) -> None:
     # The callers check the common case, a plain int >= 0, inline first.
     if isinstance(retry, bool) or not isinstance(retry, int):
         raise TypeError(
-            f"retry must be an int (0 for the first retry), got {retry!r} "
+            f"retry must be an int (0 for the first retry), got {shown(retry)} "
             f"of type {type(retry).__name__}"
         )
 
     if retry < 0:
-        raise ValueError(f"retry must be >= 0 (0 for the first retry), got {retry!r}")
+        raise ValueError(
+            f"retry must be >= 0 (0 for the first retry), got {shown(retry)}"
+        )
 
 
 def _check_filter(retry_on: object) -> None:
