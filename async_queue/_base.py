@@ -87,9 +87,10 @@ class _Worker:
         self.woken = False  # woken for a new task, and not yet running again
         self.awaiting_for: TaskHandle[Any] | None = None  # the task that waits
         self.awaiting_attempt = 0  # and its attempt
-        # The futures that attempt waits on in this queue: a handle's waiter,
-        # or with True, submit()'s wait for room.
-        self.waits: list[tuple[asyncio.Future[Any], bool]] = []
+        # The waits of that attempt on this queue: the future of a handle's
+        # await, or with True, of submit()'s wait for room, and the asyncio
+        # task that waits.
+        self.waits: list[tuple[asyncio.Future[Any], bool, asyncio.Task[Any]]] = []
         self.cancels = 0  # cancel requests this queue made on `task` for `current`
         self.retire = False  # exit before the next task: the pool shrank
 
@@ -378,7 +379,7 @@ class _QueueBase:
         self._escalate = False  # a later stop("cancel") cuts a graceful stop short
         self._stop_mode: ShutdownMode | None = None
         # Tasks of this queue awaiting stop(), each with its number of calls.
-        self._stop_callers: dict[TaskHandle[Any], int] = {}
+        self._stop_callers: dict[TaskHandle[Any], list[asyncio.Task[Any]]] = {}
         self._workers_exit = False
         self._stuck: list[_Worker] = []  # workers running an abandoned task
         self._abandoned_running = 0  # abandoned attempts still in `_running`

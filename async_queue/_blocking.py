@@ -48,8 +48,15 @@ class _Blocking(_QueueBase):
             worker.awaiting_for = caller
             worker.awaiting_attempt = attempt
             worker.waits = []
-        worker.waits.append((waiter, room))
+        task = asyncio.current_task(self._loop)
+        assert task is not None  # a worker was found for it
+        worker.waits.append((waiter, room, task))
         self._check_blocked()
+        if task is not worker.task:
+            # A child task, such as one that gather() runs, blocks the worker
+            # only once the worker's task awaits it, which an eager child in
+            # its first step comes before: check again after this step.
+            self._loop.call_soon(self._check_blocked)
         return functools.partial(self._unblock_caller, worker, caller, attempt, waiter)
 
     def _unblock_caller(
@@ -66,22 +73,35 @@ class _Blocking(_QueueBase):
         self._check_blocked()
 
     @staticmethod
-    def _is_blocked(worker: _Worker, *, room: bool = False) -> bool:
-        """Return whether the current attempt of ``worker`` waits on the queue.
+    def _live_waits(worker: _Worker) -> list[bool]:
+        """Return, for each wait that blocks ``worker``, whether it is for room.
 
-        A wait whose future is done no longer blocks, though its coroutine has
-        not resumed yet. With ``room``, only waits for room count.
+        A wait blocks while its future is not done, in the worker's current
+        attempt, made in the worker's task or in a task that the worker's
+        task awaits. A child task that the worker's task left behind, or
+        never awaited, blocks nothing.
         """
         current = worker.current
-        return (
-            current is not None
-            and worker.awaiting_for is current
-            and worker.awaiting_attempt == current._attempts
-            and any(
-                not future.done() and (is_room or not room)
-                for future, is_room in worker.waits
-            )
-        )
+        if (
+            current is None
+            or worker.awaiting_for is not current
+            or worker.awaiting_attempt != current._attempts
+        ):
+            return []
+
+        return [
+            room
+            for future, room, task in worker.waits
+            if not future.done() and (task is worker.task or _awaits(worker.task, task))
+        ]
+
+    @classmethod
+    def _is_blocked(cls, worker: _Worker, *, room: bool = False) -> bool:
+        """Return whether the current attempt of ``worker`` waits on the queue.
+
+        With ``room``, only waits for room count.
+        """
+        return any(is_room or not room for is_room in cls._live_waits(worker))
 
     def _blocked_tasks(self) -> list[TaskHandle[Any]]:
         """Return the running tasks whose current attempt waits on the queue."""
@@ -130,9 +150,7 @@ class _Blocking(_QueueBase):
             limit = self._max_pending
             wait_phrase = f"{verb} for room in the same queue (max_pending={limit})"
             if blocked > len(room_waits) or any(
-                not future.done() and not is_room
-                for w in room_waits
-                for future, is_room in w.waits
+                not is_room for w in room_waits for is_room in self._live_waits(w)
             ):
                 wait_phrase += " or for another task of it"
             wait = "waits"
@@ -217,7 +235,9 @@ class _Blocking(_QueueBase):
         # An eager task factory runs a new task's first step inside the step
         # of the task that creates it, before that task can await it: while
         # the worker's coroutine is running, the current task is its child.
-        # NOTE: such a child may be one that the task never awaits.
+        # Its waits and stop() calls count for the task only once the task
+        # awaits it. NOTE: a join() in such a child leaves the task out of
+        # the count even if the task never awaits the child.
         if eager and getattr(worker.task.get_coro(), "cr_running", False):
             return worker
 

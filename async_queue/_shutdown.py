@@ -8,6 +8,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ._base import _Worker
+from ._blocking import _awaits
 from ._log import log
 from ._outcomes import _Outcomes
 from .models import (
@@ -96,14 +98,38 @@ class _Shutdown(_Outcomes):
 
         return running
 
+    def _awaiting_stop_callers(self) -> list[tuple[TaskHandle[Any], _Worker]]:
+        """Return the running tasks that await ``stop()``, each with its worker.
+
+        A task awaits the stop if it was called in its worker's asyncio task,
+        or in a task that the worker's task awaits, such as a ``gather()``
+        child. One that only started a stop in a task of its own does not.
+        Once its attempt has ended, say by its own timeout, a caller waits
+        for a retry like any other task.
+        """
+        awaiting = []
+        for caller, tasks in self._stop_callers.items():
+            if caller._state is not RUNNING:
+                continue
+
+            worker = self._worker_running(caller)
+            if worker is None or worker.task is None:
+                continue
+
+            if any(task is worker.task or _awaits(worker.task, task) for task in tasks):
+                awaiting.append((caller, worker))
+
+        return awaiting
+
     def _abandon_running(self) -> list[TaskHandle[Any]]:
         abandoned = []
+        awaiting = {caller for caller, _ in self._awaiting_stop_callers()}
         for worker in self._workers:
             handle = worker.current
             if handle is None or handle._state is not RUNNING:
                 continue
 
-            if handle in self._stop_callers:
+            if handle in awaiting:
                 continue  # it awaits this stop, as from its cleanup, and ends after
 
             log(
@@ -131,12 +157,7 @@ class _Shutdown(_Outcomes):
             self._timer_handle.cancel()
             self._timer_handle = None
 
-        caller_workers = [
-            worker
-            for caller in self._stop_callers
-            if caller._state is RUNNING
-            and (worker := self._worker_running(caller)) is not None
-        ]
+        caller_workers = [worker for _, worker in self._awaiting_stop_callers()]
         if self._watchdog is not None and all(
             worker.deadline is None for worker in caller_workers
         ):

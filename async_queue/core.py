@@ -356,9 +356,14 @@ class AsyncTaskQueue(_Shutdown, _Admission):
 
         # A task of this queue that awaits the stop must not be waited for.
         caller = self._calling_task(thorough=True)
+        current = asyncio.current_task()
+        assert current is not None  # stop() is a coroutine
         if caller is not None:
-            self._stop_callers[caller] = self._stop_callers.get(caller, 0) + 1
+            self._stop_callers.setdefault(caller, []).append(current)
             self._wake_watchers()  # the stop may wait for nothing more now
+            # An eager child task calls before its task can await it, which
+            # is what makes it the task's call: check again after this step.
+            self._loop.call_soon(self._wake_watchers)
 
         try:
             # Shielded, so that cancelling one caller of stop() does not cut
@@ -367,14 +372,13 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         finally:
             if caller is not None:
                 # A caller that stops waiting is waited for again.
-                calls = self._stop_callers.pop(caller) - 1
-                if calls:
-                    self._stop_callers[caller] = calls
+                calls = self._stop_callers[caller]
+                calls.remove(current)
+                if not calls:
+                    del self._stop_callers[caller]
 
     def _running_stop_callers(self) -> int:
-        # Only while they run: once its attempt has ended, say by its own
-        # timeout, a caller waits for a retry like any other task.
-        return sum(1 for caller in self._stop_callers if caller._state is RUNNING)
+        return len(self._awaiting_stop_callers())
 
     async def __aenter__(self) -> AsyncTaskQueue:
         await self.start()
