@@ -16,6 +16,7 @@ from async_queue import (
     TaskHandle,
     TaskState,
 )
+from async_queue.testing import VirtualClockLoop, run_virtual
 from tests.helpers import EAGER, fail, settle, until
 from tests.helpers import one as leaf
 
@@ -462,6 +463,78 @@ async def test_gather_of_handle_blocks_eager(
     finally:
         loop.set_task_factory(None)
         await queue.stop("cancel")
+
+
+@EAGER
+def test_unawaited_eager_child_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that leaves a child to await a handle is not called blocked.
+
+    Under an eager task factory, a task of a one-worker queue submits a
+    second task, starts a background asyncio task that awaits its handle,
+    and returns without awaiting that background task. The worker is then
+    free to run the second task, so the queue logs no blocked-worker
+    warning.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        background: list[asyncio.Task[int]] = []
+
+        async def child() -> int:
+            return 7
+
+        async def watch(handle: TaskHandle[int]) -> int:
+            return await handle
+
+        async def parent(queue: AsyncTaskQueue) -> str:
+            handle = queue.submit_nowait(child)
+            background.append(asyncio.create_task(watch(handle)))
+            return "parent done"
+
+        async with AsyncTaskQueue(1) as queue:
+            handle = await queue.submit(parent, queue)
+            assert await handle == "parent done"
+            assert await background[0] == 7
+
+    with caplog.at_level(logging.WARNING, logger="async_queue"):
+        run_virtual(main, autojump=0)
+
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_join_in_every_worker_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that awaits join() in the only worker gets the blocked warning.
+
+    The task submits a child and awaits ``queue.join()``, which waits for
+    that child. The child needs the worker that the task holds, so nothing
+    can start until the join's timeout of 10 s ends the wait, as when the
+    task awaits the child's handle. The queue logs the blocked-worker
+    warning for it.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def child() -> int:
+            return 1
+
+        async def parent(queue: AsyncTaskQueue) -> None:
+            queue.submit_nowait(child)
+            async with asyncio.timeout(10):  # wait_for() before 3.12 hides the wait
+                await queue.join()
+
+        async with AsyncTaskQueue(1, retry=RetryPolicy(max_retries=0)) as queue:
+            handle = await queue.submit(parent, queue)
+            with pytest.raises(TimeoutError):
+                await handle
+
+    with caplog.at_level(logging.WARNING, logger="async_queue"):
+        run_virtual(main, autojump=0)
+
+    blocked = [
+        record.getMessage()
+        for record in caplog.records
+        if "no task can start" in record.getMessage()
+    ]
+    assert len(blocked) == 1
 
 
 # Tasks that wait in submit() for room in their own full queue

@@ -22,7 +22,7 @@ from async_queue import (
 )
 from async_queue.models import OverflowName
 from async_queue.testing import VirtualClockLoop, run_virtual
-from tests.helpers import until
+from tests.helpers import settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -174,6 +174,33 @@ async def test_drop_lowest_never_drops_delayed_task() -> None:
         assert later.state is TaskState.DELAYED
         assert urgent.state is TaskState.CANCELLED
         later.cancel()
+
+
+def test_drop_lowest_keeps_delayed_bound() -> None:
+    """drop_lowest never lets delayed tasks pass max_pending.
+
+    With ``max_pending=1`` and one idle worker, a delayed task fills the
+    bound, and a task to start now is admitted beside it because the idle
+    worker starts it at once. That task takes no room, so dropping it frees
+    none: a second delayed task of higher priority finds the queue full and
+    is dropped itself, and the first task runs.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async def stamp() -> float:
+            return loop.time()
+
+        async with AsyncTaskQueue(1, max_pending=1, overflow="drop_lowest") as queue:
+            queue.submit_nowait(stamp, delay=100)
+            starts_now = queue.submit_nowait(stamp)
+            later = queue.submit_nowait(stamp, delay=100, priority=5)
+            await settle()
+
+            assert queue.stats().delayed == 1
+            assert starts_now.state is TaskState.SUCCEEDED
+            assert later.state is TaskState.CANCELLED
+
+    run_virtual(main, autojump=0)
 
 
 async def noop() -> None:
@@ -608,3 +635,44 @@ async def test_idle_worker_takes_task_past_delayed(overflow: OverflowName) -> No
         release.set()
         await handle
         await queue.stop("cancel")
+
+
+def test_room_waiter_admitted_when_worker_idles() -> None:
+    """A submitter that waits for room is admitted once a worker is idle.
+
+    With ``max_pending=1`` filled by a delayed task, a task to start now is
+    admitted when an idle worker would start it at once. A submitter that
+    began to wait while the only worker was busy gets the same treatment
+    as soon as that worker finishes and goes idle: its task starts then.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        release = asyncio.Event()
+
+        async def hold() -> None:
+            await release.wait()
+
+        async def stamp() -> float:
+            return loop.time()
+
+        async with AsyncTaskQueue(1, max_pending=1) as queue:
+            await queue.submit(hold)
+            await settle()
+            await queue.submit(stamp, delay=100)
+            waiting = asyncio.create_task(queue.submit(stamp))
+            await settle()
+            assert not waiting.done()
+
+            released_at = loop.time()
+            release.set()
+            await settle()
+            try:
+                assert queue.stats().running == 0
+                assert waiting.done()
+                handle = await waiting
+                assert await handle == released_at
+            finally:
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+
+    run_virtual(main, autojump=0)

@@ -420,6 +420,16 @@ def test_policy_rejects_max_elapsed_value(value: float) -> None:
     assert "max_elapsed" in str(info.value)
 
 
+def test_max_elapsed_huge_int_named() -> None:
+    """RetryPolicy(max_elapsed=10**5000) raises an error that names the field.
+
+    The value is out of range, like ``10**400``, which raises ``ValueError``
+    starting "max_elapsed must be a finite number of seconds".
+    """
+    with pytest.raises(ValueError, match="max_elapsed must be a finite number"):
+        RetryPolicy(max_elapsed=10**5000)
+
+
 @pytest.mark.parametrize("value", ["1", True, [1]])
 def test_policy_rejects_max_elapsed_type(value: object) -> None:
     info = assert_rejected(TypeError, value, max_elapsed=value)

@@ -720,6 +720,40 @@ async def test_eager_child_awaits_parent_handle() -> None:
         loop.set_task_factory(None)
 
 
+@EAGER
+def test_drain_waits_for_task_beside_stop() -> None:
+    """stop("drain") from a background asyncio task waits for the queue's task.
+
+    Under an eager task factory, a running task starts a background
+    asyncio task that calls stop("drain"), and goes on for 100 s without
+    awaiting it. The task neither awaits the stop nor runs inside it, so the
+    drain waits for it: when the stop returns, the task has succeeded.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        queue = AsyncTaskQueue(1)
+        await queue.start()
+        stops: list[asyncio.Task[ShutdownReport]] = []
+
+        async def long() -> str:
+            stops.append(asyncio.create_task(queue.stop("drain")))
+            await asyncio.sleep(100)
+            return "long done"
+
+        handle = await queue.submit(long)
+        try:
+            await until(lambda: len(stops) == 1)
+            report = await stops[0]
+            assert handle.state is TaskState.SUCCEEDED
+            assert report.abandoned == ()
+        finally:
+            await queue.stop("cancel")
+            await asyncio.gather(*stops, return_exceptions=True)
+
+    run_virtual(main, autojump=0)
+
+
 # stop() entered again from a hook
 
 
