@@ -40,8 +40,8 @@ class _Admission(_Blocking):
     def _take_room(self, overflow: Overflow, *, starts_now: bool) -> bool:
         """Take room for a new task; return ``False`` if the queue is full.
 
-        ``starts_now`` says that the task is not delayed. A full queue raises
-        ``QueueFullError`` unless ``overflow`` drops tasks.
+        ``starts_now`` is true for a task that is not delayed. A full queue
+        raises ``QueueFullError`` unless ``overflow`` drops tasks.
         """
         if self._admitting:
             self._admitting = False
@@ -146,13 +146,13 @@ class _Admission(_Blocking):
     async def _wait_for_room(self, *, starts_now: bool) -> None:
         """Wait, behind earlier waiters, until a room is reserved for us.
 
-        ``starts_now`` says that the task is not delayed, so that a worker
+        ``starts_now`` is true for a task that is not delayed, so that a worker
         free to start it at once lets it in, as in ``_is_full()``.
         """
         waiter: asyncio.Future[bool] = self._loop.create_future()
         entry = (waiter, starts_now)
         self._space_waiters.append(entry)
-        # A task that waits for room in its own queue holds a worker that
+        # A task that waits for room in its own queue keeps a worker that
         # would start a pending task and make that room.
         unblock = None
         if CURRENT_WORKER.get() is not None:
