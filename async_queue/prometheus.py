@@ -20,6 +20,7 @@ share one registry.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Sequence
@@ -45,6 +46,9 @@ from ._metrics import (
 )
 
 __all__ = ("DEFAULT_BUCKETS", "PrometheusHook")
+
+# The classic Prometheus metric name, of which a namespace is the first part.
+_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,8 @@ class PrometheusHook(MetricsHook):
     Args:
         registry: the ``CollectorRegistry`` to register the metrics in;
             ``None`` uses ``prometheus_client.REGISTRY``.
-        namespace: the prefix of every metric name.
+        namespace: the prefix of every metric name, itself a metric name
+            (letters, digits, ``_`` and ``:``), or ``""`` for none.
         queue_name: the value of the ``queue`` label. Hooks of different
             queues that share a registry need different names, or their counts
             add up.
@@ -185,6 +190,17 @@ class PrometheusHook(MetricsHook):
 
         if not isinstance(namespace, str):
             raise TypeError(f"namespace must be a str, got {namespace!r}")
+        if namespace and not _METRIC_NAME.fullmatch(namespace):
+            # prometheus-client would take it and rewrite it on exposition,
+            # where two such namespaces could name the same series.
+            suggestion = re.sub(r"[^a-zA-Z0-9_:]", "_", namespace)
+            if suggestion[0].isdigit():
+                suggestion = "_" + suggestion
+            raise ValueError(
+                "namespace must be a Prometheus metric name: letters, digits, "
+                f"'_' and ':', not starting with a digit, got {namespace!r}; "
+                f"use for example {suggestion!r}"
+            )
 
         queue_name = check_queue_name(queue_name)
         bounds = None if buckets is None else check_buckets(buckets)

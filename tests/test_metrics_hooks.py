@@ -688,6 +688,32 @@ def test_prometheus_bad_registry_and_namespace() -> None:
         PrometheusHook(CollectorRegistry(), 7)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("namespace", "suggestion"),
+    [("bad-name", "bad_name"), ("1x", "_1x"), ("jobs queue", "jobs_queue")],
+)
+def test_prometheus_rejects_namespace_outside_metric_names(
+    namespace: str, suggestion: str
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError) as info:
+        PrometheusHook(registry, namespace)
+
+    assert repr(namespace) in str(info.value)
+    assert str(info.value).endswith(f"use for example {suggestion!r}")
+    assert list(registry.collect()) == []
+
+
+@pytest.mark.parametrize("namespace", ["", "app:jobs", "_private", "Queue2"])
+def test_prometheus_takes_metric_name_namespaces(namespace: str) -> None:
+    registry = CollectorRegistry()
+    PrometheusHook(registry, namespace)
+
+    prefix = f"{namespace}_" if namespace else ""
+    names = {metric.name for metric in registry.collect()}
+    assert f"{prefix}tasks_submitted" in names
+
+
 def test_opentelemetry_bad_provider() -> None:
     with pytest.raises(TypeError, match="meter_provider must be an opentelemetry"):
         OpenTelemetryHook("provider")  # type: ignore[arg-type]
