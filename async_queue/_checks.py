@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from types import FunctionType, MethodType
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from .models import Overflow, ShutdownMode
+from .models import Overflow, ShutdownMode, _format_int
 
 if TYPE_CHECKING:
     from .policies import RetryPolicy
@@ -28,15 +28,13 @@ MIN_INTERVAL = 1e-9
 def shown(value: object) -> str:
     """Return ``repr(value)`` for an error message, even for a huge int.
 
-    ``repr()`` of an int of more than 4,300 digits raises ``ValueError``.
+    ``repr()`` of an int of more than 4,300 digits, Python's default limit,
+    raises ``ValueError``.
     """
-    try:
-        return repr(value)
-    except ValueError:
-        if isinstance(value, int):
-            sign = "negative " if value < 0 else ""
-            return f"<{sign}{value.bit_length()}-bit int>"
-        raise
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _format_int(value)
+
+    return repr(value)
 
 
 def is_coroutine_function(fn: object) -> bool:

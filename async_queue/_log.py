@@ -11,11 +11,12 @@ logger = logging.getLogger("async_queue")
 def log(
     level: int, msg: str, *args: object, exc_info: bool | BaseException = False
 ) -> None:
-    """Log ``msg % args`` on the ``async_queue`` logger, and never raise.
+    """Log ``msg % args`` on the ``async_queue`` logger, dropping its errors.
 
     The queue logs from steps that must run to the end, such as settling a
     task, stopping or starting a worker. A logging filter or handler that
-    raises must not break them, so its error is dropped. The record names
+    raises an ``Exception`` must not break them, so that error is dropped.
+    ``KeyboardInterrupt`` and ``SystemExit`` still propagate. The record names
     the caller's line, as a direct call to the logger would.
     """
     with contextlib.suppress(Exception):

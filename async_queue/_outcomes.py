@@ -364,7 +364,7 @@ class _Outcomes(_QueueBase):
 
         The budget counts from the start of the first attempt, which is
         recorded when that attempt fails. A retry past it is not made, and a
-        note on ``exc`` says why.
+        note on ``exc`` explains why.
         """
         budget = handle._settings.retry.max_elapsed
         assert budget is not None

@@ -1,7 +1,7 @@
 """The queue: its public API, submission and the worker loop.
 
 ``AsyncTaskQueue`` inherits its other steps from private base classes, one
-module each. ``_base`` holds its fields and the steps that all parts share,
+module each. ``_base`` contains its fields and the steps that all parts share,
 ``_admission`` the room in a bounded queue and the rate limit, ``_outcomes``
 failures, retries, timeouts and cancellation, ``_shutdown`` the steps of
 ``stop()``, and ``_blocking`` the workers that await their own queue.
@@ -164,12 +164,18 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         self._add_workers(self._max_workers)
 
     def _add_workers(self, count: int) -> None:
+        limit = self._max_workers
+        staying = sum(not w.retire for w in self._workers)
         for _ in range(count):
-            if sum(not w.retire for w in self._workers) >= self._max_workers:
+            if self._max_workers != limit:
                 # A task that an eager task factory ran inside this call has
-                # resized the pool already.
+                # resized the pool: count again against the new size.
+                limit = self._max_workers
+                staying = sum(not w.retire for w in self._workers)
+            if staying >= limit:
                 return
 
+            staying += 1
             self._worker_count += 1
             worker = _Worker()
             # A new worker looks for a task at its first step, as a woken one

@@ -610,7 +610,8 @@ def _format_int(value: int) -> str:
     try:
         return str(value)
     except ValueError:
-        return f"<{value.bit_length()}-bit int>"
+        sign = "negative " if value < 0 else ""
+        return f"<{sign}{value.bit_length()}-bit int>"
 
 
 def _discard(

@@ -628,7 +628,7 @@ def test_max_elapsed_bounds_timed_out_attempts() -> None:
 
 
 def test_max_elapsed_bounds_retry_after() -> None:
-    """A delay that the task asks for with RetryAfter is held to the budget too."""
+    """A delay that the task requests with RetryAfter is held to the budget too."""
     task = TimedFailures(error=RetryAfter(10))
     handle = run_until_final(task, budget_policy(5), timeout=None)
 
