@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -125,6 +127,72 @@ class HandPool(Pool):
         self._closing = True
         self._wake.set()
         await asyncio.gather(*self._workers)
+
+
+class LevelPool(HandPool):
+    """A hand-written pool on a heap of priority levels, each a FIFO deque.
+
+    It is the design of async_queue's ready heap and nothing else: a dict of
+    deques by priority, a heap of the priorities that have tasks, a
+    ``threading.Lock`` around each push and pop, and the hand-written pool's
+    ``asyncio.Event`` wake-up and Future per task. It keeps no states,
+    statistics or task table, so the gap between it and async_queue is what
+    those features cost. It has no retries or timeouts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._levels: dict[int, deque[tuple[TaskFn, tuple[Any, ...], Any]]] = {}
+        self._order: list[int] = []  # negated priorities of non-empty levels
+        self._lock = threading.Lock()
+
+    def submit(
+        self, fn: TaskFn, /, *args: Any, priority: int = 0
+    ) -> asyncio.Future[Any]:
+        future = self._loop.create_future()
+        self._lock.acquire()
+        try:
+            level = self._levels.get(priority)
+            if level is None:
+                level = self._levels[priority] = deque()
+            if not level:
+                heapq.heappush(self._order, -priority)
+
+            level.append((fn, args, future))
+        finally:
+            self._lock.release()
+
+        self._wake.set()
+        return future
+
+    async def _work(self) -> None:
+        order, levels, lock, wake = self._order, self._levels, self._lock, self._wake
+        while True:
+            if not order:
+                if self._closing:
+                    return
+
+                wake.clear()
+                await wake.wait()
+                continue
+
+            lock.acquire()
+            try:
+                level = levels[-order[0]]
+                fn, args, future = level.popleft()
+                if not level:
+                    heapq.heappop(order)
+            finally:
+                lock.release()
+
+            try:
+                result = await fn(*args)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
 
 
 class PriorityQueuePool(Pool):
@@ -303,6 +371,7 @@ THROUGHPUT_POOLS = (
         "hand-written pool + asyncio.timeout",
         partial(HandPool, timeout=UNREACHED_TIMEOUT),
     ),
+    Contender("levels", "hand-written pool (priority levels + Lock)", LevelPool),
     PRIORITY_QUEUE_CONTENDER,
     SEMAPHORE_CONTENDER,
     AIOJOBS_CONTENDER,
