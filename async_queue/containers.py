@@ -6,7 +6,6 @@ import heapq
 import threading
 from collections import deque
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any
 
 from .models import DELAYED, PENDING, WAITING_RETRY, TaskHandle, TaskId
@@ -19,9 +18,6 @@ __all__ = ("AgingHeap", "ReadyHeap", "TaskTable", "TimerHeap")
 # are cancelled in bulk does not keep their memory. A stale handle has
 # already let go of its arguments (see AsyncTaskQueue._finish).
 _COMPACT_MIN_STALE = 1024
-
-# Aging keys at or past this size are exact: floats there are 1 or more apart.
-_EXACT_KEY_LIMIT = 2**52
 
 # Emptied priority levels are kept, for reuse, while there are at most this
 # many levels.
@@ -394,21 +390,45 @@ class AgingHeap:
     ``p + rate * (now - t)``. The rate is the same for every task, so the
     order of two waiting tasks never changes over time, and the static key
     ``p - rate * t`` orders them: a push or pop costs O(log n). Equal keys
-    pop in push order. The key is a float, or an exact ``Fraction`` where a
-    float could not tell priorities one apart, so any int is a priority.
+    pop in push order.
+
+    The key is exact, so any int is a priority and no rounding makes two
+    different keys equal. A float rate or time is a binary fraction, so every
+    key is an int numerator over the common denominator
+    ``rate_denominator * 2**_shift``. ``_shift`` is the most fraction bits of
+    any push time so far. A time with more bits scales every stored key up
+    first, at O(n), which happens at most once per extra bit.
     ``_lock`` guards every field, as in ``ReadyHeap``.
     """
 
-    __slots__ = ("_counter", "_entries", "_heap", "_lock", "_stale", "clock", "rate")
+    __slots__ = (
+        "_counter",
+        "_entries",
+        "_heap",
+        "_lock",
+        "_rate",
+        "_rate_denominator",
+        "_rate_numerator",
+        "_shift",
+        "_stale",
+        "clock",
+    )
 
     def __init__(self, rate: float, clock: Callable[[], float]) -> None:
-        self.rate = rate
+        self._rate = rate
+        self._rate_numerator, self._rate_denominator = rate.as_integer_ratio()
+        self._shift = 0
         self.clock = clock  # the event loop's time(), set by the queue on start
-        self._heap: list[tuple[float | Fraction, int, TaskHandle[Any]]] = []
+        self._heap: list[tuple[int, int, TaskHandle[Any]]] = []
         self._counter = 0
         self._entries = 0
         self._stale = 0
         self._lock = threading.Lock()
+
+    @property
+    def rate(self) -> float:
+        """The priority points per second that a waiting task gains."""
+        return self._rate
 
     def __len__(self) -> int:
         with self._lock:
@@ -416,22 +436,33 @@ class AgingHeap:
 
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task, aging from now."""
-        key = self._key(handle._priority, self.clock())
+        now = self.clock()
         with self._lock:
+            key = self._key(handle._priority, now)
             self._counter += 1
             heapq.heappush(self._heap, (-key, self._counter, handle))
             self._entries += 1
 
-    def _key(self, priority: int, now: float) -> float | Fraction:
-        """Return the static key of ``priority`` pushed at loop time ``now``."""
-        if -_EXACT_KEY_LIMIT < priority < _EXACT_KEY_LIMIT:
-            key = priority - self.rate * now
-            if -_EXACT_KEY_LIMIT < key < _EXACT_KEY_LIMIT:
-                return key
+    def _key(self, priority: int, now: float) -> int:
+        """Return the numerator of ``priority - rate * now`` (see the class).
 
-        # From 2**52 on, floats one apart or less can round to the same
-        # value, so the key is exact and priority + 1 still starts first.
-        return priority - Fraction(self.rate) * Fraction(now)
+        Called with the lock held, since it may scale the stored keys.
+        """
+        time_numerator, time_denominator = now.as_integer_ratio()
+        shift = time_denominator.bit_length() - 1  # the denominator is 2**shift
+        if shift > self._shift:
+            self._scale_keys(shift)
+
+        whole = (priority * self._rate_denominator) << self._shift
+        aged = (self._rate_numerator * time_numerator) << (self._shift - shift)
+        return whole - aged
+
+    def _scale_keys(self, shift: int) -> None:
+        # Multiplying every key by the same power of two keeps their order,
+        # so the list stays a valid heap.
+        extra = shift - self._shift
+        self._heap = [(key << extra, count, task) for key, count, task in self._heap]
+        self._shift = shift
 
     def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the task of highest effective priority, or ``None``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +22,13 @@ SETTINGS = TaskSettings(None, None, NO_RETRY)
 
 def make_handle(priority: int, seq: int) -> TaskHandle[None]:
     return new_handle(SETTINGS, seq, print, (), priority)
+
+
+def exact_key(
+    rate: float, priority: int, pushed_at: float, seq: int
+) -> tuple[Fraction, int]:
+    """Return the sort key of a push in pop order: exact, with no rounding."""
+    return (-(priority - Fraction(rate) * Fraction(pushed_at)), seq)
 
 
 @settings(max_examples=200, deadline=None)
@@ -45,7 +53,7 @@ def test_aging_order_matches_definition(
         pushed.append((priority, now, seq))
 
     now += later
-    expected = sorted(pushed, key=lambda e: (-(e[0] - rate * e[1]), e[2]))
+    expected = sorted(pushed, key=lambda e: exact_key(rate, *e))
     order = []
     while (handle := heap.pop()) is not None:
         order.append(handle.id)
@@ -264,13 +272,29 @@ def test_rate_limit_bounds_and_progress(
     run_virtual(main)
 
 
-# Bases near and past the range where floats one apart round together.
-HUGE_BASES = [0, 2**52, 2**53, 2**61, 10**400, -(2**53), -(10**400)]
+# Bases near and past the range where floats one apart round together, and
+# below it, where a float key would round away fractions of a second.
+HUGE_BASES = [
+    0,
+    2**40,
+    2**48,
+    2**51,
+    2**52,
+    2**53,
+    2**61,
+    10**400,
+    -(2**51),
+    -(10**400),
+]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
-    rate=st.integers(0, 100),
+    rate=st.one_of(
+        st.sampled_from([0.0, 0.1, 1 / 3, 1.0, 7.5, 1e-9, 100.0]),
+        st.floats(min_value=0, max_value=100),
+    ),
+    start=st.sampled_from([0.0, 1000.0, 123456.789]),
     pushes=st.lists(
         st.tuples(
             st.builds(
@@ -278,24 +302,32 @@ HUGE_BASES = [0, 2**52, 2**53, 2**61, 10**400, -(2**53), -(10**400)]
                 st.sampled_from(HUGE_BASES),
                 st.integers(-3, 3),
             ),
-            st.integers(0, 10),
+            st.one_of(
+                st.integers(0, 10).map(float),
+                st.floats(min_value=0, max_value=2),
+                st.sampled_from([0.25, 0.9, 1e-9, 5e-324]),
+            ),
         ),
         max_size=30,
     ),
 )
-def test_aging_orders_huge_priorities(rate: int, pushes: list[tuple[int, int]]) -> None:
-    """Any int priority pops by p + rate * (now - pushed_at), exactly."""
-    now = 0.0
-    heap = AgingHeap(float(rate), lambda: now)
+def test_aging_orders_huge_priorities(
+    rate: float, start: float, pushes: list[tuple[int, float]]
+) -> None:
+    """Any int priority pops by p + rate * (now - pushed_at), exactly.
+
+    Fractional rates and push times are included: a float key near 2**51 is
+    0.5 apart from the next, which would round away part of a second.
+    """
+    now = start
+    heap = AgingHeap(rate, lambda: now)
     pushed: list[tuple[int, float, int]] = []
     for seq, (priority, step) in enumerate(pushes):
         now += step
         heap.push(make_handle(priority, seq))
         pushed.append((priority, now, seq))
 
-    # Whole rates and times keep every product exact, so the expected keys
-    # are exact ints.
-    expected = sorted(pushed, key=lambda e: (-(e[0] - rate * int(e[1])), e[2]))
+    expected = sorted(pushed, key=lambda e: exact_key(rate, *e))
     order = []
     while (handle := heap.pop()) is not None:
         order.append(handle.id)
@@ -303,13 +335,63 @@ def test_aging_orders_huge_priorities(rate: int, pushes: list[tuple[int, int]]) 
     assert order == [seq for _, _, seq in expected]
 
 
-@pytest.mark.parametrize(
-    "base",
-    [2**53, 2**61, 1_700_000_000_000_000_000, 10**400],
-    ids=["2**53", "2**61", "time_ns", "1e400"],
+@settings(max_examples=200, deadline=None)
+@given(
+    base=st.sampled_from([2**40, 2**48, 2**51, -(2**51)]),
+    rate=st.sampled_from([1.0, 0.1]),
+    pushes=st.lists(
+        st.tuples(st.integers(-3, 3), st.floats(min_value=0, max_value=2)),
+        max_size=20,
+    ),
 )
-def test_aging_queue_orders_large_priorities(base: int) -> None:
-    """With aging_rate set, priority base + 1 starts before priority base."""
+def test_aging_orders_fractional_waits_exactly(
+    base: int, rate: float, pushes: list[tuple[int, float]]
+) -> None:
+    """Below 2**52, fractions of a second of aging still order the tasks."""
+    now = 1000.0
+    heap = AgingHeap(rate, lambda: now)
+    pushed: list[tuple[int, float, int]] = []
+    for seq, (offset, step) in enumerate(pushes):
+        now += step
+        heap.push(make_handle(base + offset, seq))
+        pushed.append((base + offset, now, seq))
+
+    expected = sorted(pushed, key=lambda e: exact_key(rate, *e))
+    order = []
+    while (handle := heap.pop()) is not None:
+        order.append(handle.id)
+
+    assert order == [seq for _, _, seq in expected]
+
+
+def test_aging_heap_scales_keys_for_finer_times() -> None:
+    """A push time with more fraction bits keeps the stored keys exact.
+
+    Near 2**51 the three keys round to the same float, so only exact keys
+    put B, whose key is 2**-40 higher, before A and C, which tie.
+    """
+    base = 2**51
+    now = 1.0
+    heap = AgingHeap(1.0, lambda: now)
+    heap.push(make_handle(base + 7, 1))  # A: key base + 6
+    now = 2.0 - 2.0**-40
+    heap.push(make_handle(base + 8, 2))  # B: key base + 6 + 2**-40
+    now = 2.0
+    heap.push(make_handle(base + 8, 3))  # C: key base + 6
+
+    order = []
+    while (handle := heap.pop()) is not None:
+        order.append(handle.id)
+
+    assert order == [2, 1, 3]
+
+
+def start_order(submissions: list[tuple[float, str, int]]) -> list[str]:
+    """Return the start order of tasks submitted to a paused aging queue.
+
+    Each submission is (seconds to advance the virtual clock first, name,
+    priority). The queue has one worker and aging_rate=1.0.
+    """
 
     async def main(loop: VirtualClockLoop) -> list[str]:
         order: list[str] = []
@@ -319,15 +401,44 @@ def test_aging_queue_orders_large_priorities(base: int) -> None:
 
         async with AsyncTaskQueue(1, aging_rate=1.0, retry=NO_RETRY) as queue:
             queue.pause()
-            await queue.submit(record, "lower", priority=base)
-            await queue.submit(record, "higher", priority=base + 1)
-            await queue.submit(record, "highest", priority=base + 100)
-            await queue.submit(record, "negative", priority=-base)
+            for advance, name, priority in submissions:
+                loop.advance(advance)
+                await queue.submit(record, name, priority=priority)
             queue.resume()
 
         return order
 
-    assert run_virtual(main) == ["highest", "higher", "lower", "negative"]
+    return run_virtual(main, autojump=None)
+
+
+def test_aging_queue_fractional_wait_large_priority() -> None:
+    """A task one point higher, submitted 0.9 s later, starts first near 2**51.
+
+    With aging_rate=1.0 its effective priority stays 0.1 above the older
+    task's, a difference that a float key of that size would round away.
+    """
+    order = start_order([(0, "older", 2**51), (0.9, "newer, one higher", 2**51 + 1)])
+
+    assert order == ["newer, one higher", "older"]
+
+
+@pytest.mark.parametrize(
+    "base",
+    [2**53, 2**61, 1_700_000_000_000_000_000, 10**400],
+    ids=["2**53", "2**61", "time_ns", "1e400"],
+)
+def test_aging_queue_orders_large_priorities(base: int) -> None:
+    """With aging_rate set, priority base + 1 starts before priority base."""
+    order = start_order(
+        [
+            (0, "lower", base),
+            (0, "higher", base + 1),
+            (0, "highest", base + 100),
+            (0, "negative", -base),
+        ]
+    )
+
+    assert order == ["highest", "higher", "lower", "negative"]
 
 
 async def test_aging_float_max_priority_runs() -> None:
