@@ -164,6 +164,8 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         self._add_workers(self._max_workers)
 
     def _add_workers(self, count: int) -> None:
+        # NOTE: workers start eagerly and max_workers has no upper bound, so a
+        # size far beyond memory exhausts it here instead of failing a check.
         limit = self._max_workers
         staying = sum(not w.retire for w in self._workers)
         for _ in range(count):
