@@ -895,10 +895,29 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         does not affect the tasks. On a paused queue it waits until
         ``resume()`` lets the pending tasks run.
         """
+        await self._join_unfinished()
+
+    async def wait_idle(self) -> None:
+        """Wait until no task is pending, running, delayed or backing off.
+
+        Unlike ``join()``, it also waits for the tasks submitted while it
+        waits, such as those that running tasks submit, as
+        ``asyncio.Queue.join()`` does. It returns at the first moment that no
+        task is unfinished: between the runs of an ``every()`` schedule, for
+        example. As with ``join()``, a task of this queue that calls it does
+        not wait for itself, and on a paused queue it waits until
+        ``resume()`` lets the pending tasks run. Two tasks of the queue that
+        both call it wait for each other forever.
+        """
+        while await self._join_unfinished():
+            pass  # tasks submitted during the wait may still be unfinished
+
+    async def _join_unfinished(self) -> bool:
+        """Wait for the tasks unfinished now, but the caller's; return if any were."""
         caller = self._calling_task(thorough=True)
         remaining = self._table.unfinished - (caller is not None)
         if remaining <= 0:
-            return
+            return False
 
         exclude = seq_of(caller) if caller is not None else 0
         future = self._loop.create_future()
@@ -920,6 +939,8 @@ class AsyncTaskQueue(_Shutdown, _Admission):
                 self._joins.remove(join)
             if unblock is not None:
                 unblock()
+
+        return True
 
     # Dead letters
 

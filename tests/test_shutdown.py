@@ -719,12 +719,13 @@ async def test_join_when_idle_returns() -> None:
         assert handle.result() == 8
 
 
-async def test_cancelled_join_leaves_tasks() -> None:
+@pytest.mark.parametrize("method", ["join", "wait_idle"])
+async def test_cancelled_join_leaves_tasks(method: str) -> None:
     queue = await started_queue(1)
     gate = Gate()
     handle = await queue.submit(gate)
     await gate.started.wait()
-    joiner = asyncio.create_task(queue.join())
+    joiner = asyncio.create_task(getattr(queue, method)())
     await until(lambda: len(queue._joins) == 1)
 
     joiner.cancel()

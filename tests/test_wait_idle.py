@@ -1,0 +1,238 @@
+"""wait_idle(): waiting until no task of the queue is unfinished."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, TaskState
+from tests.clock import VirtualClockLoop, run_virtual
+from tests.helpers import Gate, until
+
+NO_RETRY = RetryPolicy(max_retries=0)
+RETRY_ONCE = RetryPolicy(max_retries=1, base_delay=0.5, jitter="none")
+
+
+def unfinished(queue: AsyncTaskQueue) -> int:
+    stats = queue.stats()
+    return stats.pending + stats.delayed + stats.waiting_retry + stats.running
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    workers=st.integers(1, 4),
+    fanout=st.lists(st.integers(0, 3), min_size=1, max_size=4),
+    delays=st.lists(st.sampled_from([None, 0.0, 0.3, 2.0]), min_size=1, max_size=5),
+    fail_every=st.integers(2, 5),
+)
+def test_wait_idle_waits_for_task_tree(
+    workers: int, fanout: list[int], delays: list[float | None], fail_every: int
+) -> None:
+    """Tasks that submit tasks, some delayed or retried, are all final at return.
+
+    ``fanout[d]`` is the number of children of each task at depth ``d``.
+    Children are submitted with ``delays`` in turn, and every
+    ``fail_every``-th task fails once and succeeds on its retry.
+    """
+    expected_nodes = 1
+    width = 1
+    for count in fanout:
+        width *= count
+        expected_nodes += width
+
+    async def main(loop: VirtualClockLoop) -> None:
+        attempted: list[int] = []
+        numbers = itertools.count(1)
+
+        async def node(queue: AsyncTaskQueue, depth: int, number: int) -> int:
+            attempted.append(number)
+            if number % fail_every == 0 and attempted.count(number) == 1:
+                raise ValueError(f"first attempt of task {number} fails")
+
+            if depth < len(fanout):
+                for _ in range(fanout[depth]):
+                    child = next(numbers)
+                    delay = delays[child % len(delays)]
+                    queue.submit_nowait(
+                        node, queue, depth + 1, child, delay=delay, retry=RETRY_ONCE
+                    )
+            return number
+
+        async with AsyncTaskQueue(workers, retry=NO_RETRY) as queue:
+            queue.submit_nowait(node, queue, 0, 0, retry=RETRY_ONCE)
+            await queue.wait_idle()
+
+            stats = queue.stats()
+            assert unfinished(queue) == 0
+            assert stats.submitted == expected_nodes
+            assert stats.succeeded == expected_nodes
+            assert stats.failed == 0
+
+    run_virtual(main)
+
+
+def test_join_returns_before_grandchildren_and_wait_idle_after() -> None:
+    """join() waits for the task it saw; wait_idle() also for what it submits."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        finished: list[str] = []
+
+        async def leaf(name: str, seconds: float) -> None:
+            await asyncio.sleep(seconds)
+            finished.append(name)
+
+        async def parent(name: str, seconds: float) -> None:
+            queue.submit_nowait(leaf, f"{name}'s child", seconds)
+            finished.append(name)
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+            queue.submit_nowait(parent, "first", 1.0)
+            await queue.join()
+            assert finished == ["first"]
+
+            queue.submit_nowait(parent, "second", 3.0)
+            await queue.wait_idle()
+            assert finished == ["first", "second", "first's child", "second's child"]
+            assert unfinished(queue) == 0
+
+    run_virtual(main)
+
+
+def test_wait_idle_waits_for_delayed_and_retrying_tasks() -> None:
+    """A delayed task and one backing off count until they are final."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        attempts: list[float] = []
+
+        async def flaky() -> str:
+            attempts.append(loop.time())
+            if len(attempts) == 1:
+                raise ValueError("first attempt fails")
+            return "recovered"
+
+        async def value() -> int:
+            return 5
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            start = loop.time()
+            later = queue.submit_nowait(value, delay=3.0)
+            retried = queue.submit_nowait(flaky, retry=RETRY_ONCE)
+            await queue.wait_idle()
+
+            assert later.result() == 5
+            assert retried.result() == "recovered"
+            assert attempts[1] - attempts[0] >= 0.5
+            assert loop.time() - start >= 3.0
+
+    run_virtual(main)
+
+
+def test_wait_idle_from_task_excludes_itself() -> None:
+    """A task that waits for the queue to go idle does not wait for itself."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        grandchildren: list[TaskHandle[int]] = []
+
+        async def grandchild(number: int) -> int:
+            await asyncio.sleep(number)
+            return number
+
+        async def child(number: int) -> int:
+            await asyncio.sleep(number)
+            grandchildren.append(queue.submit_nowait(grandchild, 10 * number))
+            return number
+
+        async def parent() -> list[int]:
+            children = [queue.submit_nowait(child, n) for n in (1, 2, 3)]
+            await queue.wait_idle()
+            assert all(c.state is TaskState.SUCCEEDED for c in children)
+            assert all(g.state is TaskState.SUCCEEDED for g in grandchildren)
+            return [c.result() for c in children + grandchildren]
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+            handle = queue.submit_nowait(parent)
+            assert await handle == [1, 2, 3, 10, 20, 30]
+
+    run_virtual(main)
+
+
+async def test_wait_idle_on_paused_queue_waits_for_resume() -> None:
+    async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+        queue.pause()
+        gate = Gate()
+        handle = queue.submit_nowait(gate)
+        waiter = asyncio.create_task(queue.wait_idle())
+        await until(lambda: len(queue._joins) == 1)
+        assert gate.calls == 0
+
+        queue.resume()
+        await gate.started.wait()
+        assert not waiter.done()
+
+        gate.release.set()
+        await waiter
+        assert handle.result() == "done"
+
+
+async def test_wait_idle_returns_when_nothing_is_unfinished() -> None:
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+    await queue.wait_idle()  # not started
+
+    await queue.start()
+    await queue.wait_idle()  # started, no task
+
+    async def one() -> int:
+        return 1
+
+    handle = queue.submit_nowait(one)
+    await queue.wait_idle()
+    assert handle.result() == 1
+
+    await queue.stop()
+    await queue.wait_idle()  # stopped
+    assert queue._joins == []
+
+
+def test_wait_idle_returns_between_schedule_runs() -> None:
+    """A schedule keeps submitting, but between runs the queue is idle."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        runs: list[float] = []
+
+        async def tick() -> None:
+            runs.append(loop.time())
+            await asyncio.sleep(0.5)
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY) as queue:
+            schedule = queue.every(2.0, tick, delay=0)
+            await until(lambda: len(runs) == 1)
+            await queue.wait_idle()
+
+            assert len(runs) == 1
+            assert unfinished(queue) == 0
+            assert schedule.next_run is not None
+            schedule.cancel()
+
+    run_virtual(main)
+
+
+async def test_wait_idle_counts_each_submission_once() -> None:
+    """Many waiters, and tasks submitted during the wait, all end at idle."""
+    async with AsyncTaskQueue(3, retry=NO_RETRY) as queue:
+        handles: list[TaskHandle[int]] = []
+
+        async def chain(left: int) -> int:
+            await asyncio.sleep(0)  # so that the waiters wait before the next submit
+            if left:
+                handles.append(queue.submit_nowait(chain, left - 1))
+            return left
+
+        handles.append(queue.submit_nowait(chain, 20))
+        waiters = [asyncio.create_task(queue.wait_idle()) for _ in range(3)]
+        await asyncio.gather(*waiters)
+
+        assert sorted(h.result() for h in handles) == list(range(21))
+        assert queue._joins == []
