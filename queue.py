@@ -102,4 +102,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_public_names()})
+    # __all__ is listed before its first read, as in the standard module.
+    return sorted({*globals(), *_public_names(), "__all__"})

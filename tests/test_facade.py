@@ -419,6 +419,20 @@ def test_all_lists_both_apis() -> None:
     assert report["dir_missing"] == []
 
 
+def test_dir_lists_all_before_first_read() -> None:
+    """``dir(queue)`` lists ``__all__`` as the standard module's does."""
+    report = run_child(
+        """
+        import json
+        import queue
+
+        print(json.dumps({"listed": "__all__" in dir(queue)}))
+        """
+    )
+
+    assert report["listed"] is True
+
+
 def stub_names() -> set[str]:
     """Return the public names that queue.pyi declares, in any version branch."""
     tree = ast.parse((ROOT / "queue.pyi").read_text(encoding="utf-8"))
