@@ -437,11 +437,14 @@ class AgingHeap:
     def push(self, handle: TaskHandle[Any]) -> None:
         """Add a pending task, aging from now."""
         now = self.clock()
-        with self._lock:
+        self._lock.acquire()  # not `with`: see ReadyHeap
+        try:
             key = self._key(handle._priority, now)
             self._counter += 1
             heapq.heappush(self._heap, (-key, self._counter, handle))
             self._entries += 1
+        finally:
+            self._lock.release()
 
     def _key(self, priority: int, now: float) -> int:
         """Return the numerator of ``priority - rate * now`` (see the class).
@@ -466,7 +469,8 @@ class AgingHeap:
 
     def pop(self) -> TaskHandle[Any] | None:
         """Remove and return the task of highest effective priority, or ``None``."""
-        with self._lock:
+        self._lock.acquire()
+        try:
             heap = self._heap
             while heap:
                 handle = heapq.heappop(heap)[2]
@@ -477,6 +481,8 @@ class AgingHeap:
                 self._stale -= 1
 
             return None
+        finally:
+            self._lock.release()
 
     def mark_stale(self, handle: TaskHandle[Any]) -> None:
         """Record that ``handle``, still in the heap, left the pending state."""

@@ -391,4 +391,9 @@ THROUGHPUT_POOLS = (
         "async_queue retry=RetryPolicy(3) per task",
         partial(QueuePool, task_options={"retry": RetryPolicy(max_retries=3)}),
     ),
+    Contender(
+        "aq-aging",
+        "async_queue aging_rate=1.0",
+        partial(QueuePool, aging_rate=1.0),
+    ),
 )
