@@ -27,6 +27,7 @@ from .hooks import (
     new_event,
 )
 from .models import (
+    _FINAL,
     CANCELLED,
     FAILED,
     Overflow,
@@ -130,6 +131,29 @@ class _Join:
         self.last_seq = last_seq
         self.future = future
         self.exclude_seq = exclude_seq  # the calling task's own, or 0
+
+
+class _IdleWait:
+    """A ``wait_idle()`` call, done once no task but its caller's is unfinished.
+
+    ``caller`` is the task of this queue that made the call, ``None`` for
+    other code. It counts as unfinished unless ``worker``, which runs it,
+    is ``task`` (the asyncio task that awaits) or awaits it.
+    """
+
+    __slots__ = ("caller", "future", "task", "worker")
+
+    def __init__(
+        self,
+        caller: TaskHandle[Any] | None,
+        worker: _Worker | None,
+        task: asyncio.Task[Any] | None,
+        future: asyncio.Future[None],
+    ) -> None:
+        self.caller = caller
+        self.worker = worker
+        self.task = task
+        self.future = future
 
 
 class _QueueBase:
@@ -335,6 +359,8 @@ class _QueueBase:
             rate = _checks.check_rate(
                 "aging_rate", aging_rate, "priority points per second", zero_ok=True
             )
+            if isinstance(aging_rate, int):
+                rate = aging_rate  # exact: the heap keys take an int as it is
             self._ready = AgingHeap(rate, time.monotonic)
 
         self._rate = None
@@ -370,7 +396,7 @@ class _QueueBase:
         self._watchdog: asyncio.TimerHandle | None = None
         self._watchdog_at = math.inf  # when `_watchdog` fires; inf without one
 
-        self._joins: list[_Join] = []
+        self._joins: list[_Join | _IdleWait] = []
         self._watchers: list[asyncio.Future[None]] = []  # woken on every finished task
         self._stop_task: asyncio.Task[ShutdownReport] | None = None
         self._stop_made = asyncio.Event()  # set once _stop_task exists
@@ -561,11 +587,45 @@ class _QueueBase:
                 watcher.set_result(None)
 
     def _count_join(self, seq: int) -> None:
+        idle_waits = False
         for join in self._joins:
-            if seq <= join.last_seq and seq != join.exclude_seq:
+            if isinstance(join, _IdleWait):
+                idle_waits = True
+            elif seq <= join.last_seq and seq != join.exclude_seq:
                 join.remaining -= 1
                 if join.remaining == 0 and not join.future.done():
                     join.future.set_result(None)
+
+        if idle_waits:
+            self._check_idle_waits()
+
+    def _is_idle_for(self, wait: _IdleWait) -> bool:
+        """Return whether no task but the waiting caller's is unfinished."""
+        unfinished = self._table.unfinished
+        if self._caller_waits(wait):
+            unfinished -= 1  # it cannot finish before the wait does
+
+        return unfinished <= 0
+
+    def _caller_waits(self, wait: _IdleWait) -> bool:
+        """Return whether the task that made ``wait`` is unfinished and awaits it."""
+        caller, worker, task = wait.caller, wait.worker, wait.task
+        if caller is None or worker is None or task is None:
+            return False
+
+        if caller._state in _FINAL or worker.current is not caller:
+            return False
+
+        return worker.task is task or _awaits(worker.task, task)
+
+    def _check_idle_waits(self) -> None:
+        """Finish the ``wait_idle()`` calls that nothing unfinished holds up."""
+        for join in self._joins:
+            if not isinstance(join, _IdleWait) or join.future.done():
+                continue
+
+            if self._is_idle_for(join):
+                join.future.set_result(None)
 
     # Workers
 
@@ -712,3 +772,29 @@ def _no_time() -> float:
 
 # Argument errors of the constructor name the class that callers see.
 _QueueBase.__init__.__qualname__ = "AsyncTaskQueue.__init__"
+
+
+def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
+    """Return whether the asyncio task ``waiter`` waits for ``target``.
+
+    Follows the future each task awaits and the children of each future
+    that ``gather()`` returned, as long as they are not done: a task whose
+    gather() has failed still names it until its next step.
+    """
+    pending = [waiter]
+    seen: set[int] = set()
+    while pending:
+        item = pending.pop()
+        if item is target:
+            return True
+
+        if id(item) in seen or not isinstance(item, asyncio.Future) or item.done():
+            continue
+
+        seen.add(id(item))
+        awaited = getattr(item, "_fut_waiter", None)
+        if awaited is not None:
+            pending.append(awaited)
+        pending += getattr(item, "_children", ())
+
+    return False

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._base import _QueueBase, _Worker
+from ._base import _awaits, _QueueBase, _Worker
 from ._context import CURRENT_WORKER
 from ._log import log
 from .models import TaskHandle, seq_of
@@ -242,29 +242,3 @@ class _Blocking(_QueueBase):
             return worker
 
         return worker if _awaits(worker.task, task) else None
-
-
-def _awaits(waiter: object, target: asyncio.Task[Any]) -> bool:
-    """Return whether the asyncio task ``waiter`` waits for ``target``.
-
-    Follows the future each task awaits and the children of each future
-    that ``gather()`` returned, as long as they are not done: a task whose
-    gather() has failed still names it until its next step.
-    """
-    pending = [waiter]
-    seen: set[int] = set()
-    while pending:
-        item = pending.pop()
-        if item is target:
-            return True
-
-        if id(item) in seen or not isinstance(item, asyncio.Future) or item.done():
-            continue
-
-        seen.add(id(item))
-        awaited = getattr(item, "_fut_waiter", None)
-        if awaited is not None:
-            pending.append(awaited)
-        pending += getattr(item, "_children", ())
-
-    return False

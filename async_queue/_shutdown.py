@@ -8,8 +8,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from ._base import _Worker
-from ._blocking import _awaits
+from ._base import _awaits, _Worker
 from ._log import log
 from ._outcomes import _Outcomes
 from .models import (

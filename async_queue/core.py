@@ -25,7 +25,14 @@ from typing import Any, Literal, NoReturn, SupportsIndex, TypeVar, TypeVarTuple,
 
 from . import _checks
 from ._admission import _Admission
-from ._base import _ACCEPTING, _CLOCK_RESOLUTION, _Join, _Lifecycle, _Worker
+from ._base import (
+    _ACCEPTING,
+    _CLOCK_RESOLUTION,
+    _IdleWait,
+    _Join,
+    _Lifecycle,
+    _Worker,
+)
 from ._context import CURRENT_WORKER
 from ._log import log
 from ._shutdown import _Shutdown
@@ -895,33 +902,48 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         does not affect the tasks. On a paused queue it waits until
         ``resume()`` lets the pending tasks run.
         """
-        await self._join_unfinished()
+        caller = self._calling_task(thorough=True)
+        remaining = self._table.unfinished - (caller is not None)
+        if remaining <= 0:
+            return
+
+        exclude = seq_of(caller) if caller is not None else 0
+        future = self._loop.create_future()
+        await self._wait_for_join(_Join(remaining, self._seq, future, exclude))
 
     async def wait_idle(self) -> None:
         """Wait until no task is pending, running, delayed or backing off.
 
         Unlike ``join()``, it also waits for the tasks submitted while it
-        waits, such as those that running tasks submit, as
-        ``asyncio.Queue.join()`` does. It returns at the first moment that no
-        task is unfinished: between the runs of an ``every()`` schedule, for
-        example. As with ``join()``, a task of this queue that calls it does
-        not wait for itself, and on a paused queue it waits until
-        ``resume()`` lets the pending tasks run. Two tasks of the queue that
-        both call it wait for each other forever.
+        waits, such as those that running tasks submit, and it returns at the
+        first moment that no task is unfinished, as ``asyncio.Queue.join()``
+        does: after a task ends, even if code resumed by that end submits
+        another before the caller resumes. Between the runs of an
+        ``every()`` schedule the queue is idle. As with ``join()``, a task
+        of this queue that calls it does not count while it waits, and on a
+        paused queue it waits until ``resume()`` lets the pending tasks run.
+        Two tasks of the queue that both call it wait for each other forever.
         """
-        while await self._join_unfinished():
-            pass  # tasks submitted during the wait may still be unfinished
+        if self._table.unfinished == 0:
+            return  # also before start(), when there is no loop yet
 
-    async def _join_unfinished(self) -> bool:
-        """Wait for the tasks unfinished now, but the caller's; return if any were."""
-        caller = self._calling_task(thorough=True)
-        remaining = self._table.unfinished - (caller is not None)
-        if remaining <= 0:
-            return False
+        worker = self._calling_worker(thorough=True)
+        caller = task = None
+        if worker is not None:
+            caller = worker.current
+            task = asyncio.current_task(self._loop)
+        wait = _IdleWait(caller, worker, task, self._loop.create_future())
+        if self._is_idle_for(wait):
+            return
 
-        exclude = seq_of(caller) if caller is not None else 0
-        future = self._loop.create_future()
-        join = _Join(remaining, self._seq, future, exclude)
+        if caller is not None and not self._caller_waits(wait):
+            # An eager child that its task has not awaited yet: look again
+            # once that task's step ends, when it may await the child.
+            self._loop.call_soon(self._check_idle_waits)
+        await self._wait_for_join(wait)
+
+    async def _wait_for_join(self, join: _Join | _IdleWait) -> None:
+        """Wait until ``join`` is done, with its worker counted as blocked."""
         self._joins.append(join)
         if self._lost_workers:
             # Or the tasks would never start. After the join is in place: an
@@ -931,7 +953,7 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         # A task that joins waits for the others with its worker held.
         unblock = None
         if CURRENT_WORKER.get() is not None:
-            unblock = self._block_caller(future)
+            unblock = self._block_caller(join.future)
         try:
             await join.future
         finally:
@@ -939,8 +961,6 @@ class AsyncTaskQueue(_Shutdown, _Admission):
                 self._joins.remove(join)
             if unblock is not None:
                 unblock()
-
-        return True
 
     # Dead letters
 

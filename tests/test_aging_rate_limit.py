@@ -364,6 +364,39 @@ def test_aging_orders_fractional_waits_exactly(
     assert order == [seq for _, _, seq in expected]
 
 
+def test_aging_int_rate_is_exact() -> None:
+    """An int aging_rate ages tasks by exactly that rate, like any int priority.
+
+    With aging_rate=2**53 + 1, which a float cannot hold, a task of priority
+    0 and a task of priority 2**53 + 1 submitted 1 s later have the same
+    effective priority from then on, so they start in submission order.
+    """
+    rate = 2**53 + 1
+
+    async def main(loop: VirtualClockLoop) -> None:
+        started: list[str] = []
+        release = asyncio.Event()
+
+        async def block() -> None:
+            await release.wait()
+
+        async def record(name: str) -> None:
+            started.append(name)
+
+        async with AsyncTaskQueue(1, retry=NO_RETRY, aging_rate=rate) as queue:
+            queue.submit_nowait(block)
+            await asyncio.sleep(0)
+            queue.submit_nowait(record, "older", priority=0)
+            loop.advance(1)
+            queue.submit_nowait(record, "newer", priority=rate)
+            release.set()
+            await queue.wait_idle()
+
+        assert started == ["older", "newer"]
+
+    run_virtual(main)
+
+
 def test_aging_heap_scales_keys_for_finer_times() -> None:
     """A push time with more fraction bits keeps the stored keys exact.
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, TaskState
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import Gate, until
+from tests.helpers import EAGER, Gate, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 RETRY_ONCE = RetryPolicy(max_retries=1, base_delay=0.5, jitter="none")
@@ -236,3 +237,112 @@ async def test_wait_idle_counts_each_submission_once() -> None:
 
         assert sorted(h.result() for h in handles) == list(range(21))
         assert queue._joins == []
+
+
+async def sleep_one_second() -> None:
+    await asyncio.sleep(1)
+
+
+def test_wait_idle_returns_between_chained_tasks() -> None:
+    """It returns when a task ends with none left, before code it wakes submits.
+
+    A coroutine outside the queue runs three 1 s tasks one after another:
+    it awaits each handle, then submits the next. When the first task
+    finishes no task is unfinished, so the wait returns then, as
+    asyncio.Queue.join() would, and not after the whole chain.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def run_chain() -> None:
+                for _ in range(3):
+                    await queue.submit_nowait(sleep_one_second)
+
+            start = loop.time()
+            chain = asyncio.ensure_future(run_chain())
+            await asyncio.sleep(0)
+            assert unfinished(queue) == 1
+
+            await queue.wait_idle()
+            waited = loop.time() - start
+            succeeded = queue.stats().succeeded
+            await chain
+
+            assert waited == 1.0
+            assert succeeded == 1
+            assert queue._joins == []
+
+    run_virtual(main)
+
+
+@EAGER
+def test_wait_idle_in_unawaited_eager_child_waits_for_task() -> None:
+    """A child that a task starts and never awaits waits for that task too.
+
+    Under asyncio.eager_task_factory the child's first step runs inside the
+    task's step, so the child looks like part of the task when it calls
+    wait_idle(). The task sleeps 3 s without awaiting the child, so it
+    counts, and the wait ends when it ends.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        returns: list[tuple[float, int]] = []
+        children: list[asyncio.Task[None]] = []
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def wait_for_idle() -> None:
+                await queue.wait_idle()
+                returns.append((loop.time() - start, unfinished(queue)))
+
+            async def start_child_and_sleep() -> None:
+                children.append(asyncio.create_task(wait_for_idle()))
+                await asyncio.sleep(3)
+
+            start = loop.time()
+            await queue.submit_nowait(start_child_and_sleep)
+            await asyncio.gather(*children)
+
+            assert returns == [(3.0, 0)]
+            assert queue._joins == []
+
+    run_virtual(main)
+
+
+@EAGER
+@pytest.mark.parametrize("other_seconds", [None, 2.0])
+def test_wait_idle_in_awaited_eager_child_skips_task(
+    other_seconds: float | None,
+) -> None:
+    """A child that its task awaits does not wait for that task.
+
+    The task starts the child eagerly and awaits it at once. The child waits
+    for the queue to go idle; the task can only end after the child, so it
+    does not count. The wait ends at once, or when another task, a sleep of
+    ``other_seconds``, ends.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def wait_for_idle() -> float:
+                await queue.wait_idle()
+                return loop.time() - start
+
+            async def start_child_and_await() -> float:
+                return await asyncio.create_task(wait_for_idle())
+
+            start = loop.time()
+            if other_seconds is not None:
+                queue.submit_nowait(asyncio.sleep, other_seconds)
+            waited = await queue.submit_nowait(start_child_and_await)
+
+            assert waited == (other_seconds or 0.0)
+            assert unfinished(queue) == 0
+            assert queue._joins == []
+
+    run_virtual(main)
