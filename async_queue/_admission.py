@@ -60,11 +60,13 @@ class _Admission(_Blocking):
 
         raise self._full_error(advice)
 
-    def _lowest_below(self, priority: int) -> TaskHandle[Any] | None:
-        """Drop the pending task that would start last, if ``priority`` beats it.
+    def _lowest_below(self, priority: int) -> tuple[TaskHandle[Any], str] | None:
+        """Pick the pending task that would start last, if ``priority`` beats it.
 
-        Only the ``"drop_lowest"`` policy drops one. Returns the dropped task,
-        whose ``on_dropped`` event the caller emits once the new task is in.
+        Only the ``"drop_lowest"`` policy picks one. Returns it with the
+        message to drop it with, and changes nothing: the caller drops it
+        with ``_drop_lowest()`` once the new task is in the task table, so
+        that no moment in between looks idle to ``wait_idle()``.
         """
         if self._overflow is not Overflow.DROP_LOWEST:
             return None
@@ -82,10 +84,13 @@ class _Admission(_Blocking):
         # Built first, so that nothing can fail once the victim's state changes.
         # str() raises for an int of more than 4300 digits.
         message = self._drop_message(f"for a task of priority {_format_int(priority)}")
+        return victim, message
+
+    def _drop_lowest(self, victim: TaskHandle[Any], message: str) -> None:
+        """Drop the task that ``_lowest_below()`` picked; its caller emits the event."""
         victim._state = CANCELLED  # before mark_stale(), which may compact
         self._ready.mark_stale(victim)
         self._drop(victim, message)
-        return victim
 
     def _drop_message(self, cause: str) -> str:
         return (

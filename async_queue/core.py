@@ -650,14 +650,14 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         else:
             key = self._check_task_id(task_id)
 
-        victim = None
+        lowest = None
         drop_new = False
         starts_now = start_at is None or start_at <= self._loop.time()
         if self._max_pending is not None and not self._take_room(
             self._overflow if overflow is None else overflow, starts_now=starts_now
         ):
-            victim = self._lowest_below(priority) if overflow is None else None
-            drop_new = victim is None
+            lowest = self._lowest_below(priority) if overflow is None else None
+            drop_new = lowest is None
 
         self._seq = seq
         if retry is self._retry and timeout is self._timeout:
@@ -668,6 +668,10 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         if task_id is not None:
             handle._extras = TaskExtras(seq)
         self._table.tasks[key] = handle
+        victim = None
+        if lowest is not None:
+            victim = lowest[0]
+            self._drop_lowest(*lowest)
         if drop_new:
             self._drop(handle, self._drop_message("as the newest task"))
             self._emit("on_submitted", handle)
@@ -922,7 +926,9 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         ``every()`` schedule the queue is idle. As with ``join()``, a task
         of this queue that calls it does not count while it waits, and on a
         paused queue it waits until ``resume()`` lets the pending tasks run.
-        Two tasks of the queue that both call it wait for each other forever.
+        It waits forever when another task of the queue waits for its
+        caller: when two tasks both call it, or when a task awaits the
+        handle of a task that calls it.
         """
         if self._table.unfinished == 0:
             return  # also before start(), when there is no loop yet
@@ -945,16 +951,17 @@ class AsyncTaskQueue(_Shutdown, _Admission):
     async def _wait_for_join(self, join: _Join | _IdleWait) -> None:
         """Wait until ``join`` is done, with its worker counted as blocked."""
         self._joins.append(join)
-        if self._lost_workers:
-            # Or the tasks would never start. After the join is in place: an
-            # eager task factory runs the new workers inside the call.
-            self._replace_lost_workers()
-
-        # A task that joins waits for the others with its worker held.
         unblock = None
-        if CURRENT_WORKER.get() is not None:
-            unblock = self._block_caller(join.future)
         try:
+            if self._lost_workers:
+                # Or the tasks would never start. After the join is in place:
+                # an eager task factory runs the new workers inside the call.
+                # On a closed loop this raises, and the join leaves again.
+                self._replace_lost_workers()
+
+            # A task that joins waits for the others with its worker held.
+            if CURRENT_WORKER.get() is not None:
+                unblock = self._block_caller(join.future)
             await join.future
         finally:
             if join in self._joins:

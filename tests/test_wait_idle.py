@@ -9,9 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from async_queue import AsyncTaskQueue, RetryPolicy, TaskHandle, TaskState
+from async_queue import (
+    AsyncTaskQueue,
+    QueueStateError,
+    RetryPolicy,
+    TaskHandle,
+    TaskState,
+)
 from tests.clock import VirtualClockLoop, run_virtual
-from tests.helpers import EAGER, Gate, until
+from tests.helpers import EAGER, Gate, settle, until
 
 NO_RETRY = RetryPolicy(max_retries=0)
 RETRY_ONCE = RetryPolicy(max_retries=1, base_delay=0.5, jitter="none")
@@ -346,3 +352,77 @@ def test_wait_idle_in_awaited_eager_child_skips_task(
             assert queue._joins == []
 
     run_virtual(main)
+
+
+async def sleep_briefly(number: int) -> int:
+    await asyncio.sleep(0.1)
+    return number
+
+
+@pytest.mark.parametrize("held_back_by", ["pause", "rate_limit"])
+def test_wait_idle_waits_through_lowest_drop(held_back_by: str) -> None:
+    """A drop_lowest submission that drops the only pending task is not idle.
+
+    The workers are held back, by pause() or by a rate limit with no token
+    left, so one low-priority task is pending and a wait_idle() waits for
+    it. A higher-priority task submitted into the full queue drops it and
+    takes its place in the same submit_nowait() call, so the queue is not
+    idle at that moment. The wait returns once the new task has run.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        paused = held_back_by == "pause"
+        async with AsyncTaskQueue(
+            1,
+            retry=NO_RETRY,
+            max_pending=1,
+            overflow="drop_lowest",
+            rate_limit=None if paused else 0.1,
+        ) as queue:
+            if paused:
+                queue.pause()
+            else:
+                assert await queue.submit_nowait(sleep_briefly, 0) == 0  # the token
+
+            low = queue.submit_nowait(sleep_briefly, 1, priority=0)
+            waiter = asyncio.ensure_future(queue.wait_idle())
+            await settle()
+            assert len(queue._joins) == 1
+
+            high = queue.submit_nowait(sleep_briefly, 2, priority=5)
+            await settle()
+            assert low.state is TaskState.CANCELLED
+            assert high.state is TaskState.PENDING
+            assert not waiter.done()
+
+            if paused:
+                queue.resume()
+            await waiter
+            assert high.state is TaskState.SUCCEEDED
+            assert queue._joins == []
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("method", ["join", "wait_idle"])
+def test_wait_on_closed_loop_leaves_no_join(method: str) -> None:
+    """A join() or wait_idle() rejected for a closed loop leaves no entry.
+
+    The queue was started, and got a pending task, on a loop that has
+    closed since, which cancelled its workers. A wait from a new loop
+    raises QueueStateError and leaves nothing in queue._joins.
+    """
+    queue = AsyncTaskQueue(1, retry=NO_RETRY)
+
+    async def start_paused() -> None:
+        await queue.start()
+        queue.pause()
+        queue.submit_nowait(sleep_briefly, 1)
+
+    async def wait_on_new_loop() -> None:
+        with pytest.raises(QueueStateError, match="is closed"):
+            await getattr(queue, method)()
+
+    asyncio.run(start_paused())
+    asyncio.run(wait_on_new_loop())
+    assert queue._joins == []
