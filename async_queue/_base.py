@@ -136,9 +136,10 @@ class _Join:
 class _IdleWait:
     """A ``wait_idle()`` call, done once no task but its caller's is unfinished.
 
-    ``caller`` is the task of this queue that made the call, ``None`` for
-    other code. It counts as unfinished unless ``worker``, which runs it,
-    is ``task`` (the asyncio task that awaits) or awaits it.
+    ``caller`` is the task of this queue that made the call or started the
+    asyncio task that made it, ``None`` for other code, and ``worker`` runs
+    it. The caller counts as unfinished unless the asyncio task of
+    ``worker`` is ``task``, the one that awaits the call, or awaits it.
     """
 
     __slots__ = ("caller", "future", "task", "worker")
@@ -602,6 +603,9 @@ class _QueueBase:
     def _is_idle_for(self, wait: _IdleWait) -> bool:
         """Return whether no task but the waiting caller's is unfinished."""
         unfinished = self._table.unfinished
+        if unfinished > 1:
+            return False  # even without the caller's task, one is left
+
         if self._caller_waits(wait):
             unfinished -= 1  # it cannot finish before the wait does
 

@@ -8,14 +8,16 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ._base import _awaits, _QueueBase, _Worker
+from ._base import _awaits, _IdleWait, _QueueBase, _Worker
 from ._context import CURRENT_WORKER
 from ._log import log
-from .models import TaskHandle, seq_of
+from .models import _FINAL, TaskHandle, seq_of
 
 # Task ids that the warning about workers that all await their own queue
 # names at most.
 _BLOCKED_IDS_SHOWN = 5
+
+_NO_ATTRIBUTE = object()
 
 
 class _Blocking(_QueueBase):
@@ -208,6 +210,57 @@ class _Blocking(_QueueBase):
         """Return the task that ``_calling_worker()`` runs, or ``None``."""
         worker = self._calling_worker(thorough=thorough, eager=eager)
         return None if worker is None else worker.current
+
+    def _creating_worker(self) -> _Worker | None:
+        """Return this queue's busy worker in whose context the current task began.
+
+        A task started by a task of the queue inherits its worker in its
+        context, whether or not the task awaits it.
+        """
+        worker = CURRENT_WORKER.get()
+        if worker is None or worker.task is None or worker.current is None:
+            return None
+
+        if self._workers_by_task.get(worker.task) is not worker:
+            return None  # a worker of another queue
+
+        return worker
+
+    def _watch_caller(self, wait: _IdleWait) -> None:
+        """Check ``wait`` again after each step of its caller's asyncio task.
+
+        Finished tasks trigger the other checks, but a caller that starts to
+        await the waiting task, even steps after it started it, finishes
+        nothing. So while ``wait`` is pending and its caller runs, this
+        follows the future that the caller's task awaits, or the next
+        iteration of the loop while that task runs or is scheduled.
+        """
+        worker, caller = wait.worker, wait.caller
+        if wait.future.done() or worker is None or worker.task is None:
+            return
+
+        if caller is None or caller._state in _FINAL or worker.current is not caller:
+            return  # it ended: the check at its final state covered it
+
+        if self._is_idle_for(wait):
+            wait.future.set_result(None)
+            return
+
+        if worker.task.done():
+            return  # a lost worker's task: it takes no more steps
+
+        awaited = getattr(worker.task, "_fut_waiter", _NO_ATTRIBUTE)
+        if awaited is None:
+            # The task runs now or is scheduled: its step comes first.
+            self._loop.call_soon(self._watch_caller, wait)
+            return
+
+        # NOTE: a task class without _fut_waiter, or a future without
+        # add_done_callback(), is not followed: its later await goes unseen.
+        add_done_callback = getattr(awaited, "add_done_callback", None)
+        if add_done_callback is not None:
+            # Its wake-up was added to this future first, so it runs first.
+            add_done_callback(lambda _: self._watch_caller(wait))
 
     def _worker_above(
         self, task: asyncio.Task[Any], *, eager: bool = True

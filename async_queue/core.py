@@ -923,9 +923,10 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         first moment that no task is unfinished, as ``asyncio.Queue.join()``
         does: after a task ends, even if code resumed by that end submits
         another before the caller resumes. Between the runs of an
-        ``every()`` schedule the queue is idle. As with ``join()``, a task
-        of this queue that calls it does not count while it waits, and on a
-        paused queue it waits until ``resume()`` lets the pending tasks run.
+        ``every()`` schedule the queue is idle. A task of this queue that
+        calls it, or awaits a child task that calls it, directly or through
+        ``gather()``, does not count while it waits. On a paused queue it
+        waits until ``resume()`` lets the pending tasks run.
         It waits forever when another task of the queue waits for its
         caller: when two tasks both call it, or when a task awaits the
         handle of a task that calls it.
@@ -933,7 +934,9 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         if self._table.unfinished == 0:
             return  # also before start(), when there is no loop yet
 
-        worker = self._calling_worker(thorough=True)
+        # The task of this queue that made the call, or made the asyncio task
+        # that makes it: it counts only while it does not await the call.
+        worker = self._calling_worker(thorough=True) or self._creating_worker()
         caller = task = None
         if worker is not None:
             caller = worker.current
@@ -942,10 +945,8 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         if self._is_idle_for(wait):
             return
 
-        if caller is not None and not self._caller_waits(wait):
-            # An eager child that its task has not awaited yet: look again
-            # once that task's step ends, when it may await the child.
-            self._loop.call_soon(self._check_idle_waits)
+        if caller is not None:
+            self._watch_caller(wait)
         await self._wait_for_join(wait)
 
     async def _wait_for_join(self, join: _Join | _IdleWait) -> None:

@@ -426,3 +426,71 @@ def test_wait_on_closed_loop_leaves_no_join(method: str) -> None:
     asyncio.run(start_paused())
     asyncio.run(wait_on_new_loop())
     assert queue._joins == []
+
+
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=EAGER)])
+def test_wait_idle_in_child_awaited_later(eager: bool) -> None:
+    """A child awaited after a 1 s sleep stops counting its task from then.
+
+    The task starts the child, sleeps 1 s, then awaits it. From then on the
+    task can only end after the child, so nothing else is unfinished and
+    the child's wait_idle() returns at 1 s, with or without an eager task
+    factory.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        if eager:
+            loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def wait_for_idle() -> float:
+                await queue.wait_idle()
+                return loop.time() - start
+
+            async def start_child_then_await() -> float:
+                child = asyncio.create_task(wait_for_idle())
+                await asyncio.sleep(1)
+                return await child
+
+            start = loop.time()
+            handle = queue.submit_nowait(start_child_then_await)
+            try:
+                # 60 s of virtual time: a wait that never ends fails the
+                # test with TimeoutError instead of hanging it.
+                waited = await asyncio.wait_for(handle, timeout=60)
+            finally:
+                await queue.stop("cancel")
+
+            assert waited == 1.0
+            assert handle.state is TaskState.SUCCEEDED
+
+    run_virtual(main)
+
+
+def test_wait_idle_in_unawaited_child_waits_for_task() -> None:
+    """A child that its task never awaits waits until that task has ended."""
+
+    async def main(loop: VirtualClockLoop) -> None:
+        returns: list[tuple[float, int]] = []
+        children: list[asyncio.Task[None]] = []
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def wait_for_idle() -> None:
+                await queue.wait_idle()
+                returns.append((loop.time() - start, unfinished(queue)))
+
+            async def start_child_and_sleep() -> None:
+                children.append(asyncio.create_task(wait_for_idle()))
+                for _ in range(3):
+                    await asyncio.sleep(1)
+
+            start = loop.time()
+            await queue.submit_nowait(start_child_and_sleep)
+            await asyncio.gather(*children)
+
+            assert returns == [(3.0, 0)]
+            assert queue._joins == []
+
+    run_virtual(main)
