@@ -282,18 +282,19 @@ def test_wait_idle_returns_between_chained_tasks() -> None:
     run_virtual(main)
 
 
-@EAGER
-def test_wait_idle_in_unawaited_eager_child_waits_for_task() -> None:
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=EAGER)])
+def test_wait_idle_in_unawaited_child_waits_for_task(eager: bool) -> None:
     """A child that a task starts and never awaits waits for that task too.
 
     Under asyncio.eager_task_factory the child's first step runs inside the
     task's step, so the child looks like part of the task when it calls
-    wait_idle(). The task sleeps 3 s without awaiting the child, so it
-    counts, and the wait ends when it ends.
+    wait_idle(). The task sleeps 3 s in three steps without awaiting the
+    child, so it counts, and the wait ends when it ends.
     """
 
     async def main(loop: VirtualClockLoop) -> None:
-        loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        if eager:
+            loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
         returns: list[tuple[float, int]] = []
         children: list[asyncio.Task[None]] = []
 
@@ -305,7 +306,8 @@ def test_wait_idle_in_unawaited_eager_child_waits_for_task() -> None:
 
             async def start_child_and_sleep() -> None:
                 children.append(asyncio.create_task(wait_for_idle()))
-                await asyncio.sleep(3)
+                for _ in range(3):
+                    await asyncio.sleep(1)
 
             start = loop.time()
             await queue.submit_nowait(start_child_and_sleep)
@@ -464,33 +466,5 @@ def test_wait_idle_in_child_awaited_later(eager: bool) -> None:
 
             assert waited == 1.0
             assert handle.state is TaskState.SUCCEEDED
-
-    run_virtual(main)
-
-
-def test_wait_idle_in_unawaited_child_waits_for_task() -> None:
-    """A child that its task never awaits waits until that task has ended."""
-
-    async def main(loop: VirtualClockLoop) -> None:
-        returns: list[tuple[float, int]] = []
-        children: list[asyncio.Task[None]] = []
-
-        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
-
-            async def wait_for_idle() -> None:
-                await queue.wait_idle()
-                returns.append((loop.time() - start, unfinished(queue)))
-
-            async def start_child_and_sleep() -> None:
-                children.append(asyncio.create_task(wait_for_idle()))
-                for _ in range(3):
-                    await asyncio.sleep(1)
-
-            start = loop.time()
-            await queue.submit_nowait(start_child_and_sleep)
-            await asyncio.gather(*children)
-
-            assert returns == [(3.0, 0)]
-            assert queue._joins == []
 
     run_virtual(main)
