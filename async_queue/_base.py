@@ -142,7 +142,7 @@ class _IdleWait:
     ``worker`` is ``task``, the one that awaits the call, or awaits it.
     """
 
-    __slots__ = ("caller", "future", "task", "worker")
+    __slots__ = ("caller", "future", "task", "watch", "worker")
 
     def __init__(
         self,
@@ -155,6 +155,9 @@ class _IdleWait:
         self.worker = worker
         self.task = task
         self.future = future
+        # The pending callback that looks at the caller's next step: a
+        # call_soon() handle, or a future and the callback added to it.
+        self.watch: asyncio.Handle | tuple[Any, Callable[[Any], None]] | None = None
 
 
 class _QueueBase:

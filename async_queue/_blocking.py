@@ -232,9 +232,11 @@ class _Blocking(_QueueBase):
         Finished tasks trigger the other checks, but a caller that starts to
         await the waiting task, even steps after it started it, finishes
         nothing. So while ``wait`` is pending and its caller runs, this
-        follows the future that the caller's task awaits, or the next
-        iteration of the loop while that task runs or is scheduled.
+        follows the future that the caller's task awaits, through the tasks
+        it awaits, or the next iteration of the loop while one of those
+        runs or is scheduled. ``_unwatch()`` removes what is left at the end.
         """
+        wait.watch = None  # the callback that ran this is spent
         worker, caller = wait.worker, wait.caller
         if wait.future.done() or worker is None or worker.task is None:
             return
@@ -249,18 +251,63 @@ class _Blocking(_QueueBase):
         if worker.task.done():
             return  # a lost worker's task: it takes no more steps
 
-        awaited = getattr(worker.task, "_fut_waiter", _NO_ATTRIBUTE)
+        awaited = self._next_step_of(worker.task, wait.task)
         if awaited is None:
-            # The task runs now or is scheduled: its step comes first.
-            self._loop.call_soon(self._watch_caller, wait)
+            # A task on the chain runs now or is scheduled: its step comes first.
+            wait.watch = self._loop.call_soon(self._watch_caller, wait)
             return
 
         # NOTE: a task class without _fut_waiter, or a future without
         # add_done_callback(), is not followed: its later await goes unseen.
         add_done_callback = getattr(awaited, "add_done_callback", None)
         if add_done_callback is not None:
-            # Its wake-up was added to this future first, so it runs first.
-            add_done_callback(lambda _: self._watch_caller(wait))
+
+            def watch_again(_: object) -> None:
+                self._watch_caller(wait)
+
+            # The wake-up of the task that awaits it came first, so it runs first.
+            add_done_callback(watch_again)
+            wait.watch = (awaited, watch_again)
+
+    @staticmethod
+    def _next_step_of(task: asyncio.Task[Any], target: object) -> object | None:
+        """Return the future whose end lets ``task``'s await chain step again.
+
+        Follows the tasks that ``task`` awaits, one inside the other, down
+        to ``target`` or to a future that is not a task. Returns ``None``
+        when a task on the chain runs or is scheduled, and ``target`` or an
+        object without ``_fut_waiter`` if it reaches one.
+        """
+        item: object = task
+        seen: set[int] = set()
+        while id(item) not in seen:
+            seen.add(id(item))
+            awaited = getattr(item, "_fut_waiter", _NO_ATTRIBUTE)
+            if awaited is _NO_ATTRIBUTE:
+                return item
+
+            if awaited is None:
+                return None
+
+            if awaited is target or not isinstance(awaited, asyncio.Task):
+                return awaited
+
+            if awaited.done():
+                return None  # its waiter is about to step
+
+            item = awaited
+
+        return item
+
+    @staticmethod
+    def _unwatch(wait: _IdleWait) -> None:
+        """Remove the callback that ``_watch_caller()`` left for ``wait``."""
+        watch, wait.watch = wait.watch, None
+        if isinstance(watch, asyncio.Handle):
+            watch.cancel()
+        elif watch is not None:
+            future, callback = watch
+            future.remove_done_callback(callback)
 
     def _worker_above(
         self, task: asyncio.Task[Any], *, eager: bool = True

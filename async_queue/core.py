@@ -967,6 +967,8 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         finally:
             if join in self._joins:
                 self._joins.remove(join)
+            if isinstance(join, _IdleWait):
+                self._unwatch(join)
             if unblock is not None:
                 unblock()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 
 import pytest
@@ -16,6 +17,7 @@ from async_queue import (
     TaskHandle,
     TaskState,
 )
+from async_queue._base import _IdleWait
 from tests.clock import VirtualClockLoop, run_virtual
 from tests.helpers import EAGER, Gate, settle, until
 
@@ -466,5 +468,101 @@ def test_wait_idle_in_child_awaited_later(eager: bool) -> None:
 
             assert waited == 1.0
             assert handle.state is TaskState.SUCCEEDED
+
+    run_virtual(main)
+
+
+def live_idle_waits() -> int:
+    gc.collect()
+    return sum(isinstance(item, _IdleWait) for item in gc.get_objects())
+
+
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=EAGER)])
+def test_timed_out_waits_leave_no_callbacks(eager: bool) -> None:
+    """A wait_idle() call that times out leaves nothing behind.
+
+    A queue task starts a child and awaits a future. The child calls
+    wait_idle() 50 times through wait_for() with a 0.1 s timeout, and each
+    call times out because the task is unfinished. Each call followed the
+    task's steps with a callback on that future, and each removed it at
+    its end, so neither the callbacks nor the records of the calls pile up.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        if eager:
+            loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        gate: asyncio.Future[None] = loop.create_future()
+        alive: list[int] = []
+        callbacks: list[int] = []
+        timeouts: list[float] = []
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def poll_idle() -> None:
+                for _ in range(50):
+                    try:
+                        await asyncio.wait_for(queue.wait_idle(), 0.1)
+                    except TimeoutError:
+                        timeouts.append(loop.time())
+                alive.append(live_idle_waits())
+                callbacks.append(len(gate._callbacks))  # type: ignore[attr-defined]
+                gate.set_result(None)
+
+            async def start_child_and_wait() -> None:
+                child = asyncio.create_task(poll_idle())
+                await gate
+                await child
+
+            handle = queue.submit_nowait(start_child_and_wait)
+            await handle
+
+            assert handle.state is TaskState.SUCCEEDED
+            assert len(timeouts) == 50
+            # At most the last call's record: on 3.12 the frames of that
+            # call stay alive with the traceback of its cancellation.
+            assert alive in ([0], [1])
+            assert callbacks == [1]  # the wake-up of the task that awaits it
+
+    run_virtual(main)
+
+
+@pytest.mark.parametrize("eager", [False, pytest.param(True, marks=EAGER)])
+def test_wait_idle_child_awaited_through_task(eager: bool) -> None:
+    """A task that awaits a child through another task does not count.
+
+    A queue task starts a child that calls wait_idle(), then a second
+    asyncio task that awaits the child, and awaits the second task. The
+    queue task cannot end before the child does, so the wait returns at
+    once and the queue task succeeds. Without an eager task factory the
+    child calls wait_idle() before the second task awaits it, so the wait
+    has to follow the steps of the second task too.
+    """
+
+    async def main(loop: VirtualClockLoop) -> None:
+        if eager:
+            loop.set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined]
+        returned_at: list[float] = []
+
+        async with AsyncTaskQueue(2, retry=NO_RETRY) as queue:
+
+            async def wait_for_idle() -> None:
+                await queue.wait_idle()
+                returned_at.append(loop.time() - start)
+
+            async def await_child(child: asyncio.Task[None]) -> None:
+                await child
+
+            async def start_children() -> None:
+                child = asyncio.create_task(wait_for_idle())
+                await asyncio.create_task(await_child(child))
+
+            start = loop.time()
+            handle = queue.submit_nowait(start_children)
+            done: asyncio.Future[None] = loop.create_future()
+            handle.add_done_callback(lambda _: done.set_result(None))
+            await asyncio.wait({done}, timeout=100)
+
+            assert handle.state is TaskState.SUCCEEDED
+            assert returned_at == [0.0]
 
     run_virtual(main)
