@@ -129,6 +129,10 @@ class OverflowMachine(RuleBasedStateMachine):
         # Whether a hook has re-entered, which delays on_dropped events past
         # later submissions, so that they no longer show the queue as it was.
         self.reentered = False
+        # Whether resize() shrank the pool since the queue was last within
+        # max_pending, and the size before it.
+        self.shrunk = False
+        self.workers_before_shrink = 0
 
     # Running the loop
 
@@ -405,6 +409,9 @@ class OverflowMachine(RuleBasedStateMachine):
     @rule(workers=st.integers(1, 3))
     @precondition(lambda self: not self.stopping)
     def resize(self, workers: int) -> None:
+        if workers < self.live_queue.max_workers:
+            self.shrunk = True
+            self.workers_before_shrink = self.live_queue.max_workers
         self.live_queue.resize(workers)
         self.run(self._settle())
 
@@ -451,12 +458,17 @@ class OverflowMachine(RuleBasedStateMachine):
 
         self._collect_waiters()
         stats = self.live_queue.stats()
+        waiting = stats.pending + stats.delayed
+        if waiting <= self.max_pending:
+            self.shrunk = False  # nothing admitted for a retired worker is left
+
         limit = self.max_pending
-        if stats.paused:
+        if stats.paused or self.shrunk:
             # A task admitted for a free worker stays pending when pause()
-            # comes before the worker starts it: at most one per worker.
-            limit += stats.workers
-        assert stats.pending + stats.delayed <= limit
+            # comes before the worker starts it, or resize() retires that
+            # worker: at most one per worker, until the backlog drains.
+            limit += max(stats.workers, self.workers_before_shrink)
+        assert waiting <= limit
 
     @invariant()
     def counts_add_up(self) -> None:
