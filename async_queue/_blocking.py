@@ -257,8 +257,9 @@ class _Blocking(_QueueBase):
             wait.watch = self._loop.call_soon(self._watch_caller, wait)
             return
 
-        # NOTE: a task class without _fut_waiter, or a future without
-        # add_done_callback(), is not followed: its later await goes unseen.
+        # NOTE: a task without _fut_waiter is followed only to its end, and
+        # an awaited object without add_done_callback() not at all, so an
+        # await that such a task makes later goes unseen.
         add_done_callback = getattr(awaited, "add_done_callback", None)
         if add_done_callback is not None:
 

@@ -919,17 +919,19 @@ class AsyncTaskQueue(_Shutdown, _Admission):
         """Wait until no task is pending, running, delayed or backing off.
 
         Unlike ``join()``, it also waits for the tasks submitted while it
-        waits, such as those that running tasks submit, and it returns at the
+        waits, such as those that running tasks submit. It returns at the
         first moment that no task is unfinished, as ``asyncio.Queue.join()``
-        does: after a task ends, even if code resumed by that end submits
-        another before the caller resumes. Between the runs of an
-        ``every()`` schedule the queue is idle. A task of this queue that
-        calls it, or awaits a child task that calls it, directly or through
-        ``gather()``, does not count while it waits. On a paused queue it
-        waits until ``resume()`` lets the pending tasks run.
-        It waits forever when another task of the queue waits for its
-        caller: when two tasks both call it, or when a task awaits the
-        handle of a task that calls it.
+        does, even if code that the last task's end wakes submits another
+        task before the caller resumes. Between two runs of an ``every()``
+        schedule the queue is idle.
+
+        A task of this queue that calls it does not count while it waits,
+        and neither does one that awaits a child task that calls it,
+        directly, through ``gather()`` or through other tasks. On a paused
+        queue it waits until ``resume()`` lets the pending tasks run. It
+        waits forever when another task of the queue waits for its caller:
+        when two tasks both call it, or when a task awaits the handle of a
+        task that calls it.
         """
         if self._table.unfinished == 0:
             return  # also before start(), when there is no loop yet

@@ -132,14 +132,14 @@ class HandPool(Pool):
 class LevelPool(HandPool):
     """A hand-written pool on a heap of priority levels, each a FIFO deque.
 
-    It is the design of async_queue's ready heap and nothing else: a dict of
-    deques by priority, a heap of the priorities that have tasks, a
-    ``threading.Lock`` around each push and pop, and the hand-written pool's
-    ``asyncio.Event`` wake-up and Future per task. It keeps no states,
-    statistics or task table, so the gap between it and async_queue is what
-    those features cost. It has no retries or timeouts, and unlike the
-    ready heap it keeps every emptied level, which costs nothing with the
-    few priorities of the scenarios.
+    It is the design of async_queue's ready heap and nothing else. A dict
+    keeps a deque per priority, and a heap the priorities that have tasks.
+    A ``threading.Lock`` is held for each push and pop, and the hand-written
+    pool's ``asyncio.Event`` wakes the workers, with a Future per task. It
+    keeps no states, statistics or task table, so the gap between it and
+    async_queue is what those features cost. It has no retries or timeouts,
+    and unlike the ready heap it keeps every emptied level, which costs
+    nothing with the few priorities of the scenarios.
     """
 
     def __init__(self) -> None:

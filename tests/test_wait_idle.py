@@ -83,7 +83,7 @@ def test_wait_idle_waits_for_task_tree(
     run_virtual(main)
 
 
-def test_join_returns_before_grandchildren_and_wait_idle_after() -> None:
+def test_wait_idle_outlasts_join() -> None:
     """join() waits for the task it saw; wait_idle() also for what it submits."""
 
     async def main(loop: VirtualClockLoop) -> None:
